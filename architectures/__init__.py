@@ -1,0 +1,130 @@
+"""The seven generator/critic pairs of the paper's LSUN experiment (Figure 2, SPEC.md A.1-A.7).
+
+One registry of *pairs*: a generator and its critic are registered together, so there is no
+second table to keep in sync. Each entry has a stable short name (used in run ids and on the
+command line), the paper's row number and row title, and two factories:
+
+    pair.generator(dim, padding)       -> nn.Module, z (B, 128) -> image (B, 3, 64, 64)
+    pair.critic(dim, norm, padding)    -> nn.Module, image (B, 3, 64, 64) -> (B,)
+
+``norm`` is explicit: the procedure decides it (layer norm only in WGAN-GP critics, SPEC.md
+A.0 and paper section 5.2) and passes it in; no network looks at a global mode. Pairs without
+normalisation slots in the critic (row 4) say so with ``critic_has_norm=False`` and their
+factory refuses anything but ``"none"``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from .constant_filters import ConstantFilterGenerator
+from .dcgan import DCGANCritic, DCGANGenerator
+from .gated import GatedCritic, GatedGenerator
+from .layers import NORMS, PADDINGS, Norm, Padding
+from .mlp import MLPGenerator
+from .resnet101 import ResNetCritic, ResNetGenerator
+
+Z_DIM = 128  # latent size of every generator (SPEC.md A.0)
+IMAGE_SHAPE = (3, 64, 64)
+
+__all__ = [
+    "IMAGE_SHAPE",
+    "NORMS",
+    "PADDINGS",
+    "PAIRS",
+    "Z_DIM",
+    "ArchitecturePair",
+    "Norm",
+    "Padding",
+    "get_pair",
+]
+
+
+@dataclass(frozen=True)
+class ArchitecturePair:
+    name: str  # stable short name, used in run ids and on the command line
+    row: int  # row of Figure 2 / Appendix H (1..7)
+    title: str  # the paper's row title
+    spec: str  # SPEC.md section
+    make_generator: Callable[[int, Padding], nn.Module]
+    make_critic: Callable[[int, Norm, Padding], nn.Module]
+    critic_has_norm: bool = True  # False: the critic has no normalisation slots (row 4)
+
+    def generator(self, dim: int = 64, padding: Padding = "tf-same") -> nn.Module:
+        return self.make_generator(dim, padding)
+
+    def critic(
+        self, dim: int = 64, norm: Norm = "batch", padding: Padding = "tf-same"
+    ) -> nn.Module:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not self.critic_has_norm and norm != "none":
+            raise ValueError(f"architecture {self.name!r} has no critic normalisation slots")
+        return self.make_critic(dim, norm, padding)
+
+
+PAIRS: dict[str, ArchitecturePair] = {}
+
+
+def register(pair: ArchitecturePair) -> ArchitecturePair:
+    """Add a pair to the registry, checking that its name and row are new."""
+    if pair.name in PAIRS:
+        raise ValueError(f"architecture {pair.name!r} registered twice")
+    if any(p.row == pair.row for p in PAIRS.values()):
+        raise ValueError(f"paper row {pair.row} registered twice")
+    PAIRS[pair.name] = pair
+    return pair
+
+
+def get_pair(name: str) -> ArchitecturePair:
+    """Look up a pair by name; an unknown name lists the valid ones and the closest match."""
+    try:
+        return PAIRS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(PAIRS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(f"unknown architecture {name!r}{hint}; valid: {', '.join(PAIRS)}") from None
+
+
+# fmt: off
+register(ArchitecturePair(
+    "baseline", 1, "Baseline (G: DCGAN, D: DCGAN)", "A.1",
+    lambda dim, pad: DCGANGenerator(dim, padding=pad),
+    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+))
+register(ArchitecturePair(
+    "constant-filters", 2, "G: No BN and a constant number of filters, D: DCGAN", "A.2",
+    lambda dim, pad: ConstantFilterGenerator(dim, padding=pad),
+    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+))
+register(ArchitecturePair(
+    "mlp-generator", 3, "G: 4-layer 512-dim ReLU MLP, D: DCGAN", "A.3",
+    lambda dim, pad: MLPGenerator(dim),
+    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+))
+register(ArchitecturePair(
+    "no-norm", 4, "No normalization in either G or D", "A.4",
+    lambda dim, pad: DCGANGenerator(dim, bn=False, padding=pad),
+    lambda dim, norm, pad: DCGANCritic(dim, norm="none", padding=pad),
+    critic_has_norm=False,
+))
+register(ArchitecturePair(
+    "gated", 5, "Gated multiplicative nonlinearities everywhere in G and D", "A.5",
+    lambda dim, pad: GatedGenerator(dim, padding=pad),
+    lambda dim, norm, pad: GatedCritic(dim, norm=norm, padding=pad),
+))
+register(ArchitecturePair(
+    "tanh", 6, "tanh nonlinearities everywhere in G and D", "A.6",
+    lambda dim, pad: DCGANGenerator(dim, nonlinearity="tanh", padding=pad),
+    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, nonlinearity="tanh", padding=pad),
+))
+register(ArchitecturePair(
+    "resnet101", 7, "101-layer ResNet G and D", "A.7",
+    lambda dim, pad: ResNetGenerator(dim, padding=pad),
+    lambda dim, norm, pad: ResNetCritic(dim, norm=norm, padding=pad),
+))
+# fmt: on
