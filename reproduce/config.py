@@ -1,0 +1,380 @@
+"""Configuration: what a run computes (``RunConfig``, hashed into the run id) and how it is run
+(``RuntimeConfig``: paths, device, logging cadence; never part of the id).
+
+Every user-settable key is declared once in ``OPTIONS`` (type, default, help, choices); the
+command line, ``--config`` files and validation are generated from that table, so a key cannot
+exist in one place and be missing in another. Unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from architectures import NORMS, PADDINGS, PAIRS, Norm, Padding, get_pair
+
+from .errors import UserError
+from .procedures import (
+    HPARAM_SETS,
+    OPTIMIZERS,
+    PROCEDURES,
+    Hyperparameters,
+    OptimizerName,
+    get_procedure,
+)
+
+# Bump when the meaning of a result-affecting field or of the training maths changes, so that
+# old run directories are never resumed by code that would compute something else.
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that affects the numbers a run produces, fully resolved (no "default"
+    placeholders). Its canonical JSON, hashed, is the run id's suffix."""
+
+    arch: str  # architectures.PAIRS key: one row of Figure 2 (SPEC.md A.1-A.7)
+    procedure: str  # procedures.PROCEDURES key (SPEC.md B)
+    hparams: str  # named set the optimiser values were resolved from: paper | official-code
+    optimizer: OptimizerName  # adam | rmsprop-tf | rmsprop-torch (same for G and D)
+    lr: float  # learning rate of both networks
+    beta1: float | None  # Adam only
+    beta2: float | None  # Adam only
+    n_critic: int  # critic steps per generator iteration
+    gp_lambda: float | None  # WGAN-GP only
+    clip: float | None  # WGAN (clipping) only
+    critic_norm: Norm  # batch | layer | none, resolved from "auto" (SPEC.md A.0)
+    padding: Padding  # tf-same (exact) | symmetric (the common PyTorch approximation)
+    dim: int  # the authors' DIM, base width of every network (64 in the paper)
+    batch_size: int  # images per critic step and per generator step (64 in the paper)
+    iters: int  # generator iterations, the authors' ITERS (200,000 in the paper)
+    seed: int  # seeds weights, noise, penalty interpolation and data order
+    dataset: str  # dataset kind: demo | folder
+    data_fingerprint: str  # content hash of the uint8 training images
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(
+            optimizer=self.optimizer,
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            n_critic=self.n_critic,
+            gp_lambda=self.gp_lambda,
+            clip=self.clip,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short hash of the canonical JSON of this config plus the schema version."""
+        payload = json.dumps(
+            {"schema": SCHEMA_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+    @property
+    def run_id(self) -> str:
+        """Readable slug plus config hash: deterministic, so re-running finds the same run."""
+        return f"{self.arch}-{self.procedure}-s{self.seed}-{self.hash()}"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a run is executed; changing these never changes the numbers (on one device and
+    thread count) and never changes the run id."""
+
+    data: str = "demo"
+    results: str = "results"
+    name: str | None = None
+    device: str = "auto"
+    threads: int | None = None
+    checkpoint_every: float = 600.0
+    checkpoint_every_iters: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 100
+    sample_every: int = 1000
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-settable key: the flag is ``--`` + key with dashes."""
+
+    key: str
+    type: type
+    default: Any  # shown in --help; None = "the procedure's default" or "off" (see help)
+    help: str
+    choices: tuple[str, ...] | None = None
+    section: str = "run"  # run (result-affecting) | runtime
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+# fmt: off
+OPTIONS: tuple[Option, ...] = (
+    Option("arch", str, "baseline", "architecture pair (a row of Figure 2)", tuple(PAIRS)),
+    Option("procedure", str, "wgan-gp", "training procedure", tuple(PROCEDURES)),
+    Option("hparams", str, "paper", "named hyperparameter set: 'paper' = App. E (WGAN-GP Adam "
+           "beta1 0.5); 'official-code' = the authors' HEAD (beta1 0)", HPARAM_SETS),
+    Option("optimizer", str, None, "optimiser for G and D; default: the procedure's "
+           "(adam for dcgan/wgan-gp, rmsprop-tf for lsgan/wgan)", OPTIMIZERS),
+    Option("lr", float, None, "learning rate; default: the procedure's (dcgan 2e-4, lsgan 1e-4, "
+           "wgan 5e-5, wgan-gp 1e-4)"),
+    Option("beta1", float, None, "Adam beta1; default: the procedure's (dcgan 0.5; wgan-gp 0.5 "
+           "paper / 0.0 official-code)"),
+    Option("beta2", float, None, "Adam beta2; default: the procedure's (dcgan 0.999, wgan-gp 0.9)"),
+    Option("n_critic", int, None, "critic steps per generator iteration; default: 5 for the "
+           "WGANs, 1 for dcgan/lsgan"),
+    Option("gp_lambda", float, None, "gradient-penalty weight (wgan-gp only); default: 10"),
+    Option("clip", float, None, "weight-clipping bound c (wgan only); default: 0.01"),
+    Option("critic_norm", str, "auto", "critic normalisation: auto = layer norm under wgan-gp, "
+           "batch norm otherwise, none for no-norm", ("auto", *NORMS)),
+    Option("padding", str, "tf-same", "convolution padding: tf-same (exact TF emulation) or "
+           "symmetric (the usual PyTorch approximation, a 1-pixel shift)", PADDINGS),
+    Option("dim", int, 64, "base width DIM of every network (paper: 64); a multiple of 4"),
+    Option("batch_size", int, 64, "batch size of every critic and generator step"),
+    Option("iters", int, 200_000, "generator iterations (the authors' ITERS)"),
+    Option("seed", int, 0, "random seed (weights, noise, interpolation, data order)"),
+    Option("data", str, "demo", "'demo' (built-in procedural images, no download) or a folder "
+           "of images", section="runtime"),
+    Option("results", str, "results", "results directory; each run gets a subdirectory",
+           section="runtime"),
+    Option("name", str, None, "run directory name; default: the run id "
+           "(<arch>-<procedure>-s<seed>-<config hash>)", section="runtime"),
+    Option("device", str, "auto", "cpu, cuda, cuda:N, or auto (cuda when available)",
+           section="runtime"),
+    Option("threads", int, None, "CPU threads for torch; default: torch's choice. CPU results "
+           "are bit-exact for a fixed thread count", section="runtime"),
+    Option("checkpoint_every", float, 600.0, "seconds between checkpoints (0: no time-based "
+           "checkpoints)", section="runtime"),
+    Option("checkpoint_every_iters", int, 0, "also checkpoint every N generator iterations "
+           "(0: off)", section="runtime"),
+    Option("keep_checkpoints", int, 2, "how many newest checkpoints to keep",
+           section="runtime"),
+    Option("log_every", int, 100, "iterations between reads of the training statistics "
+           "(one host sync each); every iteration is still logged", section="runtime"),
+    Option("sample_every", int, 1000, "iterations between fixed-noise 8x8 sample grids "
+           "(0: only the final grid)", section="runtime"),
+    Option("progress", bool, True, "show a progress bar", section="runtime"),
+)
+# fmt: on
+OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+
+
+def _check_type(opt: Option, value: Any) -> Any:
+    """Return ``value`` as the option's type, or raise UserError naming the key."""
+    if value is None:
+        return None
+    if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if opt.type is bool and not isinstance(value, bool):
+        raise UserError(f"{opt.flag}: expected true or false, got {value!r}")
+    if opt.type is not bool and isinstance(value, bool):
+        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
+    if not isinstance(value, opt.type):
+        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
+    if opt.choices is not None and value not in opt.choices:
+        close = difflib.get_close_matches(str(value), opt.choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"{opt.flag}: unknown value {value!r}{hint}; valid: {', '.join(opt.choices)}"
+        )
+    return value
+
+
+def check_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate the keys and types of user-given values (from a file or the command line)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        opt = OPTIONS_BY_KEY.get(key)
+        if opt is None:
+            close = difflib.get_close_matches(key, list(OPTIONS_BY_KEY), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{source}: unknown key {key!r}{hint}")
+        out[key] = _check_type(opt, value)
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON file of option keys. A run directory's ``config.json`` is accepted
+    as it is (its ``config`` and ``runtime`` sections are used)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config: no such file: {p}")
+    try:
+        text = p.read_text()
+        raw = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"--config: cannot parse {p}: {e}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"--config: {p} must hold a table/object of option keys")
+    if "config" in raw and "schema" in raw:  # a run directory's config.json
+        merged = {**raw.get("runtime", {}), **raw["config"]}
+        # resolved-only fields of RunConfig that are not user options
+        for k in ("dataset", "data_fingerprint"):
+            merged.pop(k, None)
+        raw = merged
+    return check_keys(raw, f"--config {p}")
+
+
+def _finite(opt: str, v: float) -> None:
+    if not math.isfinite(v):
+        raise UserError(f"--{opt}: must be finite, got {v}")
+
+
+def resolve_run_config(
+    choices: Mapping[str, Any], *, dataset: str, data_fingerprint: str
+) -> RunConfig:
+    """Fill defaults and validate. ``choices`` holds only what the user set (CLI or file);
+    a key the user set that means nothing for the chosen procedure is an error."""
+    given = {k: v for k, v in check_keys(choices, "options").items() if v is not None}
+
+    def get(key: str) -> Any:
+        return given.get(key, OPTIONS_BY_KEY[key].default)
+
+    try:
+        pair = get_pair(get("arch"))
+    except KeyError as e:
+        raise UserError(f"--arch: {e.args[0]}") from None
+    try:
+        proc = get_procedure(get("procedure"))
+    except KeyError as e:
+        raise UserError(f"--procedure: {e.args[0]}") from None
+    base = proc.defaults[get("hparams")]
+
+    optimizer = given.get("optimizer", base.optimizer)
+    adam = optimizer == "adam"
+    # Options that mean nothing here are refused rather than silently ignored.
+    for key, meaningful, why in (
+        ("beta1", adam, f"optimizer {optimizer}"),
+        ("beta2", adam, f"optimizer {optimizer}"),
+        ("gp_lambda", proc.uses_penalty, f"procedure {proc.name}"),
+        ("clip", proc.uses_clipping, f"procedure {proc.name}"),
+    ):
+        if key in given and not meaningful:
+            raise UserError(f"{OPTIONS_BY_KEY[key].flag} means nothing for {why}")
+
+    lr = float(given.get("lr", base.lr))
+    beta1 = given.get("beta1", base.beta1) if adam else None
+    beta2 = given.get("beta2", base.beta2) if adam else None
+    if adam and (beta1 is None or beta2 is None):
+        # the procedure has no Adam defaults (its paper optimiser is RMSProp): no silent guess
+        raise UserError(
+            f"--optimizer adam for procedure {proc.name} needs explicit --beta1 and --beta2"
+        )
+    n_critic = given.get("n_critic", base.n_critic)
+    gp_lambda = given.get("gp_lambda", base.gp_lambda)
+    clip = given.get("clip", base.clip)
+    dim, batch, iters, seed = get("dim"), get("batch_size"), get("iters"), get("seed")
+
+    _finite("lr", lr)
+    if lr <= 0:
+        raise UserError(f"--lr: must be positive, got {lr}")
+    for key, b in (("beta1", beta1), ("beta2", beta2)):
+        if b is not None:
+            _finite(key, b)
+            if not 0.0 <= b < 1.0:
+                raise UserError(f"--{key}: must be in [0, 1), got {b}")
+    if n_critic < 1:
+        raise UserError(f"--n-critic: must be at least 1, got {n_critic}")
+    if gp_lambda is not None:
+        _finite("gp-lambda", gp_lambda)
+        if gp_lambda < 0:
+            raise UserError(f"--gp-lambda: must be >= 0, got {gp_lambda}")
+    if clip is not None:
+        _finite("clip", clip)
+        if clip <= 0:
+            raise UserError(f"--clip: must be positive, got {clip}")
+    if dim < 4 or dim % 4:
+        raise UserError(f"--dim: must be a positive multiple of 4, got {dim}")
+    if batch < 1:
+        raise UserError(f"--batch-size: must be at least 1, got {batch}")
+    if iters < 1:
+        raise UserError(f"--iters: must be at least 1, got {iters}")
+    if seed < 0:
+        raise UserError(f"--seed: must be >= 0, got {seed}")
+
+    norm = get("critic_norm")
+    if norm == "auto":
+        norm = proc.default_critic_norm if pair.critic_has_norm else "none"
+    elif not pair.critic_has_norm and norm != "none":
+        raise UserError(f"--critic-norm: architecture {pair.name} has no critic normalisation")
+    if proc.uses_penalty and norm == "batch":
+        # The penalty is per-sample; batch norm couples samples (paper section 4).
+        raise UserError(
+            "--critic-norm: batch norm in a gradient-penalty critic is invalid (paper section "
+            "4); use layer or none"
+        )
+
+    return RunConfig(
+        arch=pair.name,
+        procedure=proc.name,
+        hparams=get("hparams"),
+        optimizer=optimizer,
+        lr=lr,
+        beta1=beta1,
+        beta2=beta2,
+        n_critic=n_critic,
+        gp_lambda=gp_lambda,
+        clip=clip,
+        critic_norm=norm,
+        padding=get("padding"),
+        dim=dim,
+        batch_size=batch,
+        iters=iters,
+        seed=seed,
+        dataset=dataset,
+        data_fingerprint=data_fingerprint,
+    )
+
+
+def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
+    given = {
+        k: v
+        for k, v in check_keys(choices, "options").items()
+        if v is not None and OPTIONS_BY_KEY[k].section == "runtime"
+    }
+    rt = RuntimeConfig(**given)
+    if rt.threads is not None and rt.threads < 1:
+        raise UserError(f"--threads: must be at least 1, got {rt.threads}")
+    if rt.checkpoint_every < 0 or not math.isfinite(rt.checkpoint_every):
+        raise UserError(f"--checkpoint-every: must be >= 0 seconds, got {rt.checkpoint_every}")
+    if rt.checkpoint_every_iters < 0:
+        raise UserError(f"--checkpoint-every-iters: must be >= 0, got {rt.checkpoint_every_iters}")
+    if rt.keep_checkpoints < 1:
+        raise UserError(f"--keep-checkpoints: must be at least 1, got {rt.keep_checkpoints}")
+    if rt.log_every < 1:
+        raise UserError(f"--log-every: must be at least 1, got {rt.log_every}")
+    if rt.sample_every < 0:
+        raise UserError(f"--sample-every: must be >= 0, got {rt.sample_every}")
+    if rt.name is not None and (
+        not rt.name or "/" in rt.name or rt.name in (".", "..") or rt.name.startswith(".")
+    ):
+        raise UserError(f"--name: not a valid directory name: {rt.name!r}")
+    return rt
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences ``key: old -> new`` between two config dicts."""
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}"
+        for k in keys
+        if old.get(k, "<unset>") != new.get(k, "<unset>")
+    ]

@@ -1,0 +1,57 @@
+"""Fault injection for the reliability tests (RELIABILITY.md), driven by one environment
+variable so that the tests exercise the real ``python -m reproduce`` processes unchanged.
+
+``REPRODUCE_FAULTS`` is a comma-separated list of:
+
+    nan@K            make the critic loss of generator iteration K NaN (divergence handling)
+    ckpt-stall@K     while writing checkpoint K, write half of state.pt, then hang (the test
+                     SIGKILLs the process mid-write)
+    ckpt-enospc@K    while writing checkpoint K, fail with ENOSPC (disk full)
+    skip-restore=X   on resume, do not restore X (rng | data | optimizer): proves that the
+                     bit-exact resume test can fail
+    step-sleep=S     sleep S seconds after every generator iteration (slows a tiny run down
+                     so that tests can interrupt it)
+
+Unset in normal use; every check is a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+ENV = "REPRODUCE_FAULTS"
+_cache: tuple[str, dict[str, set[str]]] | None = None
+
+
+def _parsed() -> dict[str, set[str]]:
+    global _cache
+    raw = os.environ.get(ENV, "")
+    if _cache is None or _cache[0] != raw:
+        spec: dict[str, set[str]] = {}
+        for item in filter(None, (s.strip() for s in raw.split(","))):
+            for sep in ("@", "="):
+                if sep in item:
+                    name, value = item.split(sep, 1)
+                    spec.setdefault(name, set()).add(value)
+                    break
+            else:
+                spec.setdefault(item, set()).add("")
+        _cache = (raw, spec)
+    return _cache[1]
+
+
+def active(name: str, value: object = "") -> bool:
+    """Is fault ``name`` set for ``value`` (an iteration, or a restore part)?"""
+    values = _parsed().get(name)
+    return values is not None and str(value) in values
+
+
+def value(name: str) -> str | None:
+    values = _parsed().get(name)
+    return next(iter(values)) if values else None
+
+
+def stall() -> None:  # pragma: no cover - only ever ended by SIGKILL
+    while True:
+        time.sleep(3600)

@@ -1,0 +1,164 @@
+"""The run-directory contract and atomic file writes.
+
+Layout of one run (``<results>/<run id>/``)::
+
+    config.json      resolved RunConfig ("config"), RuntimeConfig ("runtime"), run id, schema,
+                     dataset description; written once when the run is created
+    status.json      state (running | interrupted | completed | diverged | failed), iterations
+                     done, timings, message; rewritten atomically
+    stats.jsonl      one JSON object per generator iteration (losses, Wasserstein estimate,
+                     penalty, step wall time); append-only, cut back to the checkpoint on resume
+    log.txt          human-readable event log (append-only)
+    samples/         iter-NNNNNNN.png: fixed-noise 8x8 sample grids
+    checkpoints/     ckpt-NNNNNNNN/{state.pt, meta.json}; see checkpoint.py
+    lease.G          while a process trains the run; see lease.py
+
+Every whole-file write is atomic: temp file in the same directory, fsync, rename, fsync of the
+directory. A reader therefore sees either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA = 1
+TERMINAL_STATES = ("completed", "diverged")  # never trained again
+STATES = ("running", "interrupted", "completed", "diverged", "failed")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete JSON lines; a torn last line (crash mid-append) is ignored."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # torn final line
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.path / "stats.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def read_config(self) -> dict[str, Any]:
+        return dict(read_json(self.config_file))
+
+    def read_status(self) -> dict[str, Any] | None:
+        try:
+            return dict(read_json(self.status_file))
+        except (OSError, ValueError):
+            return None
+
+    def write_status(self, state: str, **fields: Any) -> None:
+        assert state in STATES, state
+        atomic_write_json(self.status_file, {"state": state, "updated": now_iso(), **fields})
+
+    def log(self, message: str) -> None:
+        with self.log_file.open("a") as f:
+            f.write(f"{now_iso()} {message}\n")
+
+    # -- per-iteration statistics ------------------------------------------------------------
+    def append_stats(self, rows: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows)
+        if not lines:
+            return
+        with self.stats_file.open("a") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def truncate_stats(self, iteration: int) -> None:
+        """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
+        if not self.stats_file.exists():
+            return
+        rows = [r for r in read_jsonl(self.stats_file) if r.get("iter", -1) < iteration]
+        atomic_write_bytes(
+            self.stats_file, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode()
+        )
+
+    def read_stats(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.stats_file)
+
+
+def iter_run_dirs(results: Path) -> Iterator[RunDir]:
+    if not results.is_dir():
+        return
+    for p in sorted(results.iterdir()):
+        if (p / "config.json").is_file():
+            yield RunDir(p)

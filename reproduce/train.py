@@ -1,0 +1,516 @@
+"""The one training loop for all four procedures (SPEC.md B.2).
+
+For iteration 0 .. iters-1: one generator step (skipped at iteration 0), then ``n_critic``
+critic steps, each on a fresh real batch and fresh noise. The loop contains no loss maths (see
+procedures.py); it runs the schedule, toggles ``requires_grad_``, steps the optimisers, records
+statistics, draws fixed-noise sample grids, checkpoints and stops cleanly.
+
+Statistics stay on the device and are read every ``log_every`` iterations (one host sync), so
+the hot loop never waits for the GPU; every iteration still gets its own row in stats.jsonl.
+Divergence (a non-finite loss or parameter) is found at those reads and before every
+checkpoint, so a checkpoint never holds a diverged state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import platform
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from architectures import Z_DIM, get_pair
+
+from . import checkpoint, faults
+from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
+from .data import BatchSource, DataPosition, ImageDataset, derive_seed
+from .errors import DiskFullError
+from .images import grid, save_png, to_uint8
+from .lease import Lease
+from .procedures import Procedure, get_procedure
+from .results import TERMINAL_STATES, RunDir, atomic_write_json
+
+N_FIXED_SAMPLES = 64  # the 8x8 fixed-noise grid (SPEC.md B.5)
+
+
+# --------------------------------------------------------------------------------------------
+# stopping on signals: the handler only sets a flag; the loop checkpoints at the next boundary
+# --------------------------------------------------------------------------------------------
+class StopFlag:
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
+    def __bool__(self) -> bool:
+        return self.reason is not None
+
+    @contextlib.contextmanager
+    def installed(
+        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+    ) -> Iterator[None]:
+        """Route ``signals`` to this flag while the block runs (main thread only)."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            self.request(signal.Signals(signum).name)
+
+        previous = {s: signal.signal(s, handler) for s in signals}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+
+@dataclass
+class Outcome:
+    """How a call to ``train_run`` ended.
+
+    state: completed | diverged | interrupted | failed (the run's status) or, without touching
+    the run: already-completed | already-diverged | busy (another live process holds it) |
+    lost (another process took the run over while we trained).
+    """
+
+    state: str
+    iteration: int
+    message: str
+    run_dir: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# environment and RNG state
+# --------------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def configure_numerics(device: torch.device) -> None:
+    """Exact fp32 everywhere: no TF32, deterministic cuDNN (SPEC.md: faithful numerics)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    return {
+        "host": socket.gethostname(),
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "cuda": str(torch.version.cuda) if torch.version.cuda else None,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG stream, as plain types and tensors (loadable with weights_only=True)."""
+    np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
+    py = random.getstate()
+    return {
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": {
+            "key": str(np_state[0]),
+            "state": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": [py[0], list(py[1]), py[2]],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if state["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+         n["cached_gaussian"])
+    )  # fmt: skip
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # CPU and every CUDA device
+
+
+# --------------------------------------------------------------------------------------------
+# the trainer
+# --------------------------------------------------------------------------------------------
+class Trainer:
+    """Owns the networks, optimisers, data position and statistics of one run."""
+
+    def __init__(self, cfg: RunConfig, dataset: ImageDataset, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.proc: Procedure = get_procedure(cfg.procedure)
+        self.hp = cfg.hyperparameters
+        pair = get_pair(cfg.arch)
+        # Weights are initialised on the CPU from the run seed (identical on every device).
+        seed_everything(cfg.seed)
+        self.G: nn.Module = pair.generator(cfg.dim, cfg.padding).to(device)
+        self.D: nn.Module = pair.critic(cfg.dim, cfg.critic_norm, cfg.padding).to(device)
+        self.opt_g = self.proc.make_optimizer(self.G.parameters(), self.hp)
+        self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp)
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
+        self.fixed_noise = torch.randn(N_FIXED_SAMPLES, Z_DIM, generator=g).to(device)  # (64, 128)
+        self.batches = BatchSource(dataset, cfg.batch_size, cfg.seed, device)
+        self.iteration = 0  # generator iterations done
+        self.train_seconds = 0.0  # cumulative training time, excluding checkpoints and samples
+        self.stat_keys = ["critic_loss", "wdist", "d_real", "d_fake"]
+        if self.proc.uses_penalty:
+            self.stat_keys.append("gp")
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self, env: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": 1,
+            "iteration": self.iteration,
+            "generator": self.G.state_dict(),
+            "critic": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "data": self.batches.position.to_dict(),
+            "rng": rng_state(),
+            "fixed_noise": self.fixed_noise.cpu(),
+            "train_seconds": self.train_seconds,
+            "config_hash": self.cfg.hash(),
+            "config": self.cfg.to_dict(),
+            "env": env,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.G.load_state_dict(state["generator"])
+        self.D.load_state_dict(state["critic"])
+        if not faults.active("skip-restore", "optimizer"):
+            self.opt_g.load_state_dict(state["opt_g"])
+            self.opt_d.load_state_dict(state["opt_d"])
+        if not faults.active("skip-restore", "data"):
+            self.batches.sampler.position = DataPosition(**state["data"])
+        if not faults.active("skip-restore", "rng"):
+            set_rng_state(state["rng"])
+        self.fixed_noise = state["fixed_noise"].to(self.device)
+        self.iteration = int(state["iteration"])
+        self.train_seconds = float(state["train_seconds"])
+
+    # -- one generator iteration ---------------------------------------------------------------
+    def step(self) -> dict[str, Tensor]:
+        """Run iteration ``self.iteration``; returns its statistics as device tensors."""
+        cfg, hp, proc, dev = self.cfg, self.hp, self.proc, self.device
+        it = self.iteration
+        stats: dict[str, Tensor] = {}
+        if it > 0:  # generator step first, skipped at iteration 0 (the authors' order)
+            self.D.requires_grad_(False)  # no critic weight gradients in the generator step
+            z = torch.randn(cfg.batch_size, Z_DIM, device=dev)  # (B, 128)
+            res = proc.generator_step(self.G, self.D, z, hp)
+            self.opt_g.zero_grad(set_to_none=True)
+            res.loss.backward()
+            self.opt_g.step()
+            self.D.requires_grad_(True)
+            stats.update(res.stats)
+        for _ in range(hp.n_critic):
+            real = self.batches.next()  # (B, 3, 64, 64), a fresh batch per critic step
+            if faults.active("nan", it):
+                real = real * float("nan")
+            z = torch.randn(cfg.batch_size, Z_DIM, device=dev)
+            alpha = torch.rand(cfg.batch_size, 1, 1, 1, device=dev) if proc.uses_penalty else None
+            res = proc.critic_step(self.G, self.D, real, z, alpha, hp)
+            self.opt_d.zero_grad(set_to_none=True)
+            res.loss.backward()
+            self.opt_d.step()
+            proc.after_critic_step(self.D, hp)
+        stats.update(res.stats)  # the last critic step's values (as the authors log them)
+        self.iteration += 1
+        return stats
+
+    @torch.no_grad()
+    def samples(self) -> Tensor:
+        """(64, 3, 64, 64) uint8 from the fixed noise, batch-statistics BN as in training."""
+        return to_uint8(self.G(self.fixed_noise)).cpu()
+
+    def parameters_finite(self) -> bool:
+        params = [p.detach() for m in (self.G, self.D) for p in m.parameters()]
+        return bool(torch.stack([p.isfinite().all() for p in params]).all())
+
+
+# --------------------------------------------------------------------------------------------
+# the run
+# --------------------------------------------------------------------------------------------
+def run_config_document(
+    cfg: RunConfig, rt: RuntimeConfig, dataset: ImageDataset, run_id: str
+) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": run_id,
+        "config_hash": cfg.hash(),
+        "config": cfg.to_dict(),
+        "runtime": rt.to_dict(),
+        "dataset": dataset.info,
+    }
+
+
+def train_run(
+    cfg: RunConfig,
+    rt: RuntimeConfig,
+    dataset: ImageDataset,
+    run_dir: RunDir,
+    device: torch.device,
+    stop: StopFlag | None = None,
+) -> Outcome:
+    """Train one run to completion (or until stopped), resuming from its newest checkpoint.
+
+    Takes the run's lease first; a run that another live process holds is left alone
+    ("busy"), and a completed or diverged run is never trained again.
+    """
+    stop = stop if stop is not None else StopFlag()
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    lease = Lease(run_dir.path)
+    if not lease.acquire():
+        return Outcome(
+            "busy", 0, f"{run_dir.path} is being trained by another process", run_dir.path
+        )
+    with lease:
+        status = run_dir.read_status() or {}
+        if status.get("state") in TERMINAL_STATES:
+            return Outcome(
+                f"already-{status['state']}",
+                int(status.get("iteration", 0)),
+                f"run {run_dir.path.name} already {status['state']}; nothing to do",
+                run_dir.path,
+            )
+        doc = run_config_document(cfg, rt, dataset, run_dir.path.name)
+        if run_dir.exists():
+            old = run_dir.read_config().get("config", {})
+            if old != doc["config"]:  # validated before; re-checked under the lease
+                diff = "; ".join(config_diff(old, doc["config"]))
+                return Outcome("failed", 0, f"config differs from {run_dir.config_file}: {diff}",
+                               run_dir.path)  # fmt: skip
+        else:
+            atomic_write_json(run_dir.config_file, doc)
+        return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
+
+
+def _train_locked(
+    cfg: RunConfig,
+    rt: RuntimeConfig,
+    dataset: ImageDataset,
+    run_dir: RunDir,
+    device: torch.device,
+    stop: StopFlag,
+    lease: Lease,
+) -> Outcome:
+    configure_numerics(device)
+    if rt.threads is not None:
+        torch.set_num_threads(rt.threads)
+    env = environment(device)
+    trainer = Trainer(cfg, dataset, device)
+    ckpt_dir = run_dir.checkpoints_dir
+    for orphan in checkpoint.remove_orphans(ckpt_dir):
+        run_dir.log(f"removed incomplete checkpoint write {orphan.name}")
+    loaded = checkpoint.load_latest(ckpt_dir, map_location=device)
+    if loaded is not None:
+        ckpt, state, skipped = loaded
+        for path in skipped:
+            run_dir.log(f"skipped invalid checkpoint {path.name}")
+        if state["config_hash"] != cfg.hash():
+            diff = "; ".join(config_diff(state["config"], cfg.to_dict()))
+            return Outcome("failed", 0, f"checkpoint {ckpt.path} has another config: {diff}",
+                           run_dir.path)  # fmt: skip
+        trainer.load_state_dict(state)
+        old_env = state["env"]
+        moved = [k for k in ("device", "threads", "torch") if old_env.get(k) != env.get(k)]
+        run_dir.log(f"resumed from {ckpt.path.name} at iteration {trainer.iteration}")
+        if moved:
+            run_dir.log(
+                "warning: resumed with a different "
+                + ", ".join(moved)
+                + "; results are bit-exact only on the same device, thread count and torch"
+            )
+    else:
+        run_dir.log(f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads)")
+    run_dir.truncate_stats(trainer.iteration)
+
+    def status(state: str, **extra: Any) -> None:
+        run_dir.write_status(
+            state,
+            iteration=trainer.iteration,
+            iters=cfg.iters,
+            train_seconds=trainer.train_seconds,
+            it_per_s=trainer.iteration / trainer.train_seconds if trainer.train_seconds else None,
+            device=env["device"],
+            host=env["host"],
+            pid=os.getpid(),
+            **extra,
+        )
+
+    def record_failure(msg: str, reason: str) -> None:
+        # best effort: on a full disk even these small writes may fail
+        with contextlib.suppress(OSError):
+            status("failed", message=msg, reason=reason)
+        with contextlib.suppress(OSError):
+            run_dir.log(f"failed: {msg}")
+
+    status("running")
+    try:
+        return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not lease.lost:
+                record_failure(f"{type(e).__name__}: {e}", "exception")
+            raise
+        # a full disk is an infrastructure failure: recorded, never retried automatically
+        msg = f"disk full: {e}" if not isinstance(e, DiskFullError) else f"disk full: {e.strerror}"
+        record_failure(msg, "disk-full")
+        return Outcome("failed", trainer.iteration, msg, run_dir.path)
+    except BaseException as e:
+        if not lease.lost:
+            record_failure(f"{type(e).__name__}: {e}", "exception")
+        raise
+
+
+def _loop(
+    cfg: RunConfig,
+    rt: RuntimeConfig,
+    run_dir: RunDir,
+    trainer: Trainer,
+    stop: StopFlag,
+    lease: Lease,
+    env: dict[str, Any],
+    status: Any,
+) -> Outcome:
+    pending: list[tuple[int, dict[str, Tensor], float]] = []  # (iteration, stats, seconds)
+    nan = torch.tensor(float("nan"), device=trainer.device)
+    last_ckpt = time.monotonic()
+    window_start = time.perf_counter()
+    window_excluded = 0.0  # seconds spent on samples/checkpoints inside the timing window
+    tty = sys.stderr.isatty()
+    bar = tqdm(
+        total=cfg.iters, initial=trainer.iteration, unit="it", desc=run_dir.path.name,
+        disable=not rt.progress, mininterval=0.5 if tty else 30.0, dynamic_ncols=True,
+        file=sys.stderr,
+    )  # fmt: skip
+
+    def flush() -> int | None:
+        """Read pending statistics (one host sync), write their rows, and return the first
+        iteration with a non-finite loss or parameter (None if all are finite)."""
+        nonlocal window_start, window_excluded
+        if not pending:
+            return None
+        keys = [*trainer.stat_keys, "generator_loss"]
+        values = torch.stack(
+            [torch.stack([s.get(k, nan) for k in keys]) for _, s, _ in pending]
+        ).tolist()  # (n, len(keys)): the only device->host read of the statistics
+        now = time.perf_counter()
+        trainer.train_seconds += now - window_start - window_excluded
+        window_start, window_excluded = now, 0.0
+        rows, diverged_at = [], None
+        for (it, _, secs), vals in zip(pending, values, strict=True):
+            row: dict[str, Any] = {"iter": it, "time": secs}
+            row.update(zip(keys, vals, strict=True))
+            if it == 0:
+                row["generator_loss"] = None  # no generator step at iteration 0
+            rows.append(row)
+            if not all(math.isfinite(v) for k, v in row.items() if k in keys and v is not None):
+                diverged_at = it
+                break
+        if diverged_at is None and not trainer.parameters_finite():
+            diverged_at = pending[-1][0]
+        run_dir.append_stats(rows)
+        last = rows[-1]
+        bar.set_postfix(
+            {k: f"{last[k]:.3g}" for k in ("critic_loss", "wdist", "generator_loss")
+             if last.get(k) is not None}, refresh=False)  # fmt: skip
+        pending.clear()
+        return diverged_at
+
+    def save() -> None:
+        nonlocal last_ckpt, window_excluded
+        t = time.perf_counter()
+        path = checkpoint.save_checkpoint(
+            run_dir.checkpoints_dir, trainer.iteration, trainer.state_dict(env),
+            config_hash=cfg.hash(), keep=rt.keep_checkpoints,
+        )  # fmt: skip
+        window_excluded += time.perf_counter() - t
+        last_ckpt = time.monotonic()
+        run_dir.log(f"checkpoint {path.name}")
+
+    def sample_grid() -> None:
+        nonlocal window_excluded
+        t = time.perf_counter()
+        save_png(grid(trainer.samples()), run_dir.samples_dir / f"iter-{trainer.iteration:07d}.png")
+        window_excluded += time.perf_counter() - t
+
+    def diverged(at: int) -> Outcome:
+        msg = f"non-finite loss or parameter at iteration {at}"
+        status("diverged", diverged_at=at, message=msg)
+        run_dir.log(f"diverged: {msg}; last good checkpoint left untouched")
+        return Outcome("diverged", at, msg, run_dir.path)
+
+    step_sleep = float(faults.value("step-sleep") or 0.0)
+    with bar:
+        while trainer.iteration < cfg.iters:
+            if lease.lost:
+                run_dir.log("lease lost to another process; stopping without writing")
+                return Outcome("lost", trainer.iteration, "another process took over the run",
+                               run_dir.path)  # fmt: skip
+            it = trainer.iteration
+            t0 = time.perf_counter()
+            stats = trainer.step()
+            pending.append((it, stats, time.perf_counter() - t0))
+            bar.update(1)
+            if step_sleep:
+                time.sleep(step_sleep)
+            done = trainer.iteration
+            due_ckpt = (
+                bool(stop)
+                or (rt.checkpoint_every > 0 and time.monotonic() - last_ckpt >= rt.checkpoint_every)
+                or (rt.checkpoint_every_iters > 0 and done % rt.checkpoint_every_iters == 0)
+            )
+            if due_ckpt or done % rt.log_every == 0 or done == cfg.iters:
+                bad = flush()
+                if bad is not None:
+                    return diverged(bad)
+            if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
+                sample_grid()
+            if due_ckpt and done < cfg.iters:
+                save()
+                status("running")
+            if stop:
+                status("interrupted", message=f"stopped by {stop.reason}")
+                run_dir.log(f"interrupted by {stop.reason} at iteration {done}")
+                return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
+    sample_grid()
+    save()
+    status("completed")
+    run_dir.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s of training")
+    return Outcome(
+        "completed", trainer.iteration, "completed", run_dir.path,
+        {"train_seconds": trainer.train_seconds},
+    )  # fmt: skip

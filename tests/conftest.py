@@ -1,0 +1,92 @@
+"""Shared fixtures: small real datasets and helpers to run the real CLI in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reproduce.config import RuntimeConfig, resolve_run_config
+from reproduce.data import ImageDataset, fingerprint, load_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def demo() -> ImageDataset:
+    return load_demo()
+
+
+@pytest.fixture(scope="session")
+def small_demo(demo: ImageDataset) -> ImageDataset:
+    """128 demo images (all 8 modes): enough for small-batch training tests."""
+    images = demo.images[:128].clone()
+    return ImageDataset("demo", images, fingerprint("demo", images), {"n": 128})
+
+
+def small_config(dataset: ImageDataset, **overrides):
+    choices = {"dim": 8, "batch_size": 4, "iters": 3, **overrides}
+    return resolve_run_config(choices, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
+
+
+def quiet_runtime(results: Path, **overrides) -> RuntimeConfig:
+    return RuntimeConfig(results=str(results), progress=False, **overrides)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "REPRODUCE_FAULTS"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run ``python -m reproduce ARGS`` in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "reproduce", *args],
+        capture_output=True, text=True, env=env or cli_env(), cwd=cwd or REPO, timeout=timeout,
+    )  # fmt: skip
+
+
+def popen_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "reproduce", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or cli_env(), cwd=REPO,
+    )  # fmt: skip
+
+
+def load_final_state(run_dir: Path) -> dict:
+    from reproduce import checkpoint
+
+    loaded = checkpoint.load_latest(run_dir / "checkpoints")
+    assert loaded is not None, f"no checkpoint in {run_dir}"
+    return loaded[1]
+
+
+def assert_states_equal(a, b, path: str = "state") -> None:
+    """Recursive torch.equal over nested dicts/lists of tensors and numbers."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{path}: keys differ"
+        for k in a:
+            assert_states_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_states_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def states_equal(a, b) -> bool:
+    try:
+        assert_states_equal(a, b)
+    except AssertionError:
+        return False
+    return True

@@ -1,0 +1,243 @@
+"""RELIABILITY.md's bad-input catalogue for one cell: each mistake fails before any work with
+one line on stderr naming the flag or file, exit code 2, and nothing written."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from reproduce.cli import main
+
+from .conftest import run_cli
+
+SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress"]
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse errors
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None = None) -> str:
+    results = results or tmp_path / "results"
+    before = tree(tmp_path)
+    code, _, err = run_main("train", *SMALL, "--results", str(results), *argv)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("reproduce train: error:"), err
+    assert match in lines[0], err
+    assert "Traceback" not in err
+    assert tree(tmp_path) == before  # nothing written
+    return lines[0]
+
+
+def make_folder(path: Path, sizes: list[tuple[int, int]], corrupt: int = 0) -> Path:
+    path.mkdir(parents=True)
+    for i, (w, h) in enumerate(sizes):
+        Image.new("RGB", (w, h), (i % 256, 0, 0)).save(path / f"img{i:03d}.png")
+    for i in range(corrupt):
+        (path / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--arch", "basline"], "--arch: unknown value 'basline' (did you mean 'baseline'?)"),
+        (
+            ["--procedure", "wgangp"],
+            "--procedure: unknown value 'wgangp' (did you mean 'wgan-gp'?)",
+        ),
+        (["--data", "dmeo"], "--data: 'dmeo' is neither a built-in dataset (demo)"),
+        (["--hparams", "papr"], "--hparams: unknown value 'papr' (did you mean 'paper'?)"),
+        (["--iter", "3"], "unrecognized arguments: --iter 3 (did you mean --iters?)"),
+        (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
+        (["--lr", "0"], "--lr: must be positive"),
+        (["--lr=-1e-4"], "--lr: must be positive"),
+        (["--lr", "nan"], "--lr: must be finite"),
+        (["--beta1", "1.0"], "--beta1: must be in [0, 1)"),
+        (["--beta2", "-0.1"], "--beta2: must be in [0, 1)"),
+        (["--n-critic", "0"], "--n-critic: must be at least 1"),
+        (["--gp-lambda", "-1"], "--gp-lambda: must be >= 0"),
+        (["--procedure", "wgan", "--clip", "0"], "--clip: must be positive"),
+        (["--iters", "0"], "--iters: must be at least 1"),
+        (["--dim", "6"], "--dim: must be a positive multiple of 4"),
+        (["--batch-size", "0"], "--batch-size: must be at least 1"),
+        (
+            ["--procedure", "wgan-gp", "--clip", "0.01"],
+            "--clip means nothing for procedure wgan-gp",
+        ),
+        (
+            ["--procedure", "dcgan", "--gp-lambda", "10"],
+            "--gp-lambda means nothing for procedure dcgan",
+        ),
+        (
+            ["--procedure", "wgan", "--beta1", "0.5"],
+            "--beta1 means nothing for optimizer rmsprop-tf",
+        ),
+        (["--procedure", "wgan", "--optimizer", "adam"], "needs explicit --beta1 and --beta2"),
+        (
+            ["--procedure", "wgan-gp", "--critic-norm", "batch"],
+            "batch norm in a gradient-penalty critic",
+        ),
+        (["--arch", "no-norm", "--critic-norm", "layer"], "no-norm has no critic normalisation"),
+        (["--threads", "0"], "--threads: must be at least 1"),
+        (["--name", "../escape"], "--name: not a valid directory name"),
+        (["--batch-size", "4096", "--dim", "8"], "fewer than one batch"),
+    ],
+)
+def test_flag_mistakes(tmp_path, argv, match):
+    assert_rejected(tmp_path, *argv, match=match)
+
+
+def test_cuda_requested_but_unavailable(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert_rejected(
+        tmp_path, "--device", "cuda", match="--device: CUDA requested but not available"
+    )
+
+
+def test_unknown_device(tmp_path):
+    assert_rejected(tmp_path, "--device", "tpu", match="--device:")
+
+
+def test_data_missing_unreadable_too_small_and_smaller_than_a_batch(tmp_path):
+    data = tmp_path / "data"
+    assert_rejected(tmp_path, "--data", str(data / "nope"), match="neither a built-in dataset")
+    file = tmp_path / "file.txt"
+    file.write_text("x")
+    assert_rejected(tmp_path, "--data", str(file), match="is neither 'demo' nor a folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_rejected(tmp_path, "--data", str(empty), match="holds no images")
+    unreadable = make_folder(tmp_path / "unreadable", [(64, 64)] * 3, corrupt=5)
+    assert_rejected(tmp_path, "--data", str(unreadable), match="5 unreadable")
+    small = make_folder(tmp_path / "small", [(32, 48)] * 10)
+    assert_rejected(tmp_path, "--data", str(small), match="10 under 64 px on the short side")
+    few = make_folder(tmp_path / "few", [(64, 80)] * 3)
+    assert_rejected(tmp_path, "--data", str(few), match="3 usable images, fewer than one batch")
+
+
+def test_config_file_mistakes(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("lerning_rate = 1e-4\n")
+    assert_rejected(tmp_path, "--config", str(cfg), match="unknown key 'lerning_rate'")
+    cfg.write_text("n_critc = 5\n")
+    assert_rejected(
+        tmp_path, "--config", str(cfg), match="unknown key 'n_critc' (did you mean 'n_critic'?)"
+    )
+    cfg.write_text('lr = "fast"\n')
+    assert_rejected(tmp_path, "--config", str(cfg), match="--lr: expected float, got 'fast'")
+    cfg.write_text("iters = true\n")
+    assert_rejected(tmp_path, "--config", str(cfg), match="--iters: expected int, got True")
+    cfg.write_text("lr = [1\n")
+    assert_rejected(tmp_path, "--config", str(cfg), match="cannot parse")
+    assert_rejected(tmp_path, "--config", str(tmp_path / "none.toml"), match="no such file")
+
+
+def test_unwritable_results(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_rejected(tmp_path, match="--results:", results=blocker / "results")
+    assert_rejected(
+        tmp_path, match="--results: cannot write to /proc", results=Path("/proc/results")
+    )
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount real small filesystems (tmpfs, needs root): ``tmpfs("2m") -> Path``."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)  # fmt: skip
+        if r.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr.strip()}")
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_no_room_for_a_checkpoint(tmp_path, tmpfs):
+    small = tmpfs("2m")
+    line = assert_rejected(tmp_path, "--arch", "resnet101", "--dim", "64", match="bytes free",
+                           results=small / "results")  # fmt: skip
+    assert "checkpoints of this run need" in line
+
+
+def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
+    results = tmp_path / "results"
+    code, _, err = run_main("train", "--results", str(results), *SMALL)
+    assert code == 0, err
+    (run,) = results.iterdir()
+    # a changed config under the same --name is refused, listing the differences
+    code, _, err = run_main("train", "--results", str(results), "--name", run.name, *SMALL,
+                            "--lr", "3e-4", "--seed", "1")  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "another config" in err and "lr: 0.0001 -> 0.0003" in err and "seed: 0 -> 1" in err
+    # --resume refuses a contradicting result-affecting flag
+    before = tree(tmp_path)
+    code, _, err = run_main("train", "--resume", str(run), "--lr", "3e-4")
+    assert code == 2 and "--lr: run has 0.0001, command line says 0.0003" in err
+    assert tree(tmp_path) == before
+    # --resume of a directory without a valid checkpoint
+    for ckpt in (run / "checkpoints").iterdir():
+        (ckpt / "state.pt").write_bytes(b"corrupt")
+    code, _, err = run_main("train", "--resume", str(run))
+    assert code == 2 and "has no valid checkpoint" in err
+    code, _, err = run_main("train", "--resume", str(tmp_path / "nothing"))
+    assert code == 2 and "is not a run directory" in err
+
+
+def test_real_process_prints_one_line_and_exit_2(tmp_path):
+    r = run_cli("train", "--arch", "resnet", "--results", str(tmp_path / "r"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "reproduce train: error: --arch: unknown value 'resnet' (did you mean 'resnet101'?); "
+        "valid: baseline, constant-filters, mlp-generator, no-norm, gated, tanh, resnet101"
+    ]
+    assert r.stdout == "" and not (tmp_path / "r").exists()
+
+
+def test_config_file_and_run_config_roundtrip(tmp_path):
+    results = tmp_path / "results"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('procedure = "wgan"\nseed = 4\nclip = 0.02\n')
+    code, out, err = run_main("train", "--config", str(cfg), "--results", str(results), *SMALL)
+    assert code == 0, err
+    (run,) = results.iterdir()
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["config"]["clip"] == 0.02 and doc["config"]["seed"] == 4
+    assert run.name == doc["run_id"] and run.name.startswith("baseline-wgan-s4-")
+    # the run's own config.json reproduces the same run id: nothing to do
+    code, out, err = run_main(
+        "train", "--config", str(run / "config.json"), "--results", str(results)
+    )
+    assert code == 0 and out.startswith("already-completed"), out + err
