@@ -22,11 +22,15 @@ class ConstantFilterGenerator(nn.Module):
         d = dim
         self.input = Linear(Z_DIM, 4 * 4 * d)
         self.net = nn.Sequential(
-            Deconv2d(d, d, 5, padding=padding), nn.ReLU(),  # (B, d, 8, 8)
-            Deconv2d(d, d, 5, padding=padding), nn.ReLU(),  # (B, d, 16, 16)
-            Deconv2d(d, d, 5, padding=padding), nn.ReLU(),  # (B, d, 32, 32)
-            Deconv2d(d, 3, 5, padding=padding), nn.Tanh(),  # (B, 3, 64, 64)
-        )  # fmt: skip
+            Deconv2d(d, d, 5, padding=padding),
+            nn.ReLU(),  # (B, d, 8, 8)
+            Deconv2d(d, d, 5, padding=padding),
+            nn.ReLU(),  # (B, d, 16, 16)
+            Deconv2d(d, d, 5, padding=padding),
+            nn.ReLU(),  # (B, d, 32, 32)
+            Deconv2d(d, 3, 5, padding=padding),
+            nn.Tanh(),  # (B, 3, 64, 64)
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.input(z).relu().view(-1, self.dim, 4, 4)

@@ -38,16 +38,20 @@ class DCGANGenerator(nn.Module):
         norm: Norm = "batch" if bn else "none"
         self.input = Linear(Z_DIM, 4 * 4 * 8 * d, weights_std=std)
         self.net = nn.Sequential(
-            norm2d(norm, 8 * d), activation(nonlinearity),
+            norm2d(norm, 8 * d),
+            activation(nonlinearity),
             Deconv2d(8 * d, 4 * d, 5, weights_std=std, padding=padding),  # (B, 4d, 8, 8)
-            norm2d(norm, 4 * d), activation(nonlinearity),
+            norm2d(norm, 4 * d),
+            activation(nonlinearity),
             Deconv2d(4 * d, 2 * d, 5, weights_std=std, padding=padding),  # (B, 2d, 16, 16)
-            norm2d(norm, 2 * d), activation(nonlinearity),
+            norm2d(norm, 2 * d),
+            activation(nonlinearity),
             Deconv2d(2 * d, d, 5, weights_std=std, padding=padding),  # (B, d, 32, 32)
-            norm2d(norm, d), activation(nonlinearity),
+            norm2d(norm, d),
+            activation(nonlinearity),
             Deconv2d(d, 3, 5, weights_std=std, padding=padding),  # (B, 3, 64, 64)
             nn.Tanh(),
-        )  # fmt: skip
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.input(z).view(-1, 8 * self.dim, 4, 4)
@@ -72,15 +76,19 @@ class DCGANCritic(nn.Module):
         super().__init__()
         d, std = dim, DCGAN_STD
         self.net = nn.Sequential(
-            Conv2d(3, d, 5, 2, weights_std=std, padding=padding), activation(nonlinearity),
+            Conv2d(3, d, 5, 2, weights_std=std, padding=padding),
+            activation(nonlinearity),
             Conv2d(d, 2 * d, 5, 2, weights_std=std, padding=padding),  # (B, 2d, 16, 16)
-            norm2d(norm, 2 * d), activation(nonlinearity),
+            norm2d(norm, 2 * d),
+            activation(nonlinearity),
             Conv2d(2 * d, 4 * d, 5, 2, weights_std=std, padding=padding),  # (B, 4d, 8, 8)
-            norm2d(norm, 4 * d), activation(nonlinearity),
+            norm2d(norm, 4 * d),
+            activation(nonlinearity),
             Conv2d(4 * d, 8 * d, 5, 2, weights_std=std, padding=padding),  # (B, 8d, 4, 4)
-            norm2d(norm, 8 * d), activation(nonlinearity),
+            norm2d(norm, 8 * d),
+            activation(nonlinearity),
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.output = Linear(4 * 4 * 8 * d, 1, weights_std=std)
 
     def forward(self, x: Tensor) -> Tensor:

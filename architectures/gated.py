@@ -23,15 +23,20 @@ class GatedGenerator(nn.Module):
         d = dim
         self.input = Linear(Z_DIM, 4 * 4 * 8 * d * 2)
         self.net = nn.Sequential(
-            norm2d("batch", 16 * d), Gate(),                           # (B, 8d, 4, 4)
-            Deconv2d(8 * d, 8 * d, 5, padding=padding),                # (B, 8d, 8, 8)
-            norm2d("batch", 8 * d), Gate(),                            # (B, 4d, 8, 8)
+            norm2d("batch", 16 * d),
+            Gate(),  # (B, 8d, 4, 4)
+            Deconv2d(8 * d, 8 * d, 5, padding=padding),  # (B, 8d, 8, 8)
+            norm2d("batch", 8 * d),
+            Gate(),  # (B, 4d, 8, 8)
             Deconv2d(4 * d, 4 * d, 5, padding=padding),
-            norm2d("batch", 4 * d), Gate(),                            # (B, 2d, 16, 16)
+            norm2d("batch", 4 * d),
+            Gate(),  # (B, 2d, 16, 16)
             Deconv2d(2 * d, 2 * d, 5, padding=padding),
-            norm2d("batch", 2 * d), Gate(),                            # (B, d, 32, 32)
-            Deconv2d(d, 3, 5, padding=padding), nn.Tanh(),             # (B, 3, 64, 64)
-        )  # fmt: skip
+            norm2d("batch", 2 * d),
+            Gate(),  # (B, d, 32, 32)
+            Deconv2d(d, 3, 5, padding=padding),
+            nn.Tanh(),  # (B, 3, 64, 64)
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(self.input(z).view(-1, 16 * self.dim, 4, 4))
@@ -44,15 +49,19 @@ class GatedCritic(nn.Module):
         super().__init__()
         d = dim
         self.net = nn.Sequential(
-            Conv2d(3, 2 * d, 5, 2, padding=padding), Gate(),  # (B, d, 32, 32)
+            Conv2d(3, 2 * d, 5, 2, padding=padding),
+            Gate(),  # (B, d, 32, 32)
             Conv2d(d, 4 * d, 5, 2, padding=padding),
-            norm2d(norm, 4 * d), Gate(),  # (B, 2d, 16, 16)
+            norm2d(norm, 4 * d),
+            Gate(),  # (B, 2d, 16, 16)
             Conv2d(2 * d, 8 * d, 5, 2, padding=padding),
-            norm2d(norm, 8 * d), Gate(),  # (B, 4d, 8, 8)
+            norm2d(norm, 8 * d),
+            Gate(),  # (B, 4d, 8, 8)
             Conv2d(4 * d, 16 * d, 5, 2, padding=padding),
-            norm2d(norm, 16 * d), Gate(),  # (B, 8d, 4, 4)
+            norm2d(norm, 16 * d),
+            Gate(),  # (B, 8d, 4, 4)
             nn.Flatten(),
-        )  # fmt: skip
+        )
         self.output = Linear(4 * 4 * 8 * d, 1)
 
     def forward(self, x: Tensor) -> Tensor:

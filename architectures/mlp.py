@@ -21,12 +21,17 @@ class MLPGenerator(nn.Module):
         super().__init__()
         w = 8 * dim
         self.net = nn.Sequential(
-            Linear(Z_DIM, w, init="he"), nn.ReLU(),
-            Linear(w, w, init="he"), nn.ReLU(),
-            Linear(w, w, init="he"), nn.ReLU(),
-            Linear(w, w, init="he"), nn.ReLU(),
-            Linear(w, 3 * 64 * 64), nn.Tanh(),
-        )  # fmt: skip
+            Linear(Z_DIM, w, init="he"),
+            nn.ReLU(),
+            Linear(w, w, init="he"),
+            nn.ReLU(),
+            Linear(w, w, init="he"),
+            nn.ReLU(),
+            Linear(w, w, init="he"),
+            nn.ReLU(),
+            Linear(w, 3 * 64 * 64),
+            nn.Tanh(),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         # flat vectors are (C, H, W)-major (SPEC.md A.0)

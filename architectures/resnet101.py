@@ -58,11 +58,14 @@ class BottleneckBlock(nn.Module):
         else:
             raise ValueError(f"unknown resample {resample!r}")
         self.branch = nn.Sequential(
-            nn.ReLU(), Conv2d(cin, cin // 2, 1),
-            nn.ReLU(), conv1b,
-            nn.ReLU(), Conv2d(cout // 2, cout, 1, bias=False),
+            nn.ReLU(),
+            Conv2d(cin, cin // 2, 1),
+            nn.ReLU(),
+            conv1b,
+            nn.ReLU(),
+            Conv2d(cout // 2, cout, 1, bias=False),
             norm2d(norm, cout),
-        )  # fmt: skip
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.shortcut(x) + RESIDUAL_SCALE * self.branch(x)

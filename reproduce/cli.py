@@ -14,8 +14,10 @@ import difflib
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any, NoReturn
 import torch
 
 from architectures import get_pair
+from reproduce.procedures import get_procedure
 
 from . import checkpoint
 from .config import (
@@ -56,24 +59,56 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
+PROFILE_KEYS = {
+    "data",
+    "dim",
+    "batch_size",
+    "iters",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+}
+
+
+def _add_run_options(
+    p: argparse.ArgumentParser, skip: frozenset[str] = frozenset(), matrix: bool = False
+) -> None:
     run = p.add_argument_group("what to train (result-affecting: part of the run id)")
     rt = p.add_argument_group("how to run it (never part of the run id)")
     for opt in OPTIONS:
+        if opt.key in skip:
+            continue
         group = run if opt.section == "run" else rt
         default = "the procedure's" if opt.default is None and opt.section == "run" else opt.default
+        if matrix and opt.key in PROFILE_KEYS:
+            default = "from --profile"
         help_ = f"{opt.help} (default: {default})"
         if opt.type is bool:
-            group.add_argument(opt.flag, dest=opt.key, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=help_)  # fmt: skip
+            group.add_argument(
+                opt.flag,
+                dest=opt.key,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_,
+            )
         else:
             # choices are checked by config.check_keys, which suggests the closest valid one
             metavar = "{" + ",".join(opt.choices) + "}" if opt.choices else opt.key.upper()
-            group.add_argument(opt.flag, dest=opt.key, type=opt.type, default=argparse.SUPPRESS,
-                               metavar=metavar, help=help_)  # fmt: skip
-    p.add_argument("--config", metavar="FILE", default=None,
-                   help="TOML or JSON file of option keys (a run's config.json works too); "
-                        "flags on the command line override it")  # fmt: skip
+            group.add_argument(
+                opt.flag,
+                dest=opt.key,
+                type=opt.type,
+                default=argparse.SUPPRESS,
+                metavar=metavar,
+                help=help_,
+            )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default=None,
+        help="TOML or JSON file of option keys (a run's config.json works too); "
+        "flags on the command line override it",
+    )
 
 
 SUBPARSERS: dict[str, Parser] = {}
@@ -102,6 +137,115 @@ def build_parser() -> Parser:
         default=None,
         help="resume this run directory (its config.json gives the settings)",
     )
+
+    matrix = sub.add_parser(
+        "matrix",
+        allow_abbrev=False,
+        help="train every cell of an experiment (the 7x4 LSUN matrix), each exactly once",
+        description="Cross architectures x procedures (x seeds), skip finished cells, resume "
+        "interrupted ones, and dispatch the rest to local CPUs/GPUs, SLURM or in-process.",
+    )
+    SUBPARSERS["matrix"] = matrix
+    sel = matrix.add_argument_group("which cells")
+    sel.add_argument("--experiment", default="lsun", help="named experiment (default: lsun)")
+    sel.add_argument(
+        "--profile",
+        default="paper",
+        help="named settings: 'paper' (200k iterations, batch 64, width 64; needs "
+        "--data) or 'demo' (built-in data, small and fast) (default: paper)",
+    )
+    sel.add_argument(
+        "--arch",
+        dest="archs",
+        nargs="+",
+        metavar="ARCH",
+        default=None,
+        help="architectures (default: all seven)",
+    )
+    sel.add_argument(
+        "--procedure",
+        dest="procedures",
+        nargs="+",
+        metavar="PROC",
+        default=None,
+        help="procedures (default: all four)",
+    )
+    sel.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        default=[0],
+        help="seeds, one replicate of every cell per seed (default: 0)",
+    )
+    _add_run_options(matrix, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
+    disp = matrix.add_argument_group("dispatch")
+    disp.add_argument(
+        "--executor",
+        default="local",
+        metavar="{local,slurm,debug}",
+        help="local: subprocesses on this machine, one cell per visible GPU (or "
+        "--workers at a time on CPU); slurm: one job array; debug: in-process "
+        "(default: local)",
+    )
+    disp.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="GPU indices for the local executor, e.g. 0,1,3, or 'none' (default: "
+        "every visible GPU)",
+    )
+    disp.add_argument(
+        "--cells-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cells packed on each GPU at once (local executor) (default: 1)",
+    )
+    disp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cells at once on a machine without GPUs; CPU threads are split "
+        "between them (default: one per CPU core for the demo profile, "
+        "else 1)",
+    )
+    disp.add_argument(
+        "--slurm-profile",
+        default="default",
+        metavar="NAME|FILE",
+        help="TOML profile: a file, or a name under slurm/ (default: default)",
+    )
+    disp.add_argument(
+        "--slurm",
+        dest="slurm_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key of the SLURM profile, e.g. --slurm partition=gpu (repeatable)",
+    )
+    disp.add_argument(
+        "--wait",
+        action="store_true",
+        help="slurm: wait for the submitted cells and print the summary",
+    )
+    disp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every cell with its run id and state, and exit",
+    )
+
+    status = sub.add_parser(
+        "status",
+        allow_abbrev=False,
+        help="the 7x4 grid of every matrix in a results directory, with each cell's state",
+        description="Show each matrix (per seed) as the paper's 7x4 grid: pending, queued, "
+        "running (progress, it/s, ETA), partial, completed, diverged, failed. Safe to run while "
+        "a matrix is training, locally or on SLURM.",
+    )
+    SUBPARSERS["status"] = status
+    status.add_argument("--results", default="results", help="results directory (default: results)")
     return parser
 
 
@@ -130,8 +274,10 @@ def resolve_device_arg(name: str) -> torch.device:
         if not torch.cuda.is_available():
             raise UserError("--device: CUDA requested but not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device: {name} requested but only {torch.cuda.device_count()} "
-                            "CUDA device(s) are visible")  # fmt: skip
+            raise UserError(
+                f"--device: {name} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
     elif dev.type != "cpu":
         raise UserError(f"--device: unsupported device type {dev.type!r}; use cpu or cuda")
     return dev
@@ -237,8 +383,10 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         runtime = dict(doc["runtime"])
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
-    if not any(checkpoint.verify(c.path) is not None
-               for c in checkpoint.list_checkpoints(run.checkpoints_dir)):  # fmt: skip
+    if not any(
+        checkpoint.verify(c.path) is not None
+        for c in checkpoint.list_checkpoints(run.checkpoints_dir)
+    ):
         raise UserError(f"--resume: {path} has no valid checkpoint to resume from")
     conflicts = [
         f"{OPTIONS_BY_KEY[k].flag}: run has {saved[k]!r}, command line says {v!r}"
@@ -250,6 +398,156 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
     runtime.update({k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "runtime"})
     runtime["results"], runtime["name"] = str(path.parent), path.name
     return {**saved, **runtime}
+
+
+@dataclass
+class MatrixPlan:
+    experiment: str
+    configs: list[RunConfig]
+    run_dirs: list[Path]
+    states: list[Any]  # matrix.CellState
+    rt: RuntimeConfig
+    dataset: ImageDataset
+    executor: str
+    results: Path
+    slots: list[Any]  # dispatch.Slot (local)
+    slurm: Any  # dispatch.SlurmProfile (slurm)
+
+
+EXECUTORS = ("local", "slurm", "debug")
+
+
+def _parse_gpus(text: str | None) -> list[int]:
+    """--gpus: a comma list, 'none', or (default) every visible GPU."""
+    if text is None:
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        gpus = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--gpus: expected a comma-separated list of GPU indices, got {text!r}"
+        ) from None
+    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise UserError(f"--gpus: indices must be distinct and >= 0, got {text!r}")
+    return gpus
+
+
+def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
+    from .dispatch import load_slurm_profile, local_slots
+    from .experiments import Selection
+    from .matrix import cell_state, expand, get_profile
+
+    if args.executor not in EXECUTORS:
+        close = difflib.get_close_matches(args.executor, EXECUTORS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
+        )
+    profile = get_profile(args.profile)
+    given = {**profile.options, **_given(args)}
+    if profile.needs_data and "data" not in _given(args):
+        raise UserError(
+            f"--data: profile {args.profile!r} trains on LSUN bedrooms; give --data PATH "
+            "(a folder of images), or use --profile demo for the built-in data"
+        )
+    for flag, names, registry in (
+        ("--arch", args.archs, get_pair),
+        ("--procedure", args.procedures, None),
+    ):
+        for name in names or ():
+            try:
+                get_pair(name) if registry else get_procedure(name)
+            except KeyError as e:
+                raise UserError(f"{flag}: {e.args[0]}") from None
+    if args.cells_per_gpu < 1:
+        raise UserError(f"--cells-per-gpu: must be at least 1, got {args.cells_per_gpu}")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    workers = args.workers or (
+        os.cpu_count() or 1 if profile.cpu_workers == 0 else profile.cpu_workers
+    )
+    rt = resolve_runtime_config(given)
+    if args.executor != "slurm":  # a login node need not have the GPUs the jobs will get
+        resolve_device_arg(rt.device)
+    dataset = load_dataset(rt.data)
+    shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
+    sel = Selection(archs=args.archs, procedures=args.procedures, seeds=args.seeds)
+    configs = expand(
+        args.experiment, sel, shared, dataset=dataset.kind, data_fingerprint=dataset.fingerprint
+    )
+    if not configs:
+        raise UserError("the selection holds no cells")
+    small = min(c.batch_size for c in configs)
+    if len(dataset) < max(c.batch_size for c in configs):
+        raise UserError(
+            f"--data: {rt.data} has {len(dataset)} usable images, fewer than one "
+            f"batch (--batch-size {small})"
+        )
+    results = Path(rt.results)
+    run_dirs = [results / c.run_id for c in configs]
+    for cfg, d in zip(configs, run_dirs, strict=True):
+        rd = RunDir(d)
+        if rd.exists():
+            try:
+                old = rd.read_config()["config"]
+            except (OSError, ValueError, KeyError):
+                raise UserError(f"{rd.config_file} is unreadable; move the run away") from None
+            if old != cfg.to_dict():
+                raise UserError(
+                    f"{d} holds a run with another config: "
+                    + "; ".join(config_diff(old, cfg.to_dict()))
+                )
+    base = check_writable(results, "--results")
+    slurm = None
+    queue = None
+    if args.executor == "slurm":
+        from .dispatch import slurm_queue
+
+        slurm, source = load_slurm_profile(args.slurm_profile, args.slurm_overrides)
+        need = rt.checkpoint_every + slurm.signal_delay_s
+        if slurm.time_limit_min * 60 <= need:
+            raise UserError(
+                f"{source}: time_limit {slurm.time_limit_min} min is shorter than one checkpoint "
+                f"interval ({rt.checkpoint_every:.0f} s, --checkpoint-every) plus the signal delay "
+                f"({slurm.signal_delay_s} s): a job could never save its progress"
+            )
+        if not args.dry_run:
+            queue = slurm_queue()
+            if queue is None:
+                raise UserError(
+                    "--executor slurm: no SLURM controller answers (squeue failed); "
+                    "run this on a login node"
+                )
+    else:
+        from .dispatch import slurm_queue
+
+        queue = slurm_queue() if any((d / "submission.json").exists() for d in run_dirs) else None
+    states = [cell_state(d, queue) for d in run_dirs]
+    runnable = [c for c, s in zip(configs, states, strict=True) if s.runnable]
+    if runnable and not args.dry_run:
+        need = sum(checkpoint_bytes(c) for c in runnable) * (rt.keep_checkpoints + 1)
+        free = shutil.disk_usage(base).free
+        if free < need:
+            raise UserError(
+                f"--results: {base} has {free:,} bytes free; the checkpoints of "
+                f"{len(runnable)} cells need {need:,}"
+            )
+    gpus = _parse_gpus(args.gpus)
+    slots = local_slots(gpus, args.cells_per_gpu, workers)
+    return MatrixPlan(
+        args.experiment,
+        configs,
+        run_dirs,
+        states,
+        rt,
+        dataset,
+        args.executor,
+        results,
+        slots,
+        slurm,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +574,165 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-COMMANDS = {"train": cmd_train}
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from . import dispatch
+    from .matrix import cell_state, write_manifest, write_summary
+
+    plan = plan_matrix(args)
+    if args.dry_run:
+        _print_dry_run(plan)
+        return EXIT_OK
+    write_manifest(plan.results, plan.experiment, plan.configs, plan.run_dirs)
+    cells = zip(plan.configs, plan.run_dirs, plan.states, strict=True)
+    todo = [(c, d) for c, d, s in cells if s.runnable]
+    skipped = len(plan.configs) - len(todo)
+    print(f"{len(plan.configs)} cells: {len(todo)} to run, {skipped} skipped", end="")
+    print(" (done, running or queued)")
+    specs = [dispatch.CellSpec(c.to_dict(), _cell_runtime(plan), str(d)) for c, d in todo]
+    folder = dispatch.submission_folder(plan.results)
+    if plan.executor == "slurm":
+        if not specs:
+            print("nothing to submit")
+            return EXIT_OK
+        _submit_slurm(plan, specs, todo, folder)
+        if not args.wait:
+            return EXIT_OK
+        _wait_slurm(specs)
+    elif specs and not _run_here(plan, specs, folder):
+        print(
+            "interrupted: the running cells checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_TEMPFAIL
+    path, text = write_summary(plan.results, plan.configs, plan.run_dirs)
+    print(text, end="")
+    print(f"summary written to {path} (and .csv)")
+    done = all(cell_state(d).state in ("completed", "diverged") for d in plan.run_dirs)
+    return EXIT_OK if done else EXIT_FAILED
+
+
+def _print_dry_run(plan: MatrixPlan) -> None:
+    width = max(len(d.name) for d in plan.run_dirs)
+    for d, st in zip(plan.run_dirs, plan.states, strict=True):
+        extra = f" ({st.detail})" if st.detail else ""
+        print(f"{d.name:<{width}}  {st.state}{extra}")
+    n = sum(s.runnable for s in plan.states)
+    print(
+        f"{len(plan.configs)} cells, {n} to run ({plan.executor} executor); dry run: nothing done"
+    )
+
+
+def _cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
+    """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
+    threads = plan.rt.threads
+    if threads is None and plan.executor == "local" and all(s.gpu is None for s in plan.slots):
+        threads = max(1, (os.cpu_count() or 1) // len(plan.slots))
+    if threads is None and plan.executor == "slurm":
+        threads = plan.slurm.cpus_per_task
+    return {**plan.rt.to_dict(), "threads": threads}
+
+
+def _submit_slurm(plan: MatrixPlan, specs: list[Any], todo: list[Any], folder: Path) -> None:
+    from . import dispatch
+    from .results import atomic_write_json
+    from .train import run_config_document
+
+    for cfg, d in todo:  # the config first, so that `status` shows queued cells
+        if not RunDir(d).exists():
+            doc = run_config_document(cfg, plan.rt, plan.dataset, d.name)
+            atomic_write_json(RunDir(d).config_file, doc)
+    jobs = dispatch.run_slurm(specs, plan.slurm, folder)
+    array = jobs[0][1].split("_")[0]
+    print(f"submitted {len(jobs)} cells as SLURM job array {array}; logs in {folder}")
+    print(f"watch them with: python -m reproduce status --results {plan.results}")
+
+
+def _wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
+    from .dispatch import slurm_queue
+    from .matrix import cell_state
+
+    pending = {Path(spec.run_dir) for spec in specs}
+    while pending:
+        time.sleep(poll_s)
+        queue = slurm_queue()
+        pending = {
+            d for d in pending if cell_state(d, queue).state in ("queued", "running", "pending")
+        }
+
+
+def _run_here(plan: MatrixPlan, specs: list[Any], folder: Path) -> bool:
+    """Run cells with the local or debug executor, printing progress; False if interrupted."""
+    from . import dispatch
+
+    total, done = len(specs), 0
+
+    def event(kind: str, spec: Any, info: Any) -> None:
+        nonlocal done
+        if kind == "started":
+            where = f"GPU {info.gpu}" if info.gpu is not None else "CPU"
+            print(f"  start  {spec.run_id} ({where})", flush=True)
+            return
+        done += 1
+        msg = "" if info.get("state") == "completed" else f" ({info.get('message')})"
+        print(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}", flush=True)
+
+    if plan.executor == "debug":
+        for run_id, result in dispatch.run_debug(specs, folder).items():
+            event("finished", next(s for s in specs if s.run_id == run_id), result)
+        return True
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)  # like Ctrl-C: stop the cells, then exit
+    try:
+        dispatch.run_local(specs, plan.slots, folder, on_event=event)
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .dispatch import slurm_queue
+    from .matrix import cell_state, grid_text, load_manifests
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"--results: no such directory: {results}")
+    manifests = load_manifests(results)
+    if not manifests:
+        print(f"no matrix in {results} (start one with: python -m reproduce matrix ...)")
+        return EXIT_OK
+    uses_slurm = any(
+        (results / c["run_id"] / "submission.json").exists() for m in manifests for c in m["cells"]
+    )
+    queue = slurm_queue() if uses_slurm else None
+    for m in manifests:
+        shared = m.get("shared", {})
+        desc = ", ".join(
+            f"{k}={shared[k]}"
+            for k in ("dim", "batch_size", "iters", "hparams", "dataset")
+            if k in shared
+        )
+        for seed in sorted({c["seed"] for c in m["cells"]}):
+            cells = {}
+            counts: dict[str, int] = {}
+            for c in m["cells"]:
+                if c["seed"] != seed:
+                    continue
+                st = cell_state(results / c["run_id"], queue)
+                cells[(c["arch"], c["procedure"])] = (st, None)
+                counts[st.state] = counts.get(st.state, 0) + 1
+            summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            print(f"matrix {m['matrix_id']} ({m['experiment']}; {desc}), seed {seed}: {summary}")
+            print(grid_text(cells))
+            print()
+    if uses_slurm and queue is None:
+        print("note: squeue did not answer; queued SLURM cells may show as pending")
+    return EXIT_OK
+
+
+COMMANDS = {"train": cmd_train, "matrix": cmd_matrix, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -221,9 +221,14 @@ def load_folder(path: str) -> ImageDataset:
         "folder",
         images,
         fingerprint("folder", images),
-        {"source": str(root.resolve()), "n": len(arrays), "files": len(files),
-         "skipped": skipped, "preprocessing": RESIZE},
-    )  # fmt: skip
+        {
+            "source": str(root.resolve()),
+            "n": len(arrays),
+            "files": len(files),
+            "skipped": skipped,
+            "preprocessing": RESIZE,
+        },
+    )
 
 
 DATASETS: dict[str, Callable[[str], ImageDataset]] = {
@@ -293,8 +298,14 @@ class BatchSource:
     batch is one index transfer and one gather.
     """
 
-    def __init__(self, dataset: ImageDataset, batch_size: int, seed: int, device: torch.device,
-                 position: DataPosition | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        seed: int,
+        device: torch.device,
+        position: DataPosition | None = None,
+    ) -> None:
         self.sampler = EpochSampler(len(dataset), batch_size, seed, position)
         self.device = device
         self.images = dataset.images.to(device)

@@ -115,6 +115,8 @@ def configure_numerics(device: torch.device) -> None:
 def environment(device: torch.device) -> dict[str, Any]:
     return {
         "host": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job": os.environ.get("SLURM_JOB_ID"),
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "cuda": str(torch.version.cuda) if torch.version.cuda else None,
@@ -148,9 +150,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["torch_cuda"])
     n = state["numpy"]
     np.random.set_state(
-        (n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-         n["cached_gaussian"])
-    )  # fmt: skip
+        (
+            n["key"],
+            n["state"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
 
@@ -310,8 +317,9 @@ def train_run(
             old = run_dir.read_config().get("config", {})
             if old != doc["config"]:  # validated before; re-checked under the lease
                 diff = "; ".join(config_diff(old, doc["config"]))
-                return Outcome("failed", 0, f"config differs from {run_dir.config_file}: {diff}",
-                               run_dir.path)  # fmt: skip
+                return Outcome(
+                    "failed", 0, f"config differs from {run_dir.config_file}: {diff}", run_dir.path
+                )
         else:
             atomic_write_json(run_dir.config_file, doc)
         return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
@@ -341,8 +349,9 @@ def _train_locked(
             run_dir.log(f"skipped invalid checkpoint {path.name}")
         if state["config_hash"] != cfg.hash():
             diff = "; ".join(config_diff(state["config"], cfg.to_dict()))
-            return Outcome("failed", 0, f"checkpoint {ckpt.path} has another config: {diff}",
-                           run_dir.path)  # fmt: skip
+            return Outcome(
+                "failed", 0, f"checkpoint {ckpt.path} has another config: {diff}", run_dir.path
+            )
         trainer.load_state_dict(state)
         old_env = state["env"]
         moved = [k for k in ("device", "threads", "torch") if old_env.get(k) != env.get(k)]
@@ -357,6 +366,9 @@ def _train_locked(
         run_dir.log(f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads)")
     run_dir.truncate_stats(trainer.iteration)
 
+    started_at = time.time()
+    start_iteration = trainer.iteration
+
     def status(state: str, **extra: Any) -> None:
         run_dir.write_status(
             state,
@@ -367,6 +379,10 @@ def _train_locked(
             device=env["device"],
             host=env["host"],
             pid=os.getpid(),
+            cuda_visible_devices=env["cuda_visible_devices"],
+            slurm_job=env["slurm_job"],
+            started_at=started_at,  # this process's start (epoch seconds)
+            start_iteration=start_iteration,  # where this process started (resumed) from
             **extra,
         )
 
@@ -412,10 +428,15 @@ def _loop(
     window_excluded = 0.0  # seconds spent on samples/checkpoints inside the timing window
     tty = sys.stderr.isatty()
     bar = tqdm(
-        total=cfg.iters, initial=trainer.iteration, unit="it", desc=run_dir.path.name,
-        disable=not rt.progress, mininterval=0.5 if tty else 30.0, dynamic_ncols=True,
+        total=cfg.iters,
+        initial=trainer.iteration,
+        unit="it",
+        desc=run_dir.path.name,
+        disable=not rt.progress,
+        mininterval=0.5 if tty else 30.0,
+        dynamic_ncols=True,
         file=sys.stderr,
-    )  # fmt: skip
+    )
 
     def flush() -> int | None:
         """Read pending statistics (one host sync), write their rows, and return the first
@@ -445,8 +466,13 @@ def _loop(
         run_dir.append_stats(rows)
         last = rows[-1]
         bar.set_postfix(
-            {k: f"{last[k]:.3g}" for k in ("critic_loss", "wdist", "generator_loss")
-             if last.get(k) is not None}, refresh=False)  # fmt: skip
+            {
+                k: f"{last[k]:.3g}"
+                for k in ("critic_loss", "wdist", "generator_loss")
+                if last.get(k) is not None
+            },
+            refresh=False,
+        )
         pending.clear()
         return diverged_at
 
@@ -454,9 +480,12 @@ def _loop(
         nonlocal last_ckpt, window_excluded
         t = time.perf_counter()
         path = checkpoint.save_checkpoint(
-            run_dir.checkpoints_dir, trainer.iteration, trainer.state_dict(env),
-            config_hash=cfg.hash(), keep=rt.keep_checkpoints,
-        )  # fmt: skip
+            run_dir.checkpoints_dir,
+            trainer.iteration,
+            trainer.state_dict(env),
+            config_hash=cfg.hash(),
+            keep=rt.keep_checkpoints,
+        )
         window_excluded += time.perf_counter() - t
         last_ckpt = time.monotonic()
         run_dir.log(f"checkpoint {path.name}")
@@ -478,8 +507,9 @@ def _loop(
         while trainer.iteration < cfg.iters:
             if lease.lost:
                 run_dir.log("lease lost to another process; stopping without writing")
-                return Outcome("lost", trainer.iteration, "another process took over the run",
-                               run_dir.path)  # fmt: skip
+                return Outcome(
+                    "lost", trainer.iteration, "another process took over the run", run_dir.path
+                )
             it = trainer.iteration
             t0 = time.perf_counter()
             stats = trainer.step()
@@ -497,6 +527,8 @@ def _loop(
                 bad = flush()
                 if bad is not None:
                     return diverged(bad)
+                if done < cfg.iters and not due_ckpt:
+                    status("running")  # progress for `status` (after a checkpoint: below)
             if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
                 sample_grid()
             if due_ckpt and done < cfg.iters:
@@ -508,9 +540,12 @@ def _loop(
                 return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
     sample_grid()
     save()
-    status("completed")
+    status("completed", finished_at=time.time())
     run_dir.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s of training")
     return Outcome(
-        "completed", trainer.iteration, "completed", run_dir.path,
+        "completed",
+        trainer.iteration,
+        "completed",
+        run_dir.path,
         {"train_seconds": trainer.train_seconds},
-    )  # fmt: skip
+    )

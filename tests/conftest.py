@@ -44,20 +44,29 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python -m reproduce ARGS`` in a fresh process."""
     return subprocess.run(
         [sys.executable, "-m", "reproduce", *args],
-        capture_output=True, text=True, env=env or cli_env(), cwd=cwd or REPO, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 def popen_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "reproduce", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or cli_env(), cwd=REPO,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env or cli_env(),
+        cwd=REPO,
+    )
 
 
 def load_final_state(run_dir: Path) -> dict:
@@ -90,3 +99,16 @@ def states_equal(a, b) -> bool:
     except AssertionError:
         return False
     return True
+
+
+# The suite runs on two xdist workers, one file per worker (pyproject.toml). Hand out the long
+# files first, so that the two workers finish at about the same time.
+_FIRST = ("test_slurm.py", "test_resume.py", "test_matrix.py", "test_reliability.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return _FIRST.index(name) if name in _FIRST else len(_FIRST)
+
+    items.sort(key=rank)  # stable: keeps the order within each file

@@ -171,8 +171,11 @@ def tmpfs(tmp_path):
     def mount(size: str) -> Path:
         mnt = tmp_path / f"tmpfs-{len(mounted)}"
         mnt.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                           capture_output=True, text=True)  # fmt: skip
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
         if r.returncode != 0:
             if os.environ.get("CI"):
                 pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr.strip()}")
@@ -187,8 +190,15 @@ def tmpfs(tmp_path):
 
 def test_no_room_for_a_checkpoint(tmp_path, tmpfs):
     small = tmpfs("2m")
-    line = assert_rejected(tmp_path, "--arch", "resnet101", "--dim", "64", match="bytes free",
-                           results=small / "results")  # fmt: skip
+    line = assert_rejected(
+        tmp_path,
+        "--arch",
+        "resnet101",
+        "--dim",
+        "64",
+        match="bytes free",
+        results=small / "results",
+    )
     assert "checkpoints of this run need" in line
 
 
@@ -198,8 +208,18 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     assert code == 0, err
     (run,) = results.iterdir()
     # a changed config under the same --name is refused, listing the differences
-    code, _, err = run_main("train", "--results", str(results), "--name", run.name, *SMALL,
-                            "--lr", "3e-4", "--seed", "1")  # fmt: skip
+    code, _, err = run_main(
+        "train",
+        "--results",
+        str(results),
+        "--name",
+        run.name,
+        *SMALL,
+        "--lr",
+        "3e-4",
+        "--seed",
+        "1",
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "another config" in err and "lr: 0.0001 -> 0.0003" in err and "seed: 0 -> 1" in err
     # --resume refuses a contradicting result-affecting flag

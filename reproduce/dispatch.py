@@ -1,0 +1,403 @@
+"""Dispatch of matrix cells through submitit: local processes, SLURM job arrays, in-process.
+
+One code path: every cell becomes a ``CellJob`` (a submitit ``Checkpointable`` that carries
+only the cell's config) handed to a submitit executor. The job rebuilds all state from disk
+at every start, so a preempted and requeued job, a plain ``scontrol requeue`` or a rerun of
+the original pickle after a node failure all resume from the newest checkpoint.
+
+Preemption and time limits: inside the job, USR2 (submitit's preemption/timeout signal) and
+SIGTERM only set a flag. The training loop checkpoints at the next iteration boundary and
+returns; for USR2 the job then hands over to submitit's own handler, which re-pickles the job
+and requeues it (``scontrol requeue`` on SLURM). SIGTERM (a plain requeue, scancel, or the end
+of a preemption grace time) checkpoints and exits; SLURM decides whether the job comes back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import submitit
+from submitit.core.utils import FailedJobError, UncompletedJobError
+
+from .config import RunConfig, RuntimeConfig
+from .results import RunDir, atomic_write_json, now_iso
+
+SUBMITIT_DIR = ".submitit"  # under the results directory
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a job needs, as plain data (pickled into the submission)."""
+
+    config: dict[str, Any]  # RunConfig fields
+    runtime: dict[str, Any]  # RuntimeConfig fields
+    run_dir: str
+
+    @property
+    def run_id(self) -> str:
+        return Path(self.run_dir).name
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """Train one cell; resumable. ``checkpoint()`` (inherited) re-submits the same spec: the
+    training state always comes from the run directory, never from the pickle."""
+
+    def __init__(self, spec: CellSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> dict[str, Any]:
+        from .data import load_dataset
+        from .train import StopFlag, resolve_device, train_run
+
+        cfg = RunConfig(**self.spec.config)
+        rt = RuntimeConfig(**self.spec.runtime)
+        dataset = load_dataset(rt.data)
+        if dataset.fingerprint != cfg.data_fingerprint:
+            raise RuntimeError(
+                f"dataset {rt.data} changed since submission: fingerprint {dataset.fingerprint}, "
+                f"expected {cfg.data_fingerprint}"
+            )
+        stop = StopFlag()
+        # submitit's handler for USR2 checkpoints *inside* the signal handler; keep it for
+        # the hand-over after our own clean stop at an iteration boundary.
+        usr2 = signal.SIGUSR2
+        submitit_handler = signal.getsignal(usr2)
+        with stop.installed((usr2, signal.SIGTERM, signal.SIGINT)):
+            out = train_run(
+                cfg, rt, dataset, RunDir(Path(self.spec.run_dir)), resolve_device(rt.device), stop
+            )
+        if out.state == "interrupted" and stop.reason == "SIGUSR2" and callable(submitit_handler):
+            _clean_stale_save_tmp()
+            submitit_handler(usr2, None)  # re-pickles via checkpoint(), requeues, exits
+        return {
+            "state": out.state,
+            "iteration": out.iteration,
+            "message": out.message,
+            "run_dir": str(out.run_dir),
+        }
+
+
+def _clean_stale_save_tmp() -> None:
+    """A job killed while submitit re-pickled it leaves ``*.save_tmp``, which makes the next
+    requeue fail an assertion; remove it before handing over."""
+    with contextlib.suppress(Exception):
+        paths = submitit.JobEnvironment().paths
+        tmp = paths.submitted_pickle.with_suffix(paths.submitted_pickle.suffix + ".save_tmp")
+        tmp.unlink(missing_ok=True)
+
+
+def submission_folder(results: Path) -> Path:
+    """A fresh submitit folder per matrix invocation (job ids may repeat across clusters)."""
+    return results / SUBMITIT_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+
+
+def record_submission(run_dir: Path, executor: str, job_id: str, folder: Path) -> None:
+    atomic_write_json(
+        run_dir / "submission.json",
+        {"executor": executor, "job_id": job_id, "folder": str(folder), "submitted": now_iso()},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# local: a pool of slots (one per visible GPU x cells-per-GPU, or CPU workers)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Slot:
+    gpu: int | None  # the device index this slot's cells see as CUDA_VISIBLE_DEVICES; None = CPU
+
+
+def local_slots(gpus: Sequence[int], cells_per_gpu: int, cpu_workers: int) -> list[Slot]:
+    if gpus:
+        return [Slot(g) for g in gpus for _ in range(cells_per_gpu)]
+    return [Slot(None) for _ in range(cpu_workers)]
+
+
+def run_local(
+    specs: Sequence[CellSpec],
+    slots: Sequence[Slot],
+    folder: Path,
+    on_event: Callable[[str, CellSpec, Any], None] | None = None,
+    poll_s: float = 0.5,
+) -> dict[str, dict[str, Any]]:
+    """Run cells as local submitit jobs, at most one per slot at a time; returns each run
+    id's result (or an error description). Interrupting this call cancels the running jobs,
+    which checkpoint at their next iteration boundary."""
+    pending = deque(specs)
+    free = list(slots)
+    running: list[tuple[Any, CellSpec, Slot]] = []
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        while pending or running:
+            while pending and free:
+                spec, slot = pending.popleft(), free.pop(0)
+                ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
+                params: dict[str, Any] = {"timeout_min": 60 * 24 * 365}  # no local time limit
+                if slot.gpu is not None:
+                    params.update(gpus_per_node=1, visible_gpus=[slot.gpu])
+                ex.update_parameters(**params)
+                # The controller starts with SIGINT ignored, so a terminal Ctrl-C reaches only
+                # the cell (which checkpoints and exits) instead of making the controller
+                # SIGKILL it; the cell installs its own SIGINT handler.
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                try:
+                    job = ex.submit(CellJob(spec))
+                finally:
+                    signal.signal(signal.SIGINT, previous)
+                record_submission(Path(spec.run_dir), "local", job.job_id, folder)
+                running.append((job, spec, slot))
+                if on_event:
+                    on_event("started", spec, slot)
+            still = []
+            for job, spec, slot in running:
+                if job.done():
+                    results[spec.run_id] = _job_result(job)
+                    free.append(slot)
+                    if on_event:
+                        on_event("finished", spec, results[spec.run_id])
+                else:
+                    still.append((job, spec, slot))
+            running = still
+            if running:
+                time.sleep(poll_s)
+    except BaseException:
+        stop_local_jobs([job for job, _, _ in running])
+        raise
+    return results
+
+
+def stop_local_jobs(jobs: Sequence[Any], timeout_s: float = 300.0) -> None:
+    """SIGTERM each job's controller (forwarded to its cell, which checkpoints at the next
+    iteration and exits), then wait for them. submitit's own cancel() sends SIGINT, on which
+    the controller SIGKILLs the cell after one second."""
+    procs = [p for p in (getattr(j, "_process", None) for j in jobs) if p is not None]
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _job_result(job: Any) -> dict[str, Any]:
+    try:
+        return dict(job.result())
+    except (FailedJobError, UncompletedJobError) as e:
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        return {"state": "failed", "message": lines[-1] if lines else repr(e)}
+
+
+def run_debug(specs: Sequence[CellSpec], folder: Path) -> dict[str, dict[str, Any]]:
+    """In-process, one cell after the other (submitit's DebugExecutor): for tests."""
+    ex = submitit.DebugExecutor(folder=folder)
+    results = {}
+    for spec in specs:
+        job = ex.submit(CellJob(spec))
+        results[spec.run_id] = _job_result(job)
+    return results
+
+
+# --------------------------------------------------------------------------------------------
+# SLURM: one job array per matrix invocation, settings from a TOML profile under slurm/
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SlurmProfile:
+    """Cluster settings for the job array (``slurm/*.toml``; every key documented there)."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_limit_min: int = 24 * 60  # per job; a cell that needs longer requeues itself
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem_gb: float | None = 32.0
+    array_parallelism: int = 64  # cells running at once
+    signal_delay_s: int = 120  # USR2 this long before the time limit
+    max_requeues: int = 20  # time-limit requeues per cell (preemptions do not count)
+    setup: tuple[str, ...] = ()  # shell lines run before the job (module load, ...)
+    constraint: str | None = None
+    exclude: str | None = None
+    additional: tuple[tuple[str, Any], ...] = ()  # any other sbatch option, e.g. {mail-type=END}
+
+    def executor_parameters(self) -> dict[str, Any]:
+        p: dict[str, Any] = {
+            "time": self.time_limit_min,
+            "cpus_per_task": self.cpus_per_task,
+            "array_parallelism": self.array_parallelism,
+            "signal_delay_s": self.signal_delay_s,
+        }
+        for key in ("partition", "account", "qos", "constraint", "exclude"):
+            if getattr(self, key):
+                p[key] = getattr(self, key)
+        if self.gpus_per_node:
+            p["gpus_per_node"] = self.gpus_per_node
+        if self.mem_gb:
+            p["mem"] = f"{int(self.mem_gb * 1024)}M"
+        if self.setup:
+            p["setup"] = list(self.setup)
+        if self.additional:
+            p["additional_parameters"] = dict(self.additional)
+        return p
+
+
+def run_slurm(
+    specs: Sequence[CellSpec], profile: SlurmProfile, folder: Path
+) -> list[tuple[CellSpec, str]]:
+    """Submit the cells as one job array; returns (spec, job id) pairs."""
+    ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=profile.max_requeues)
+    ex.update_parameters(**profile.executor_parameters())
+    with ex.batch():
+        jobs = [ex.submit(CellJob(spec)) for spec in specs]
+    out = []
+    for spec, job in zip(specs, jobs, strict=True):
+        record_submission(Path(spec.run_dir), "slurm", job.job_id, folder)
+        out.append((spec, job.job_id))
+    return out
+
+
+def slurm_queue() -> dict[str, str] | None:
+    """Job id -> state of every job in the queue (array tasks expanded); None if squeue is
+    unavailable or the controller does not answer."""
+    import subprocess
+
+    try:
+        r = subprocess.run(
+            ["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    queue = {}
+    for line in r.stdout.splitlines():
+        job, _, state = line.strip().partition("|")
+        if job:
+            queue[job] = state
+    return queue
+
+
+REPO_SLURM_DIR = Path(__file__).resolve().parents[1] / "slurm"
+
+
+def _parse_time_limit(value: Any) -> int:
+    """Minutes from an int (minutes) or a SLURM string: MM, HH:MM:SS, D-HH:MM[:SS]."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(value)
+    days = 0
+    if "-" in value:
+        d, value = value.split("-", 1)
+        days = int(d)
+    parts = [int(x) for x in value.split(":")]
+    if len(parts) == 1:
+        h, m, s = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, m, s = (parts[0], parts[1], 0) if days else (0, parts[0], parts[1])
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:
+        raise ValueError(value)
+    return days * 24 * 60 + h * 60 + m + (1 if s else 0)
+
+
+_PROFILE_TYPES: dict[str, tuple[type, ...]] = {
+    "partition": (str,),
+    "account": (str,),
+    "qos": (str,),
+    "time_limit": (str, int),
+    "gpus_per_node": (int,),
+    "cpus_per_task": (int,),
+    "mem_gb": (int, float),
+    "array_parallelism": (int,),
+    "signal_delay_s": (int,),
+    "max_requeues": (int,),
+    "setup": (list,),
+    "constraint": (str,),
+    "exclude": (str,),
+    "additional": (dict,),
+}
+
+
+def available_slurm_profiles() -> list[str]:
+    return sorted(p.stem for p in REPO_SLURM_DIR.glob("*.toml"))
+
+
+def load_slurm_profile(name: str, overrides: Sequence[str] = ()) -> tuple[SlurmProfile, str]:
+    """Read a profile (a file path, or a name under slurm/) and apply KEY=VALUE overrides.
+    Unknown keys and wrong types are errors (UserError names the key and the file)."""
+    import difflib
+
+    import tomllib
+
+    from .errors import UserError
+
+    path = Path(name)
+    if not path.is_file():
+        path = REPO_SLURM_DIR / f"{name}.toml"
+    if not path.is_file():
+        avail = available_slurm_profiles()
+        close = difflib.get_close_matches(name, avail, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"--slurm-profile: no profile {name!r}{hint}; available: "
+            f"{', '.join(avail) or 'none'} (or give a TOML file)"
+        )
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--slurm-profile: cannot parse {path}: {e}") from None
+    sources = {k: str(path) for k in raw}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--slurm: expected KEY=VALUE, got {item!r}")
+        try:
+            raw[key] = tomllib.loads(f"v = {text}")["v"]
+        except ValueError:
+            raw[key] = text  # a bare word: a string
+        sources[key] = "--slurm"
+    values: dict[str, Any] = {}
+    value: Any
+    for key, value in raw.items():
+        if key not in _PROFILE_TYPES:
+            close = difflib.get_close_matches(key, list(_PROFILE_TYPES), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UserError(f"{sources[key]}: unknown SLURM profile key {key!r}{hint}")
+        types = _PROFILE_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UserError(
+                f"{sources[key]}: SLURM profile key {key!r} must be "
+                f"{' or '.join(t.__name__ for t in types)}, got {value!r}"
+            )
+        if key == "time_limit":
+            try:
+                values["time_limit_min"] = _parse_time_limit(value)
+            except ValueError:
+                raise UserError(
+                    f"{sources[key]}: time_limit {value!r} is not minutes or [D-]HH:MM[:SS]"
+                ) from None
+        elif key in ("partition", "account", "qos", "constraint", "exclude"):
+            values[key] = value or None  # "" means "not set"
+        elif key == "setup":
+            values[key] = tuple(str(x) for x in cast(list, value))
+        elif key == "additional":
+            values[key] = tuple(sorted(cast(dict, value).items()))
+        else:
+            values[key] = value
+    profile = SlurmProfile(**values)
+    for key in ("gpus_per_node", "signal_delay_s", "max_requeues"):
+        if getattr(profile, key) < 0:
+            raise UserError(f"SLURM profile: {key} must be >= 0, got {getattr(profile, key)}")
+    for key in ("cpus_per_task", "array_parallelism", "time_limit_min"):
+        if getattr(profile, key) < 1:
+            raise UserError(f"SLURM profile: {key} must be >= 1, got {getattr(profile, key)}")
+    return profile, str(path)

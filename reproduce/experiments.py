@@ -1,0 +1,95 @@
+"""Named experiments: each is a function that returns the cells it needs.
+
+A cell is the user-level choice of one run (architecture, procedure, seed, and any
+experiment-specific option overrides); ``matrix.expand`` resolves cells into ``RunConfig``s
+with the shared options of a matrix invocation. The figures issue registers more experiments
+here (each paper figure names its runs the same way).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from architectures import PAIRS
+
+from .procedures import PROCEDURES
+
+
+@dataclass(frozen=True)
+class Cell:
+    arch: str
+    procedure: str
+    seed: int
+    # experiment-specific option overrides (keys of config.OPTIONS), applied over the
+    # matrix-wide options; e.g. a figure that needs a particular optimiser
+    overrides: tuple[tuple[str, Any], ...] = field(default=())
+
+    def choices(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "procedure": self.procedure,
+            "seed": self.seed,
+            **dict(self.overrides),
+        }
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the user selected on the command line (None = the experiment's own default)."""
+
+    archs: Sequence[str] | None = None
+    procedures: Sequence[str] | None = None
+    seeds: Sequence[int] = (0,)
+
+
+ExperimentFn = Callable[[Selection], list[Cell]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    build: ExperimentFn
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(name: str, description: str) -> Callable[[ExperimentFn], ExperimentFn]:
+    def deco(fn: ExperimentFn) -> ExperimentFn:
+        if name in EXPERIMENTS:
+            raise ValueError(f"experiment {name!r} registered twice")
+        EXPERIMENTS[name] = Experiment(name, description, fn)
+        return fn
+
+    return deco
+
+
+def get_experiment(name: str) -> Experiment:
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise KeyError(
+            f"unknown experiment {name!r}{hint}; valid: {', '.join(EXPERIMENTS)}"
+        ) from None
+
+
+@register("lsun", "Figure 2 / Appendix H: 7 architectures x 4 procedures on 64x64 LSUN bedrooms")
+def lsun_matrix(sel: Selection) -> list[Cell]:
+    """Rows A.1-A.7 (paper order) x DCGAN, LSGAN, WGAN (clipping), WGAN-GP, per seed.
+
+    Every cell uses its procedure's own default hyperparameters (SPEC.md B.3): the paper's
+    claim is that only WGAN-GP trains all seven with one shared set.
+    """
+    archs = sel.archs if sel.archs is not None else list(PAIRS)
+    procs = sel.procedures if sel.procedures is not None else list(PROCEDURES)
+    return [Cell(a, p, s) for s in sel.seeds for a in archs for p in procs]
+
+
+def cell_key(choices: Mapping[str, Any]) -> tuple[str, str, int]:
+    return (choices["arch"], choices["procedure"], choices["seed"])

@@ -1,0 +1,360 @@
+"""Expand experiments into runs, find each run's state, and summarise a matrix.
+
+``expand`` is pure: (experiment, selection, shared options, dataset fingerprint) -> the
+resolved ``RunConfig`` of every cell, in the experiment's order, with duplicates refused.
+Run ids are deterministic, so a second invocation finds the same runs and skips, resumes or
+starts each according to its state on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from architectures import PAIRS
+
+from .config import RunConfig, resolve_run_config
+from .errors import UserError
+from .experiments import Selection, get_experiment
+from .lease import is_live, read_holder
+from .procedures import PROCEDURES
+from .results import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+
+
+@dataclass(frozen=True)
+class Profile:
+    description: str
+    options: Mapping[str, Any]  # defaults for config.OPTIONS keys; explicit flags override
+    needs_data: bool = False
+    cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per CPU core)
+
+
+PROFILES: dict[str, Profile] = {
+    # The paper's LSUN experiment (SPEC.md B): batch 64, DIM 64, 200,000 generator iterations.
+    "paper": Profile(
+        "the paper's settings: 200,000 generator iterations, batch 64, width 64 (give --data)",
+        {"dim": 64, "batch_size": 64, "iters": 200_000},
+        needs_data=True,
+    ),
+    # Small enough that all 28 cells finish in minutes on a 2-core CPU, on the built-in data.
+    "demo": Profile(
+        "all 28 cells on the built-in demo data at width 8, batch 16, 12 iterations (CPU, minutes)",
+        {
+            "data": "demo",
+            "dim": 8,
+            "batch_size": 16,
+            "iters": 12,
+            "log_every": 4,
+            "sample_every": 0,
+            "checkpoint_every": 60.0,
+        },
+        cpu_workers=0,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PROFILES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"--profile: unknown profile {name!r}{hint}; valid: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def expand(
+    experiment: str,
+    selection: Selection,
+    shared: Mapping[str, Any],
+    *,
+    dataset: str,
+    data_fingerprint: str,
+) -> list[RunConfig]:
+    """Resolve every cell of an experiment. Raises UserError for an invalid option of any
+    cell and for two cells that resolve to the same run id."""
+    try:
+        exp = get_experiment(experiment)
+    except KeyError as e:
+        raise UserError(f"--experiment: {e.args[0]}") from None
+    cells = exp.build(selection)
+    configs: list[RunConfig] = []
+    seen: dict[str, tuple[str, str, int]] = {}
+    for cell in cells:
+        cfg = resolve_run_config(
+            {**shared, **cell.choices()}, dataset=dataset, data_fingerprint=data_fingerprint
+        )
+        key = (cell.arch, cell.procedure, cell.seed)
+        if cfg.run_id in seen:
+            raise UserError(
+                f"duplicate cells: {seen[cfg.run_id]} and {key} both resolve to run {cfg.run_id}"
+            )
+        seen[cfg.run_id] = key
+        configs.append(cfg)
+    return configs
+
+
+def matrix_id(configs: Sequence[RunConfig]) -> str:
+    """Identifies one matrix (its set of runs), for its manifest and summary files."""
+    h = hashlib.sha256("\n".join(sorted(c.run_id for c in configs)).encode())
+    return h.hexdigest()[:10]
+
+
+def write_manifest(
+    results: Path, experiment: str, configs: Sequence[RunConfig], run_dirs: Sequence[Path]
+) -> Path:
+    """``results/matrices/<id>.json``: the cells of a matrix, so that ``status`` can show the
+    ones that have not started yet."""
+    mid = matrix_id(configs)
+    path = results / "matrices" / f"{mid}.json"
+    atomic_write_json(
+        path,
+        {
+            "matrix_id": mid,
+            "experiment": experiment,
+            "cells": [
+                {
+                    "arch": c.arch,
+                    "procedure": c.procedure,
+                    "seed": c.seed,
+                    "run_id": c.run_id,
+                    "run_dir": str(d),
+                }
+                for c, d in zip(configs, run_dirs, strict=True)
+            ],
+            "shared": {
+                k: v
+                for k, v in configs[0].to_dict().items()
+                if k not in ("arch", "procedure", "seed")
+            }
+            if configs
+            else {},
+        },
+    )
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# states
+# --------------------------------------------------------------------------------------------
+@dataclass
+class CellState:
+    state: str  # pending | queued | running | partial | completed | diverged | failed
+    iteration: int = 0
+    iters: int = 0
+    it_per_s: float | None = None
+    detail: str = ""
+    job_id: str | None = None
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.it_per_s and self.iters > self.iteration:
+            return (self.iters - self.iteration) / self.it_per_s
+        return None
+
+    @property
+    def runnable(self) -> bool:
+        """Should a matrix invocation start (or resume) this cell?"""
+        return self.state in ("pending", "partial", "failed")
+
+
+SLURM_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "SIGNALING",
+    "STAGE_OUT",
+}
+
+
+def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellState:
+    """The state of one run from its directory (and the SLURM queue, when given)."""
+    rd = RunDir(run_dir)
+    status = rd.read_status() or {}
+    st = CellState(
+        state="pending",
+        iteration=int(status.get("iteration", 0) or 0),
+        iters=int(status.get("iters", 0) or 0),
+        it_per_s=status.get("it_per_s"),
+    )
+    submission: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        submission = dict(read_json(run_dir / "submission.json"))
+    st.job_id = submission.get("job_id")
+    state = status.get("state")
+    if state in ("completed", "diverged"):
+        st.state = state
+        if state == "diverged":
+            st.detail = f"at iteration {status.get('diverged_at')}"
+        return st
+    if is_live(read_holder(run_dir)):
+        st.state = "running"
+        return st
+    if queue is not None and submission.get("executor") == "slurm":
+        slurm_state = queue.get(str(submission.get("job_id")))
+        if slurm_state in SLURM_ACTIVE:
+            st.state = (
+                "queued" if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD") else "running"
+            )
+            st.detail = f"SLURM {slurm_state} job {submission['job_id']}"
+            return st
+    if state == "failed":
+        st.state = "failed"
+        st.detail = str(status.get("message", ""))
+    elif state in ("running", "interrupted") or (run_dir / "checkpoints").exists():
+        st.state = "partial"  # interrupted (signal, kill, preemption): resumes when run again
+    return st
+
+
+def last_stats(run_dir: Path) -> dict[str, Any]:
+    rows = read_jsonl(run_dir / "stats.jsonl")
+    return rows[-1] if rows else {}
+
+
+# --------------------------------------------------------------------------------------------
+# summary
+# --------------------------------------------------------------------------------------------
+SUMMARY_COLUMNS = (
+    "arch",
+    "procedure",
+    "seed",
+    "status",
+    "iterations",
+    "it_per_s",
+    "images_per_s",
+    "train_seconds",
+    "critic_loss",
+    "wdist",
+    "generator_loss",
+    "run_id",
+)
+
+
+def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for cfg, run_dir in zip(configs, run_dirs, strict=True):
+        st = cell_state(run_dir)
+        status = RunDir(run_dir).read_status() or {}
+        last = last_stats(run_dir)
+        secs = status.get("train_seconds")
+        it_s = st.it_per_s
+        rows.append(
+            {
+                "arch": cfg.arch,
+                "procedure": cfg.procedure,
+                "seed": cfg.seed,
+                "status": st.state + (f" {st.detail}" if st.state == "diverged" else ""),
+                "iterations": f"{st.iteration}/{cfg.iters}",
+                "it_per_s": it_s,
+                # real images consumed per second: n_critic batches per generator iteration
+                "images_per_s": it_s * cfg.n_critic * cfg.batch_size if it_s else None,
+                "train_seconds": secs,
+                "critic_loss": last.get("critic_loss"),
+                "wdist": last.get("wdist"),
+                "generator_loss": last.get("generator_loss"),
+                "run_id": run_dir.name,
+            }
+        )
+    return rows
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(
+    results: Path, configs: Sequence[RunConfig], run_dirs: Sequence[Path]
+) -> tuple[Path, str]:
+    """Write ``results/matrices/<id>-summary.{md,csv}``; returns the markdown path and text."""
+    import pandas as pd
+
+    rows = summary_rows(configs, run_dirs)
+    mid = matrix_id(configs)
+    md = markdown_table(rows, SUMMARY_COLUMNS)
+    md_path = results / "matrices" / f"{mid}-summary.md"
+    atomic_write_bytes(md_path, md.encode())
+    csv = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False)
+    atomic_write_bytes(results / "matrices" / f"{mid}-summary.csv", csv.encode())
+    return md_path, md
+
+
+# --------------------------------------------------------------------------------------------
+# the 7x4 grid for `status`
+# --------------------------------------------------------------------------------------------
+def _short(st: CellState, metric: str | None) -> str:
+    if st.state == "running":
+        pct = f"{100 * st.iteration / st.iters:.0f}%" if st.iters else ""
+        rate = f" {st.it_per_s:.2f}it/s" if st.it_per_s else ""
+        eta = f" ETA {_duration(st.eta_s)}" if st.eta_s is not None else ""
+        return f"running {pct}{rate}{eta}"
+    text = st.state
+    if st.state == "partial" and st.iters:
+        text += f" {st.iteration}/{st.iters}"
+    if st.state == "diverged":
+        text += f" @{st.detail.split()[-1]}"
+    if metric:
+        text += f" {metric}"
+    return text
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    if s >= 3600:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def grid_text(cells: Mapping[tuple[str, str], tuple[CellState, str | None]]) -> str:
+    """7x4 table: rows are the paper's architecture titles, columns the four procedures."""
+    procs = list(PROCEDURES)
+    header = ["architecture (Figure 2 row)"] + [PROCEDURES[p].title for p in procs]
+    body = []
+    for name, pair in PAIRS.items():
+        row = [f"{pair.row}. {pair.title}"]
+        for p in procs:
+            got = cells.get((name, p))
+            row.append(_short(*got) if got else "")
+        body.append(row)
+    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*r) for r in body]
+    return "\n".join(lines)
+
+
+def load_manifests(results: Path) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted((results / "matrices").glob("*.json")):
+        try:
+            out.append(dict(json.loads(p.read_text())))
+        except (OSError, ValueError):
+            continue
+    return out

@@ -1,0 +1,331 @@
+"""The matrix runner without SLURM: pure expansion, bad inputs, idempotence, concurrency,
+the local executor's GPU slots, interruption and the status grid."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from architectures import PAIRS
+from reproduce.errors import UserError
+from reproduce.experiments import Selection
+from reproduce.matrix import PROFILES, cell_state, expand
+from reproduce.procedures import PROCEDURES
+from reproduce.results import read_jsonl
+
+from .conftest import cli_env, popen_cli, run_cli
+from .test_bad_inputs import run_main, tree
+
+FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
+FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
+
+
+def test_lsun_expansion_is_the_7x4_cross_product_in_paper_order():
+    configs = expand("lsun", Selection(), {"dim": 8}, **FP)
+    assert [(c.arch, c.procedure) for c in configs] == [(a, p) for a in PAIRS for p in PROCEDURES]
+    assert len({c.run_id for c in configs}) == 28
+    # every cell at its procedure's own defaults
+    by = {(c.arch, c.procedure): c for c in configs}
+    assert by[("gated", "wgan-gp")].critic_norm == "layer" and by[("gated", "wgan")].clip == 0.01
+    assert by[("no-norm", "wgan-gp")].critic_norm == "none"
+    assert by[("tanh", "lsgan")].optimizer == "rmsprop-tf"
+
+
+def test_expansion_selection_seeds_and_shared_options():
+    sel = Selection(archs=["tanh", "baseline"], procedures=["wgan-gp"], seeds=[0, 1, 2])
+    configs = expand("lsun", sel, {"dim": 8, "iters": 7, "hparams": "official-code"}, **FP)
+    assert [(c.seed, c.arch) for c in configs] == [
+        (s, a) for s in (0, 1, 2) for a in ("tanh", "baseline")
+    ]
+    assert all(c.iters == 7 and c.beta1 == 0.0 for c in configs)
+    assert expand("lsun", sel, {"dim": 8}, **FP) == expand("lsun", sel, {"dim": 8}, **FP)  # pure
+
+
+def test_duplicates_and_meaningless_shared_options_are_refused():
+    with pytest.raises(UserError, match="duplicate cells"):
+        expand("lsun", Selection(archs=["tanh", "tanh"]), {}, **FP)
+    with pytest.raises(UserError, match="duplicate cells"):
+        expand("lsun", Selection(seeds=[1, 1]), {}, **FP)
+    with pytest.raises(UserError, match="--gp-lambda means nothing for procedure dcgan"):
+        expand("lsun", Selection(), {"gp_lambda": 5.0}, **FP)
+
+
+def test_profiles():
+    assert PROFILES["paper"].options == {"dim": 64, "batch_size": 64, "iters": 200_000}
+    assert PROFILES["demo"].options["data"] == "demo"
+
+
+def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
+    before = tree(tmp_path)
+    code, out, err = run_main("matrix", "--results", str(tmp_path / "results"), *argv)
+    assert code == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reproduce matrix: error:"), err
+    assert match in lines[0], err
+    assert tree(tmp_path) == before  # nothing written, nothing submitted
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (
+            ["--profile", "demo", "--arch", "basline"],
+            "--arch: unknown architecture 'basline' (did you mean 'baseline'?)",
+        ),
+        (
+            ["--profile", "demo", "--procedure", "wgan-gp", "lsgn"],
+            "unknown procedure 'lsgn' (did you mean 'lsgan'?)",
+        ),
+        (["--profile", "dmeo"], "--profile: unknown profile 'dmeo' (did you mean 'demo'?)"),
+        (["--profile", "demo", "--experiment", "lsnu"], "--experiment: unknown experiment 'lsnu'"),
+        (
+            ["--profile", "demo", "--executor", "slrum"],
+            "unknown executor 'slrum' (did you mean 'slurm'?)",
+        ),
+        (["--profile", "demo", "--arch", "tanh", "tanh"], "duplicate cells"),
+        (["--profile", "demo", "--seeds", "3", "3"], "duplicate cells"),
+        (["--profile", "paper"], "--data: profile 'paper' trains on LSUN bedrooms"),
+        (["--profile", "paper", "--data", "/nonexistent/lsun"], "is neither a built-in dataset"),
+        (["--profile", "demo", "--iters", "0"], "--iters: must be at least 1"),
+        (
+            ["--profile", "demo", "--gp-lambda", "3"],
+            "--gp-lambda means nothing for procedure dcgan",
+        ),
+        (["--profile", "demo", "--workers", "0"], "--workers: must be at least 1"),
+        (["--profile", "demo", "--gpus", "0,0"], "--gpus: indices must be distinct"),
+        (
+            ["--profile", "demo", "--executor", "slurm", "--slurm", "partiton=gpu"],
+            "unknown SLURM profile key 'partiton' (did you mean 'partition'?)",
+        ),
+        (
+            ["--profile", "demo", "--executor", "slurm", "--slurm-profile", "defualt"],
+            "no profile 'defualt' (did you mean 'default'?)",
+        ),
+        (
+            [
+                "--profile",
+                "demo",
+                "--executor",
+                "slurm",
+                "--slurm",
+                "time_limit=5",
+                "--checkpoint-every",
+                "600",
+            ],
+            "time_limit 5 min is shorter than one checkpoint interval",
+        ),
+        (
+            ["--profile", "demo", "--executor", "slurm", "--slurm", "cpus_per_task=two"],
+            "'cpus_per_task' must be int",
+        ),
+    ],
+)
+def test_matrix_bad_inputs(tmp_path, argv, match):
+    assert_matrix_rejected(tmp_path, *argv, match=match)
+
+
+def test_bad_slurm_profile_file(tmp_path):
+    prof = tmp_path / "mine.toml"
+    prof.write_text('partition = "gpu"\nmemory = 4\n')
+    assert_matrix_rejected(
+        tmp_path,
+        "--profile",
+        "demo",
+        "--executor",
+        "slurm",
+        "--slurm-profile",
+        str(prof),
+        match=f"{prof}: unknown SLURM profile key 'memory'",
+    )
+
+
+def test_unwritable_results_directory(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code, _, err = run_main("matrix", "--profile", "demo", "--results", str(blocker / "r"))
+    assert code == 2 and "--results:" in err and len(err.strip().splitlines()) == 1
+
+
+def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
+    before = tree(tmp_path)
+    code, out, err = run_main("matrix", *FAST, "--results", str(tmp_path / "r"), "--dry-run")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 29 and lines[-1].startswith("28 cells, 28 to run")
+    assert all(line.split()[1] == "pending" for line in lines[:-1])
+    assert tree(tmp_path) == before
+
+
+def test_second_invocation_trains_nothing(tmp_path):
+    args = [
+        "matrix",
+        *FAST,
+        "--arch",
+        "baseline",
+        "no-norm",
+        "--procedure",
+        "dcgan",
+        "wgan",
+        "--executor",
+        "debug",
+        "--results",
+        str(tmp_path / "r"),
+    ]
+    code, out, err = run_main(*args)
+    assert code == 0, out + err
+    assert out.splitlines()[0] == "4 cells: 4 to run, 0 skipped (done, running or queued)"
+    summary = list((tmp_path / "r" / "matrices").glob("*-summary.md"))
+    assert len(summary) == 1 and summary[0].read_text().count("| completed |") == 4
+    assert len(list((tmp_path / "r" / "matrices").glob("*-summary.csv"))) == 1
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("ckpt-*/state.pt")}
+    code, out, err = run_main(*args)
+    assert (
+        code == 0
+        and out.splitlines()[0] == "4 cells: 0 to run, 4 skipped (done, running or queued)"
+    )
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
+    code, out, _ = run_main(*args, "--dry-run")
+    assert out.count(" completed") == 4
+
+
+def test_eight_matrix_processes_train_each_cell_exactly_once(tmp_path):
+    results = tmp_path / "r"
+    args = [
+        "matrix",
+        *FAST,
+        "--arch",
+        "baseline",
+        "constant-filters",
+        "--procedure",
+        "dcgan",
+        "lsgan",
+        "--iters",
+        "6",
+        "--executor",
+        "debug",
+        "--results",
+        str(results),
+    ]
+    env = cli_env(REPRODUCE_FAULTS="step-sleep=0.1")
+    procs = [popen_cli(*args, env=env) for _ in range(8)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode in (0, 1) for p in procs), outs
+    runs = [d for d in results.iterdir() if (d / "config.json").exists()]
+    assert len(runs) == 4
+    for run in runs:
+        log = (run / "log.txt").read_text()
+        assert log.count("started ") == 1 and "resumed" not in log, log
+        assert [r["iter"] for r in read_jsonl(run / "stats.jsonl")] == list(range(6))
+        assert json.loads((run / "status.json").read_text())["state"] == "completed"
+    # a matrix process that found a cell busy says so; in total each cell was trained once
+    trained = sum(o.count("] completed: ") for o, _ in outs)
+    assert trained == 4, outs
+    outcomes = {
+        line.split("] ")[1].split(":")[0]
+        for o, _ in outs
+        for line in o.splitlines()
+        if line.startswith("  [")
+    }
+    assert outcomes <= {"completed", "already-completed", "busy"}, outcomes
+
+
+def test_local_executor_runs_one_cell_per_visible_gpu(tmp_path):
+    """Three fake GPUs: three cells at once, each with its own CUDA_VISIBLE_DEVICES."""
+    results = tmp_path / "r"
+    r = run_cli(
+        "matrix",
+        *FAST,
+        "--arch",
+        "baseline",
+        "constant-filters",
+        "mlp-generator",
+        "--procedure",
+        "dcgan",
+        "--iters",
+        "16",
+        "--gpus",
+        "0,1,2",
+        "--results",
+        str(results),
+        env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4"),
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    statuses = [json.loads(p.read_text()) for p in results.glob("*/status.json")]
+    assert len(statuses) == 3
+    assert sorted(s["cuda_visible_devices"] for s in statuses) == ["0", "1", "2"]
+    assert all(s["device"] == "cpu" for s in statuses)  # no real GPU here: auto -> cpu
+    # they ran at the same time: every start precedes every finish
+    assert max(s["started_at"] for s in statuses) < min(s["finished_at"] for s in statuses)
+    assert r.stdout.count("(GPU ") == 3
+
+
+def test_interrupted_local_matrix_resumes(tmp_path):
+    results = tmp_path / "r"
+    args = [
+        "matrix",
+        *FAST,
+        "--arch",
+        "baseline",
+        "--procedure",
+        "wgan-gp",
+        "--iters",
+        "12",
+        "--checkpoint-every",
+        "0",
+        "--results",
+        str(results),
+    ]
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"))
+    deadline = time.monotonic() + 120
+    while (
+        not list(results.glob("*/stats.jsonl"))
+        or len(read_jsonl(next(results.glob("*/stats.jsonl")))) < 4
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out + err
+    (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and 4 <= status["iteration"] < 12, status
+    assert cell_state(run).state == "partial"
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "resumed from ckpt-" in (run / "log.txt").read_text()
+    assert [row["iter"] for row in read_jsonl(run / "stats.jsonl")] == list(range(12))
+
+
+def test_status_shows_the_grid(tmp_path):
+    results = tmp_path / "r"
+    code, out, err = run_main(
+        "matrix",
+        *FAST,
+        "--arch",
+        "tanh",
+        "--procedure",
+        "dcgan",
+        "lsgan",
+        "--executor",
+        "debug",
+        "--results",
+        str(results),
+    )
+    assert code == 0, err
+    code, out, err = run_main("matrix", *FAST, "--results", str(results), "--dry-run")
+    code, out, err = run_main("status", "--results", str(results))
+    assert code == 0, err
+    assert "seed 0: 2 completed" in out
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("architecture"))
+    assert "DCGAN" in lines[header] and "WGAN-GP" in lines[header]
+    tanh = next(line for line in lines if line.startswith("6. tanh"))
+    assert tanh.count("completed") == 2
+    assert (
+        len([line for line in lines[header + 2 :] if line[:2] in {f"{i}." for i in range(1, 8)}])
+        == 7
+    )
