@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import os
 import re
@@ -236,6 +237,28 @@ def build_parser() -> Parser:
         help="print every cell with its run id and state, and exit",
     )
 
+    fetch = sub.add_parser(
+        "fetch-weights",
+        allow_abbrev=False,
+        help="download the Inception weights into a cache directory (run on a login node)",
+        description="Stage torch-fidelity's TF-compatible Inception weights for machines without "
+        "internet: download, record the sha256 beside the file, check that they load.",
+    )
+    SUBPARSERS["fetch-weights"] = fetch
+    fetch.add_argument(
+        "--cache",
+        default=None,
+        metavar="DIR",
+        help="directory to put the file in (default: torch-fidelity's cache, "
+        "$TORCH_HOME/hub/checkpoints)",
+    )
+    fetch.add_argument(
+        "--url",
+        default=None,
+        help="download from this URL instead (a mirror, or file:///path); default: "
+        "$REPRODUCE_INCEPTION_URL, else torch-fidelity's release URL",
+    )
+
     status = sub.add_parser(
         "status",
         allow_abbrev=False,
@@ -337,6 +360,17 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+def with_weights(rt: RuntimeConfig) -> RuntimeConfig:
+    """Resolve and verify the Inception weights when the run evaluates (UserError otherwise);
+    the checksum goes with the run so that each job checks it again when it starts."""
+    if not rt.eval_enabled:
+        return rt
+    from .metrics import resolve_weights
+
+    weights = resolve_weights(rt.inception_weights, allow_download=True)
+    return dataclasses.replace(rt, inception_weights=weights.path, inception_sha256=weights.sha256)
+
+
 def plan_train(args: argparse.Namespace) -> TrainPlan:
     given = _given(args)
     if args.resume:
@@ -368,6 +402,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     base = check_writable(run_dir.path, "--results")
     if (run_dir.read_status() or {}).get("state") not in ("completed", "diverged"):
         check_space(cfg, rt, base)
+        rt = with_weights(rt)
     return TrainPlan(cfg, rt, dataset, run_dir, device)
 
 
@@ -380,7 +415,7 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
     try:
         doc = run.read_config()
         saved = {k: v for k, v in doc["config"].items() if k in OPTIONS_BY_KEY}
-        runtime = dict(doc["runtime"])
+        runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
     if not any(
@@ -534,6 +569,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
                 f"--results: {base} has {free:,} bytes free; the checkpoints of "
                 f"{len(runnable)} cells need {need:,}"
             )
+    if runnable and not args.dry_run:
+        rt = with_weights(rt)
     gpus = _parse_gpus(args.gpus)
     slots = local_slots(gpus, args.cells_per_gpu, workers)
     return MatrixPlan(
@@ -694,7 +731,9 @@ def _run_here(plan: MatrixPlan, specs: list[Any], folder: Path) -> bool:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .dispatch import slurm_queue
+    from .evaluation import latest_metrics
     from .matrix import cell_state, grid_text, load_manifests
+    from .metrics import IS_MEAN
 
     results = Path(args.results)
     if not results.is_dir():
@@ -721,7 +760,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if c["seed"] != seed:
                     continue
                 st = cell_state(results / c["run_id"], queue)
-                cells[(c["arch"], c["procedure"])] = (st, None)
+                latest = latest_metrics(results / c["run_id"])
+                has_is = latest is not None and latest.get(IS_MEAN) is not None
+                score = f"IS {latest[IS_MEAN]:.2f}" if latest and has_is else None
+                cells[(c["arch"], c["procedure"])] = (st, score)
                 counts[st.state] = counts.get(st.state, 0) + 1
             summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             print(f"matrix {m['matrix_id']} ({m['experiment']}; {desc}), seed {seed}: {summary}")
@@ -732,7 +774,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"train": cmd_train, "matrix": cmd_matrix, "status": cmd_status}
+def cmd_fetch_weights(args: argparse.Namespace) -> int:
+    from .metrics import default_cache_dir, stage_weights
+
+    cache = Path(args.cache) if args.cache else default_cache_dir()
+    check_writable(cache, "--cache")
+    try:
+        weights = stage_weights(cache, args.url)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot download the Inception weights: {type(e).__name__}: {e}") from None
+    print(f"staged {weights.path}")
+    print(f"sha256 {weights.sha256}")
+    print(
+        f"use it with: --inception-weights {weights.path}  (or export "
+        f"REPRODUCE_INCEPTION_WEIGHTS={weights.path})"
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "matrix": cmd_matrix,
+    "status": cmd_status,
+    "fetch-weights": cmd_fetch_weights,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -105,9 +105,26 @@ class RuntimeConfig:
     log_every: int = 100
     sample_every: int = 1000
     progress: bool = True
+    # evaluation (Inception score, FID, KID; SPEC.md D): never changes the training numbers
+    eval: bool | None = None  # None: on, except on the built-in demo data
+    eval_every: int = 0  # 0: iters // 20 (20 periodic evaluations)
+    eval_samples: int = 5_000  # samples per periodic evaluation
+    final_eval_samples: int = 50_000  # samples of the final evaluation (Table 3: 50k)
+    reference_samples: int = 50_000  # training images for FID/KID and the real-data scores
+    inception_weights: str | None = None
+    inception_sha256: str | None = None  # set after verification; checked again at job start
+    is_threshold: float = 0.5  # verdict: final IS >= this fraction of the data's IS
+    diversity_threshold: float = 0.5  # verdict: sample diversity >= this fraction of the data's
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def eval_enabled(self) -> bool:
+        return self.eval if self.eval is not None else self.data != "demo"
+
+    def eval_interval(self, iters: int) -> int:
+        return self.eval_every or max(1, iters // 20)
 
 
 @dataclass(frozen=True)
@@ -172,6 +189,23 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample_every", int, 1000, "iterations between fixed-noise 8x8 sample grids "
            "(0: only the final grid)", section="runtime"),
     Option("progress", bool, True, "show a progress bar", section="runtime"),
+    Option("eval", bool, None, "Inception score, FID and KID during training and at the end "
+           "(default: on, except on the built-in demo data)", section="runtime"),
+    Option("eval_every", int, 0, "iterations between periodic evaluations (0: iters // 20)",
+           section="runtime"),
+    Option("eval_samples", int, 5_000, "generated samples per periodic evaluation (1000: the "
+           "protocol of Figure 3)", section="runtime"),
+    Option("final_eval_samples", int, 50_000, "generated samples of the final evaluation "
+           "(50,000 and 10 splits: the protocol of Table 3)", section="runtime"),
+    Option("reference_samples", int, 50_000, "training images for FID/KID and the real-data "
+           "Inception score (all of them if fewer)", section="runtime"),
+    Option("inception_weights", str, None, "Inception weights file (torch-fidelity's "
+           "inception-v3-compat); default: $REPRODUCE_INCEPTION_WEIGHTS, then torch-fidelity's "
+           "cache, then its download", section="runtime"),
+    Option("is_threshold", float, 0.5, "verdict: a completed cell trained if its final IS is at "
+           "least this fraction of the data's", section="runtime"),
+    Option("diversity_threshold", float, 0.5, "verdict: ... and its samples at least this "
+           "fraction as diverse as the data (else: collapsed)", section="runtime"),
 )
 # fmt: on
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
@@ -226,10 +260,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise UserError(f"--config: {p} must hold a table/object of option keys")
     if "config" in raw and "schema" in raw:  # a run directory's config.json
         merged = {**raw.get("runtime", {}), **raw["config"]}
-        # resolved-only fields of RunConfig that are not user options
-        for k in ("dataset", "data_fingerprint"):
-            merged.pop(k, None)
-        raw = merged
+        # keep the user options; drop what was resolved from them (dataset kind and
+        # fingerprint, the weights' checksum), which is recomputed and checked again
+        raw = {k: v for k, v in merged.items() if k in OPTIONS_BY_KEY}
     return check_keys(raw, f"--config {p}")
 
 
@@ -363,6 +396,17 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         raise UserError(f"--log-every: must be at least 1, got {rt.log_every}")
     if rt.sample_every < 0:
         raise UserError(f"--sample-every: must be >= 0, got {rt.sample_every}")
+    if rt.eval_every < 0:
+        raise UserError(f"--eval-every: must be >= 0, got {rt.eval_every}")
+    for key in ("eval_samples", "final_eval_samples", "reference_samples"):
+        if getattr(rt, key) < 20:  # 10 splits of at least 2 samples
+            raise UserError(
+                f"--{key.replace('_', '-')}: must be at least 20, got {getattr(rt, key)}"
+            )
+    for key in ("is_threshold", "diversity_threshold"):
+        v = getattr(rt, key)
+        if not (math.isfinite(v) and v > 0):
+            raise UserError(f"--{key.replace('_', '-')}: must be positive, got {v}")
     if rt.name is not None and (
         not rt.name or "/" in rt.name or rt.name in (".", "..") or rt.name.startswith(".")
     ):

@@ -21,8 +21,10 @@ from architectures import PAIRS
 
 from .config import RunConfig, resolve_run_config
 from .errors import UserError
+from .evaluation import latest_metrics
 from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
+from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
 from .results import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
 
@@ -238,6 +240,11 @@ SUMMARY_COLUMNS = (
     "critic_loss",
     "wdist",
     "generator_loss",
+    "is_mean",
+    "is_std",
+    "fid",
+    "kid",
+    "verdict",
     "run_id",
 )
 
@@ -249,6 +256,10 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
         status = RunDir(run_dir).read_status() or {}
         last = last_stats(run_dir)
         secs = status.get("train_seconds")
+        m = latest_metrics(run_dir) or {}
+        verdict: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            verdict = dict(read_json(run_dir / "verdict.json"))
         it_s = st.it_per_s
         rows.append(
             {
@@ -264,6 +275,11 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
                 "critic_loss": last.get("critic_loss"),
                 "wdist": last.get("wdist"),
                 "generator_loss": last.get("generator_loss"),
+                "is_mean": m.get(IS_MEAN),
+                "is_std": m.get(IS_STD),
+                "fid": m.get(FID),
+                "kid": m.get(KID_MEAN),
+                "verdict": verdict.get("verdict"),
                 "run_id": run_dir.name,
             }
         )

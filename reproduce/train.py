@@ -36,10 +36,11 @@ from tqdm import tqdm
 
 from architectures import Z_DIM, get_pair
 
-from . import checkpoint, faults
+from . import checkpoint, faults, metrics
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
 from .data import BatchSource, DataPosition, ImageDataset, derive_seed
 from .errors import DiskFullError
+from .evaluation import Evaluator, write_verdict
 from .images import grid, save_png, to_uint8
 from .lease import Lease
 from .procedures import Procedure, get_procedure
@@ -325,6 +326,25 @@ def train_run(
         return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
 
 
+class WeightsError(Exception):
+    pass
+
+
+def _job_weights(rt: RuntimeConfig) -> metrics.InceptionWeights:
+    """The Inception weights resolved at submission, checked again now (the job may run on
+    another node, much later): same file, same checksum, or a clear failure."""
+    path = Path(rt.inception_weights or "")
+    if not rt.inception_weights or not path.is_file():
+        raise WeightsError(f"Inception weights not found at {path}; {metrics.FETCH_HINT}")
+    digest = metrics.sha256_file(path)
+    if rt.inception_sha256 and digest != rt.inception_sha256:
+        raise WeightsError(
+            f"Inception weights {path} changed since submission (sha256 {digest[:16]}..., "
+            f"expected {rt.inception_sha256[:16]}...); {metrics.FETCH_HINT}"
+        )
+    return metrics.InceptionWeights(str(path), digest, staged=False)
+
+
 def _train_locked(
     cfg: RunConfig,
     rt: RuntimeConfig,
@@ -334,6 +354,15 @@ def _train_locked(
     stop: StopFlag,
     lease: Lease,
 ) -> Outcome:
+    evaluator = None
+    if rt.eval_enabled:
+        try:
+            weights = _job_weights(rt)
+        except WeightsError as e:
+            run_dir.write_status("failed", message=str(e), reason="inception-weights", iteration=0)
+            run_dir.log(f"failed: {e}")
+            return Outcome("failed", 0, str(e), run_dir.path)
+        evaluator = Evaluator(cfg, rt, dataset, run_dir, device, weights)
     configure_numerics(device)
     if rt.threads is not None:
         torch.set_num_threads(rt.threads)
@@ -395,7 +424,7 @@ def _train_locked(
 
     status("running")
     try:
-        return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status)
+        return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status, evaluator)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             if not lease.lost:
@@ -420,8 +449,10 @@ def _loop(
     lease: Lease,
     env: dict[str, Any],
     status: Any,
+    evaluator: Evaluator | None,
 ) -> Outcome:
     pending: list[tuple[int, dict[str, Tensor], float]] = []  # (iteration, stats, seconds)
+    thresholds = metrics.VerdictThresholds(rt.is_threshold, rt.diversity_threshold)
     nan = torch.tensor(float("nan"), device=trainer.device)
     last_ckpt = time.monotonic()
     window_start = time.perf_counter()
@@ -496,8 +527,23 @@ def _loop(
         save_png(grid(trainer.samples()), run_dir.samples_dir / f"iter-{trainer.iteration:07d}.png")
         window_excluded += time.perf_counter() - t
 
+    def evaluate(kind: str) -> None:
+        nonlocal window_excluded
+        if evaluator is None:
+            return
+        t = time.perf_counter()
+        row = evaluator.evaluate(trainer.G, trainer.iteration, kind)
+        window_excluded += time.perf_counter() - t
+        if row is not None:
+            run_dir.log(
+                f"{kind} evaluation at iteration {trainer.iteration}: IS "
+                f"{row[metrics.IS_MEAN]:.3f} ± {row[metrics.IS_STD]:.3f}, FID "
+                f"{row.get(metrics.FID, float('nan')):.2f} ({row['seconds']:.1f} s)"
+            )
+
     def diverged(at: int) -> Outcome:
         msg = f"non-finite loss or parameter at iteration {at}"
+        write_verdict(run_dir.path, "diverged", thresholds)
         status("diverged", diverged_at=at, message=msg)
         run_dir.log(f"diverged: {msg}; last good checkpoint left untouched")
         return Outcome("diverged", at, msg, run_dir.path)
@@ -531,6 +577,8 @@ def _loop(
                     status("running")  # progress for `status` (after a checkpoint: below)
             if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
                 sample_grid()
+            if evaluator is not None and evaluator.due(done):
+                evaluate("periodic")
             if due_ckpt and done < cfg.iters:
                 save()
                 status("running")
@@ -539,8 +587,15 @@ def _loop(
                 run_dir.log(f"interrupted by {stop.reason} at iteration {done}")
                 return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
     sample_grid()
-    save()
-    status("completed", finished_at=time.time())
+    save()  # before the final evaluation: a failure there never costs training
+    evaluate("final")
+    v = write_verdict(run_dir.path, "completed", thresholds)
+    status(
+        "completed",
+        finished_at=time.time(),
+        verdict=v["verdict"],
+        eval_seconds=evaluator.seconds if evaluator else 0.0,
+    )
     run_dir.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s of training")
     return Outcome(
         "completed",

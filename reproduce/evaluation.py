@@ -1,0 +1,141 @@
+"""Evaluation of one run: periodic and final Inception score / FID / KID, written to the run's
+``metrics.jsonl``, plus the run's verdict.
+
+Each evaluation is keyed by (iteration, kind); one already recorded is never computed again
+(a resumed run reproduces the same weights, so it would give the same numbers). Samples come
+from a noise stream seeded by (run seed, iteration), and every global RNG is restored
+afterwards: evaluating never changes the training trajectory. The real-data statistics
+(Inception score and diversity of the reference images, and their Inception features for
+FID/KID) are computed once per dataset, weights file and reference size, and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import metrics
+from .config import RunConfig, RuntimeConfig
+from .data import ImageDataset, derive_seed
+from .results import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+
+CACHE_DIR = ".cache/fidelity"  # under the results directory
+
+
+class Evaluator:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        rt: RuntimeConfig,
+        dataset: ImageDataset,
+        run_dir: RunDir,
+        device: torch.device,
+        weights: metrics.InceptionWeights,
+    ) -> None:
+        self.cfg, self.rt, self.run_dir, self.device, self.weights = (
+            cfg,
+            rt,
+            run_dir,
+            device,
+            weights,
+        )
+        self.every = rt.eval_interval(cfg.iters)
+        self.cache_root = Path(rt.results) / CACHE_DIR
+        n_ref = min(rt.reference_samples, len(dataset))
+        self.reference = metrics.reference_images(dataset.images, n_ref)
+        # names the cached reference features: data content, subset size, weights
+        self.reference_name = f"{dataset.fingerprint}-n{n_ref}-w{weights.sha256[:12]}"
+        self.seconds = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir.path / "metrics.jsonl"
+
+    def recorded(self) -> list[dict[str, Any]]:
+        return metrics_rows(self.run_dir.path)
+
+    def due(self, iteration: int) -> bool:
+        return iteration % self.every == 0 and iteration < self.cfg.iters
+
+    def protocol(self, n: int) -> metrics.Protocol:
+        return metrics.Protocol(num_samples=n, reference_samples=len(self.reference))
+
+    def real_stats(self, protocol: metrics.Protocol) -> dict[str, float]:
+        """IS and diversity of the reference images (same protocol), cached as JSON."""
+        key = f"{self.reference_name}-s{protocol.splits}-real.json"
+        path = self.cache_root / key
+        try:
+            return dict(read_json(path))
+        except (OSError, ValueError):
+            pass
+        ref_protocol = metrics.Protocol(**{**protocol.to_dict(), "fid": False, "kid": False})
+        scores = metrics.inception_metrics(
+            self.reference, self.weights, ref_protocol, self.device,
+            images_name=self.reference_name, cache_root=self.cache_root,
+        )  # fmt: skip
+        stats = {
+            "real_" + metrics.IS_MEAN: scores[metrics.IS_MEAN],
+            "real_" + metrics.IS_STD: scores[metrics.IS_STD],
+            "real_diversity": metrics.diversity(self.reference),
+        }
+        atomic_write_json(path, stats)
+        return stats
+
+    def evaluate(self, generator: nn.Module, iteration: int, kind: str) -> dict[str, Any] | None:
+        """Evaluate unless (iteration, kind) is already recorded; append the row atomically."""
+        if any(r.get("iter") == iteration and r.get("kind") == kind for r in self.recorded()):
+            return None
+        t = time.perf_counter()
+        n = self.rt.final_eval_samples if kind == "final" else self.rt.eval_samples
+        protocol = self.protocol(n)
+        with metrics.preserved_rng():
+            images = metrics.generate_uint8(
+                generator, n, self.cfg.batch_size, derive_seed(self.cfg.seed, "eval", iteration),
+                self.device,
+            )  # fmt: skip
+        scores = metrics.inception_metrics(
+            images, self.weights, protocol, self.device, reference=self.reference,
+            reference_name=self.reference_name, cache_root=self.cache_root,
+        )  # fmt: skip
+        row: dict[str, Any] = {
+            "iter": iteration,
+            "kind": kind,
+            **scores,
+            "diversity": metrics.diversity(images),
+            **self.real_stats(protocol),
+            "seconds": time.perf_counter() - t,
+            "sample_seed": derive_seed(self.cfg.seed, "eval", iteration),
+            "reference": self.reference_name,
+            **metrics.provenance(self.weights, protocol),
+        }
+        rows = [*self.recorded(), row]
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        self.seconds += row["seconds"]
+        return row
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(run_dir / "metrics.jsonl")
+
+
+def final_metrics(run_dir: Path) -> dict[str, Any] | None:
+    finals = [r for r in metrics_rows(run_dir) if r.get("kind") == "final"]
+    return finals[-1] if finals else None
+
+
+def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
+    rows = metrics_rows(run_dir)
+    return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None
+
+
+def write_verdict(
+    run_dir: Path, state: str, thresholds: metrics.VerdictThresholds
+) -> dict[str, Any]:
+    v = metrics.verdict(state, final_metrics(run_dir), thresholds)
+    atomic_write_json(run_dir / "verdict.json", v)
+    return v
