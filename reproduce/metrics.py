@@ -105,19 +105,25 @@ def check_structure(path: Path) -> None:
 
 
 def verify_weights(path: Path, flag: str = "--inception-weights") -> InceptionWeights:
-    """Checksum (against the staging record, if any) and structure. UserError if missing or
-    corrupt, with the command that fixes it."""
+    """A staged file (``.sha256`` beside it, written only after it passed the structure check)
+    is verified by its checksum; any other file by a strict load into the exact network.
+    UserError if missing or corrupt, with the command that fixes it."""
     if not path.is_file():
         raise UserError(f"{flag}: Inception weights not found at {path}; {FETCH_HINT}")
     digest = sha256_file(path)
-    staged = _sidecar(path).is_file()
-    if staged:
+    if _sidecar(path).is_file():
         expected = _sidecar(path).read_text().split()[0]
         if expected != digest:
             raise UserError(
                 f"{flag}: {path} is corrupt (sha256 {digest[:16]}..., staged as "
                 f"{expected[:16]}...); {FETCH_HINT}"
             )
+        return InceptionWeights(str(path.resolve()), digest, staged=True)
+    _check_structure_or_fail(path, flag)
+    return InceptionWeights(str(path.resolve()), digest, staged=False)
+
+
+def _check_structure_or_fail(path: Path, flag: str) -> None:
     try:
         check_structure(path)
     except Exception as e:  # torch.load / load_state_dict errors of many kinds
@@ -125,16 +131,17 @@ def verify_weights(path: Path, flag: str = "--inception-weights") -> InceptionWe
         raise UserError(
             f"{flag}: {path} is not a valid Inception weights file ({msg}); {FETCH_HINT}"
         ) from None
-    return InceptionWeights(str(path.resolve()), digest, staged)
 
 
 def stage_weights(dest_dir: Path, url: str | None = None) -> InceptionWeights:
-    """Download the weights into ``dest_dir`` (atomically), record their sha256, check them."""
+    """Download the weights into ``dest_dir``, check that they load into the exact network,
+    move them into place atomically, and record their sha256 beside them."""
     url = url or os.environ.get(ENV_URL) or WEIGHTS_URL
     dest = dest_dir / WEIGHTS_FILENAME
     with tempfile.TemporaryDirectory() as scratch:  # nothing lands in dest_dir on failure
         downloaded = Path(scratch) / WEIGHTS_FILENAME
         torch.hub.download_url_to_file(url, str(downloaded), progress=False)
+        _check_structure_or_fail(downloaded, "--url")
         dest_dir.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:
@@ -144,7 +151,7 @@ def stage_weights(dest_dir: Path, url: str | None = None) -> InceptionWeights:
             tmp.unlink(missing_ok=True)
     digest = sha256_file(dest)
     atomic_write_bytes(_sidecar(dest), f"{digest}  {dest.name}\n".encode())
-    return verify_weights(dest)
+    return InceptionWeights(str(dest.resolve()), digest, staged=True)
 
 
 def resolve_weights(explicit: str | None, *, allow_download: bool) -> InceptionWeights:

@@ -564,8 +564,12 @@ def _loop(
             if step_sleep:
                 time.sleep(step_sleep)
             done = trainer.iteration
+            # read the flag once: a signal that arrives later is handled at the next boundary
+            # (reading it twice could stop without the checkpoint); at the last iteration the
+            # run simply completes, which saves anyway
+            stopping = bool(stop) and done < cfg.iters
             due_ckpt = (
-                bool(stop)
+                stopping
                 or (rt.checkpoint_every > 0 and time.monotonic() - last_ckpt >= rt.checkpoint_every)
                 or (rt.checkpoint_every_iters > 0 and done % rt.checkpoint_every_iters == 0)
             )
@@ -582,7 +586,7 @@ def _loop(
             if due_ckpt and done < cfg.iters:
                 save()
                 status("running")
-            if stop:
+            if stopping:
                 status("interrupted", message=f"stopped by {stop.reason}")
                 run_dir.log(f"interrupted by {stop.reason} at iteration {done}")
                 return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
