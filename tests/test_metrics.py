@@ -27,7 +27,11 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory) -> Path:
-    return make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random.pth")
+    """Random weights of the exact network, staged like fetch-weights does (checksum beside
+    them), so the many processes below verify them by checksum, not by a full load."""
+    made = make_random_inception_weights(tmp_path_factory.mktemp("inception") / "random.pth")
+    staged = metrics.stage_weights(tmp_path_factory.mktemp("staged"), made.as_uri())
+    return Path(staged.path)
 
 
 @pytest.fixture(scope="module")
@@ -228,24 +232,27 @@ def test_corrupt_weights_fail_before_training(weights_file, tmp_path, monkeypatc
                                                   f"staged/{staged.name}.sha256"}  # fmt: skip
 
 
-def test_fetch_weights_from_a_local_url(weights_file, tmp_path):
+def test_fetch_weights_from_a_local_url(weights_file, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    r = run_cli("fetch-weights", "--cache", str(cache), "--url", f"file://{weights_file}")
-    assert r.returncode == 0, r.stderr
+    code, out, err = run_main("fetch-weights", "--cache", str(cache), "--url",
+                              f"file://{weights_file}")  # fmt: skip
+    assert code == 0, err
     staged = cache / metrics.WEIGHTS_FILENAME
     digest = metrics.sha256_file(weights_file)
     assert staged.read_bytes() == weights_file.read_bytes()
     assert (cache / (staged.name + ".sha256")).read_text().split()[0] == digest
-    assert f"sha256 {digest}" in r.stdout and f"--inception-weights {staged}" in r.stdout
+    assert f"sha256 {digest}" in out and f"--inception-weights {staged}" in out
     # the staged file is what a run without --inception-weights finds in torch-fidelity's cache
-    env = cli_env(TORCH_HOME=str(tmp_path / "th"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     hub = tmp_path / "th" / "hub" / "checkpoints"
-    r = run_cli("fetch-weights", "--url", f"file://{weights_file}", env=env)
-    assert r.returncode == 0 and (hub / metrics.WEIGHTS_FILENAME).is_file()
+    code, _, err = run_main("fetch-weights", "--url", f"file://{weights_file}")
+    assert code == 0 and (hub / metrics.WEIGHTS_FILENAME).is_file(), err
+    # the real process: a bad URL is one line and exit code 2, nothing staged
     bad = run_cli(
         "fetch-weights", "--cache", str(tmp_path / "c2"), "--url", f"file://{tmp_path}/nope"
     )
     assert bad.returncode == 2 and "cannot download the Inception weights" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "c2").exists()
 
 
 def test_default_evaluation_cadence_costs_under_ten_percent_of_training(weights_file, demo):
