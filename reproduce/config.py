@@ -58,7 +58,7 @@ class RunConfig:
     batch_size: int  # images per critic step and per generator step (64 in the paper)
     iters: int  # generator iterations, the authors' ITERS (200,000 in the paper)
     seed: int  # seeds weights, noise, penalty interpolation and data order
-    dataset: str  # dataset kind: demo | folder
+    dataset: str  # dataset kind: demo | cache
     data_fingerprint: str  # content hash of the uint8 training images
 
     @property
@@ -95,6 +95,7 @@ class RuntimeConfig:
     thread count) and never changes the run id."""
 
     data: str = "demo"
+    data_placement: str = "auto"  # auto | device | host
     results: str = "results"
     name: str | None = None
     device: str = "auto"
@@ -168,8 +169,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, 64, "batch size of every critic and generator step"),
     Option("iters", int, 200_000, "generator iterations (the authors' ITERS)"),
     Option("seed", int, 0, "random seed (weights, noise, interpolation, data order)"),
-    Option("data", str, "demo", "'demo' (built-in procedural images, no download) or a folder "
-           "of images", section="runtime"),
+    Option("data", str, "demo", "'demo' (built-in procedural images, no download) or a cache "
+           "made by prepare-data", section="runtime"),
+    Option("data_placement", str, "auto", "where the training images live: device (resident "
+           "on the GPU), host (memory-mapped, pinned non-blocking copies) or auto (device when "
+           "they fit in 60%% of free GPU memory)", ("auto", "device", "host"), section="runtime"),
     Option("results", str, "results", "results directory; each run gets a subdirectory",
            section="runtime"),
     Option("name", str, None, "run directory name; default: the run id "

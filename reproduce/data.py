@@ -6,8 +6,10 @@ Datasets (a registry keyed by name; ``--data`` picks one):
 * ``demo``: procedurally generated 64x64 RGB images, deterministic, no download. Eight
   visually distinct modes (discs, squares, horizontal and vertical stripes, checkerboards,
   rings, gradients, triangles) in equal numbers, so mode collapse is visible in a sample grid.
-* ``folder``: any folder of images (recursive), each resized so its shorter side is 64 px
-  (antialiased bicubic) and centre-cropped to 64x64 (SPEC.md E.2), converted to RGB.
+* a prepared cache (``python -m reproduce prepare-data``; see prepare.py): the official LSUN
+  LMDB or any folder of images, preprocessed once to 64x64 (SPEC.md E.2), memory-mapped and
+  verified against its manifest before use. Raw LMDBs and folders are refused with the
+  prepare-data command to run.
 
 The fingerprint (a hash of the final uint8 bytes) is part of every run id: a run can never
 silently resume on different data.
@@ -18,26 +20,23 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import io
+import itertools
 import math
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from . import prepare
 from .errors import UserError
+from .prepare import RESOLUTION
 
-RESOLUTION = 64
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-# An image folder may contain a few unusable files (unreadable, or smaller than 64 px on the
-# short side); they are skipped and counted. Above this fraction the folder is rejected.
-MAX_SKIPPED_FRACTION = 0.01
-RESIZE = "PIL bicubic (antialiased), shorter side to 64, centre crop 64x64"
+PLACEMENTS = ("auto", "device", "host")
 
 
 def derive_seed(seed: int, *labels: object) -> int:
@@ -55,8 +54,8 @@ def fingerprint(kind: str, images: Tensor) -> str:
 
 @dataclass
 class ImageDataset:
-    kind: str  # registry name: demo | folder
-    images: Tensor  # (N, 3, 64, 64) uint8, CPU
+    kind: str  # demo | cache
+    images: Tensor | CachedImages  # (N, 3, 64, 64) uint8: a CPU tensor, or a memory map
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)  # source, counts, preprocessing
 
@@ -144,106 +143,118 @@ def load_demo() -> ImageDataset:
 
 
 # --------------------------------------------------------------------------------------------
-# image folders
+# prepared caches (python -m reproduce prepare-data)
 # --------------------------------------------------------------------------------------------
-class SkippedImage(Exception):
-    """An image that cannot be used; ``reason`` is 'unreadable' or 'too-small'."""
+class CachedImages:
+    """The rows of a prepared cache's ``images.npy`` that form one split, memory-mapped.
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    Indexing with a LongTensor of split positions returns those images as a uint8 tensor
+    (a gather from the page cache; nothing else is read). ``gather_into`` writes them into a
+    preallocated (pinned) buffer instead."""
+
+    def __init__(self, path: Path, rows: np.ndarray) -> None:
+        self.path = path
+        self.array = np.load(path / prepare.IMAGES, mmap_mode="r")
+        self.rows = rows.astype(np.int64)
+        self.shape = (len(self.rows), 3, RESOLUTION, RESOLUTION)
+        self.nbytes = len(self.rows) * prepare.ROW_BYTES
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: Tensor) -> Tensor:
+        rows = self.rows[idx.numpy()]
+        return torch.from_numpy(np.take(self.array, rows, axis=0, mode="clip"))
+
+    def gather_into(self, idx: Tensor, out: Tensor) -> Tensor:
+        np.take(self.array, self.rows[idx.numpy()], axis=0, mode="clip", out=out.numpy())
+        return out
+
+    def materialize(self, device: torch.device, chunk: int = 8192) -> Tensor:
+        """All images of the split as one uint8 tensor on ``device``."""
+        out = torch.empty(self.shape, dtype=torch.uint8, device=device)
+        for i in range(0, len(self), chunk):
+            block = torch.from_numpy(np.take(self.array, self.rows[i : i + chunk], axis=0))
+            out[i : i + len(block)].copy_(block)
+        return out
 
 
-def preprocess(data: bytes | Path) -> np.ndarray:
-    """Encoded image (bytes or a path) -> (3, 64, 64) uint8 RGB (SPEC.md E.2).
-
-    Grayscale, palette and RGBA images are converted to RGB (alpha dropped), not rejected.
-    Raises SkippedImage for unreadable files and for images under 64 px on the short side.
-    """
-    try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as raw:
-            raw.load()
-            im: Image.Image = raw.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise SkippedImage("unreadable") from None
-    w, h = im.size
-    if min(w, h) < RESOLUTION:
-        raise SkippedImage("too-small")
-    scale = RESOLUTION / min(w, h)
-    nw, nh = max(RESOLUTION, round(w * scale)), max(RESOLUTION, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - RESOLUTION) // 2, (nh - RESOLUTION) // 2
-    im = im.crop((left, top, left + RESOLUTION, top + RESOLUTION))
-    return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+_verified: set[tuple[str, str, int, int]] = set()  # caches verified in this process
 
 
-def list_images(root: Path) -> list[Path]:
-    return sorted(
-        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+def load_cache(path: Path, split: str = "train", verify: bool = True) -> ImageDataset:
+    """A prepared cache; verified against its manifest (once per process and file state)."""
+    manifest = prepare.read_manifest(path)
+    if verify:
+        st = os.stat(path / prepare.IMAGES) if (path / prepare.IMAGES).exists() else None
+        key = (str(path.resolve()), manifest["fingerprint"], st.st_mtime_ns if st else 0,
+               st.st_size if st else 0)  # fmt: skip
+        if key not in _verified:
+            prepare.verify(path, manifest)
+            _verified.add(key)
+    rows = prepare.load_splits(path)[split]
+    images = CachedImages(path, rows)
+    info = {
+        "source": manifest["source"],
+        "cache": str(path.resolve()),
+        "split": split,
+        "n": len(images),
+        "count": manifest["count"],
+        "skipped": manifest["skipped"],
+        "preprocessing": manifest["preprocessing"],
+        "cache_fingerprint": manifest["fingerprint"],
+    }
+    fp = manifest["fingerprint"] if split == "train" else f"{manifest['fingerprint']}-{split}"
+    return ImageDataset("cache", images, fp, info)
+
+
+def _prepare_hint(path: Path) -> str:
+    return (
+        f"prepare it once first: python -m reproduce prepare-data --source {path} "
+        f"--out {path.with_name(path.name + '-64')}"
     )
 
 
-def load_folder(path: str) -> ImageDataset:
-    root = Path(path)
-    if not root.exists():
-        close = difflib.get_close_matches(path, [k for k in DATASETS if k != "folder"], n=1)
+def load_path(spec: str, split: str = "train") -> ImageDataset:
+    path = Path(spec)
+    if not path.exists():
+        close = difflib.get_close_matches(spec, list(BUILTIN), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(
-            f"--data: {path!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an "
+            f"--data: {spec!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an "
             f"existing path{hint}"
         )
-    if not root.is_dir():
-        raise UserError(f"--data: {root} is neither 'demo' nor a folder of images")
-    try:
-        files = list_images(root)
-    except OSError as e:
-        raise UserError(f"--data: cannot read {root}: {e.strerror}") from None
-    if not files:
+    if path.is_file() and path.name == "data.mdb":
+        path = path.parent
+    if prepare.is_cache(path):
+        return load_cache(path, split)
+    if prepare.is_lmdb(path):
         raise UserError(
-            f"--data: {root} holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"
+            f"--data: {path} is a raw LMDB, not a prepared cache; {_prepare_hint(path)}"
         )
-    arrays, skipped = [], {"unreadable": 0, "too-small": 0}
-    for f in files:
-        try:
-            arrays.append(preprocess(f))
-        except SkippedImage as s:
-            skipped[s.reason] += 1
-    n_skipped = sum(skipped.values())
-    if not arrays or n_skipped > MAX_SKIPPED_FRACTION * len(files):
+    if path.is_dir() and any(
+        p.suffix.lower() in prepare.IMAGE_EXTENSIONS
+        for p in itertools.islice(path.rglob("*"), 10_000)
+    ):
         raise UserError(
-            f"--data: {n_skipped} of {len(files)} images in {root} are unusable "
-            f"({skipped['unreadable']} unreadable, {skipped['too-small']} under 64 px on the "
-            f"short side); at most {MAX_SKIPPED_FRACTION:.0%} may be skipped"
+            f"--data: {path} is a folder of raw images, not a prepared cache; {_prepare_hint(path)}"
         )
-    images = torch.from_numpy(np.stack(arrays))
-    return ImageDataset(
-        "folder",
-        images,
-        fingerprint("folder", images),
-        {
-            "source": str(root.resolve()),
-            "n": len(arrays),
-            "files": len(files),
-            "skipped": skipped,
-            "preprocessing": RESIZE,
-        },
+    raise UserError(
+        f"--data: {path} is neither 'demo' nor a prepared cache (python -m reproduce "
+        "prepare-data makes one from an LSUN LMDB or a folder of images)"
     )
-
-
-DATASETS: dict[str, Callable[[str], ImageDataset]] = {
-    "demo": lambda spec: load_demo(),
-    "folder": load_folder,
-}
 
 
 BUILTIN = ("demo",)  # dataset names; anything else given to --data is a path
 
 
-def load_dataset(spec: str) -> ImageDataset:
-    """A built-in dataset name or a path. Raises UserError for anything unusable."""
-    kind = spec if spec in BUILTIN else "folder"
-    return DATASETS[kind](spec)
+def load_dataset(spec: str, split: str = "train") -> ImageDataset:
+    """A built-in dataset name or a prepared cache. Raises UserError for anything unusable."""
+    if spec in BUILTIN:
+        if split != "train":
+            raise UserError(f"--data: the built-in {spec!r} data has no {split!r} split")
+        return load_demo()
+    return load_path(spec, split)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,11 +302,30 @@ class EpochSampler:
             yield self.next_indices()
 
 
+def resolve_placement(placement: str, dataset: ImageDataset, device: torch.device) -> str:
+    """``device``: the uint8 images resident on the training device (on a CPU device: in RAM);
+    ``host``: gathered per batch on the host (from the memory map for a cache) and copied
+    through pinned buffers. ``auto``: device when the images take at most 60% of the free
+    device memory (CUDA) or when they already are in RAM (CPU), host otherwise."""
+    if placement not in PLACEMENTS:
+        raise ValueError(placement)
+    if placement != "auto":
+        return placement
+    nbytes = len(dataset) * prepare.ROW_BYTES
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return "device" if nbytes <= 0.6 * free else "host"
+    return "device" if isinstance(dataset.images, Tensor) else "host"
+
+
 class BatchSource:
     """Real batches on the training device, scaled like the authors' code: 2 (x/255 - 0.5).
 
-    The uint8 images are held on the device once (64x64 uint8 costs 12 KiB per image), so a
-    batch is one index transfer and one gather.
+    With placement ``device`` the uint8 images are held on the device once (12 KiB per 64x64
+    image), so a batch is one index transfer and one gather. With ``host`` a batch is gathered
+    on the host into one of two pinned buffers and copied without blocking; an event per
+    buffer keeps a buffer from being refilled while its copy is in flight. Both placements
+    deliver identical batches, so a run may resume under the other.
     """
 
     def __init__(
@@ -305,16 +335,52 @@ class BatchSource:
         seed: int,
         device: torch.device,
         position: DataPosition | None = None,
+        placement: str = "auto",
     ) -> None:
         self.sampler = EpochSampler(len(dataset), batch_size, seed, position)
         self.device = device
-        self.images = dataset.images.to(device)
+        self.placement = resolve_placement(placement, dataset, device)
+        self.host = dataset.images
+        if self.placement == "device":
+            if isinstance(dataset.images, Tensor):
+                self.images = dataset.images.to(device)
+            else:
+                self.images = dataset.images.materialize(device)
+        else:
+            cuda = device.type == "cuda"
+            shape = (batch_size, 3, RESOLUTION, RESOLUTION)
+            self._buffers = [
+                torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+                for _ in range(2 if cuda else 1)
+            ]
+            self._events: list[Any] = [None] * len(self._buffers)
+            self._slot = 0
 
     @property
     def position(self) -> DataPosition:
         return self.sampler.position
 
+    def next_uint8(self) -> Tensor:
+        idx = self.sampler.next_indices()
+        if self.placement == "device":
+            return self.images.index_select(0, idx.to(self.device, non_blocking=True))
+        k = self._slot
+        self._slot = (k + 1) % len(self._buffers)
+        if self._events[k] is not None:
+            self._events[k].synchronize()  # its previous copy has finished
+        buf = self._buffers[k]
+        if isinstance(self.host, Tensor):
+            torch.index_select(self.host, 0, idx, out=buf)
+        else:
+            self.host.gather_into(idx, buf)
+        if self.device.type != "cuda":
+            return buf
+        x = buf.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._events[k] = event
+        return x
+
     def next(self) -> Tensor:
-        idx = self.sampler.next_indices().to(self.device, non_blocking=True)
-        x = self.images.index_select(0, idx).float()  # (B, 3, 64, 64)
+        x = self.next_uint8().float()  # (B, 3, 64, 64); a new tensor, never the buffer itself
         return x.div_(255.0).sub_(0.5).mul_(2.0)

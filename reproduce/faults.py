@@ -11,6 +11,8 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      bit-exact resume test can fail
     step-sleep=S     sleep S seconds after every generator iteration (slows a tiny run down
                      so that tests can interrupt it)
+    prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
+                     preparation's workers)
 
 Unset in normal use; every check is a dictionary lookup.
 """

@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import tempfile
+import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -223,10 +224,17 @@ def generate_uint8(
     return torch.cat(out)
 
 
-def reference_images(images: Tensor, n: int, seed: int = 0) -> Tensor:
+class ImageRows(typing.Protocol):
+    """uint8 images (N, 3, 64, 64) indexable by a LongTensor: a tensor or a cache's rows."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, idx: Tensor) -> Tensor: ...
+
+
+def reference_images(images: ImageRows, n: int, seed: int = 0) -> Tensor:
     """A fixed subset of the training images (all of them if there are at most ``n``)."""
     if len(images) <= n:
-        return images
+        return images[torch.arange(len(images))]
     g = torch.Generator().manual_seed(seed)
     return images[torch.randperm(len(images), generator=g)[:n].sort().values]
 

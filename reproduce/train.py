@@ -175,7 +175,13 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """Owns the networks, optimisers, data position and statistics of one run."""
 
-    def __init__(self, cfg: RunConfig, dataset: ImageDataset, device: torch.device) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        dataset: ImageDataset,
+        device: torch.device,
+        data_placement: str = "auto",
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.proc: Procedure = get_procedure(cfg.procedure)
@@ -189,7 +195,9 @@ class Trainer:
         self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp)
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
         self.fixed_noise = torch.randn(N_FIXED_SAMPLES, Z_DIM, generator=g).to(device)  # (64, 128)
-        self.batches = BatchSource(dataset, cfg.batch_size, cfg.seed, device)
+        self.batches = BatchSource(
+            dataset, cfg.batch_size, cfg.seed, device, placement=data_placement
+        )
         self.iteration = 0  # generator iterations done
         self.train_seconds = 0.0  # cumulative training time, excluding checkpoints and samples
         self.stat_keys = ["critic_loss", "wdist", "d_real", "d_fake"]
@@ -367,7 +375,7 @@ def _train_locked(
     if rt.threads is not None:
         torch.set_num_threads(rt.threads)
     env = environment(device)
-    trainer = Trainer(cfg, dataset, device)
+    trainer = Trainer(cfg, dataset, device, rt.data_placement)
     ckpt_dir = run_dir.checkpoints_dir
     for orphan in checkpoint.remove_orphans(ckpt_dir):
         run_dir.log(f"removed incomplete checkpoint write {orphan.name}")

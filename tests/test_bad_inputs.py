@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from reproduce.cli import main
+from reproduce.prepare import Options, prepare
 
 from .conftest import run_cli
+from .lsun import make_folder, make_lmdb
 
 SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress"]
 
@@ -47,15 +48,6 @@ def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None
     assert "Traceback" not in err
     assert tree(tmp_path) == before  # nothing written
     return lines[0]
-
-
-def make_folder(path: Path, sizes: list[tuple[int, int]], corrupt: int = 0) -> Path:
-    path.mkdir(parents=True)
-    for i, (w, h) in enumerate(sizes):
-        Image.new("RGB", (w, h), (i % 256, 0, 0)).save(path / f"img{i:03d}.png")
-    for i in range(corrupt):
-        (path / f"bad{i}.jpg").write_bytes(b"not a jpeg")
-    return path
 
 
 @pytest.mark.parametrize(
@@ -120,21 +112,24 @@ def test_unknown_device(tmp_path):
     assert_rejected(tmp_path, "--device", "tpu", match="--device:")
 
 
-def test_data_missing_unreadable_too_small_and_smaller_than_a_batch(tmp_path):
+def test_data_missing_raw_or_not_a_cache_and_smaller_than_a_batch(tmp_path):
     data = tmp_path / "data"
     assert_rejected(tmp_path, "--data", str(data / "nope"), match="neither a built-in dataset")
     file = tmp_path / "file.txt"
     file.write_text("x")
-    assert_rejected(tmp_path, "--data", str(file), match="is neither 'demo' nor a folder")
+    assert_rejected(tmp_path, "--data", str(file), match="is neither 'demo' nor a prepared cache")
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_rejected(tmp_path, "--data", str(empty), match="holds no images")
-    unreadable = make_folder(tmp_path / "unreadable", [(64, 64)] * 3, corrupt=5)
-    assert_rejected(tmp_path, "--data", str(unreadable), match="5 unreadable")
-    small = make_folder(tmp_path / "small", [(32, 48)] * 10)
-    assert_rejected(tmp_path, "--data", str(small), match="10 under 64 px on the short side")
-    few = make_folder(tmp_path / "few", [(64, 80)] * 3)
-    assert_rejected(tmp_path, "--data", str(few), match="3 usable images, fewer than one batch")
+    assert_rejected(tmp_path, "--data", str(empty), match="is neither 'demo' nor a prepared cache")
+    raw = make_folder(tmp_path / "raw", [(64, 64)] * 3)
+    line = assert_rejected(tmp_path, "--data", str(raw), match="is a folder of raw images")
+    assert f"python -m reproduce prepare-data --source {raw} --out {raw}-64" in line
+    lsun = make_lmdb(tmp_path / "bedroom_train_lmdb", n=4, corrupt=0)
+    line = assert_rejected(tmp_path, "--data", str(lsun.path), match="is a raw LMDB")
+    assert "prepare-data --source" in line
+    few = prepare(make_folder(tmp_path / "few", [(64, 80)] * 3), tmp_path / "few-64",
+                  Options(workers=1, progress=False))  # fmt: skip
+    assert_rejected(tmp_path, "--data", str(few.path), match="3 usable images, fewer than one")
 
 
 def test_config_file_mistakes(tmp_path):

@@ -1,4 +1,4 @@
-"""Datasets and sampling: demo determinism, image-folder preprocessing, (seed, epoch) purity."""
+"""Datasets and sampling: demo determinism, preprocessing of one image, (seed, epoch) purity."""
 
 from __future__ import annotations
 
@@ -7,14 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.data import (
-    DEMO_MODES,
-    DataPosition,
-    EpochSampler,
-    load_folder,
-    make_demo_images,
-    preprocess,
-)
+from reproduce.data import DEMO_MODES, DataPosition, EpochSampler, make_demo_images
+from reproduce.prepare import preprocess
 
 
 def test_demo_is_deterministic_and_has_distinct_modes(demo):
@@ -53,18 +47,6 @@ def test_grayscale_rgba_and_palette_become_rgb(tmp_path):
         fmt = "png"
         im.save(tmp_path / f"{mode}.{fmt}")
         assert preprocess(tmp_path / f"{mode}.{fmt}").shape == (3, 64, 64)
-
-
-def test_folder_skips_a_few_bad_files_and_counts_them(tmp_path):
-    for i in range(200):
-        Image.new("RGB", (64 + i % 7, 70), (i, 2 * i % 256, 0)).save(tmp_path / f"{i:03d}.jpg")
-    (tmp_path / "sub").mkdir()
-    Image.new("RGB", (100, 100)).save(tmp_path / "sub" / "deep.webp")
-    (tmp_path / "broken.png").write_bytes(b"\x89PNG garbage")
-    (tmp_path / "notes.txt").write_text("ignored")
-    ds = load_folder(str(tmp_path))
-    assert len(ds) == 201 and ds.info["skipped"] == {"unreadable": 1, "too-small": 0}
-    assert ds.fingerprint == load_folder(str(tmp_path)).fingerprint
 
 
 def test_sampler_order_is_a_pure_function_of_seed_and_epoch():
