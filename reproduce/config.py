@@ -106,6 +106,7 @@ class RuntimeConfig:
     log_every: int = 100
     sample_every: int = 1000
     progress: bool = True
+    count_flops: bool = True
     # evaluation (Inception score, FID, KID; SPEC.md D): never changes the training numbers
     eval: bool | None = None  # None: on, except on the built-in demo data
     eval_every: int = 0  # 0: iters // 20 (20 periodic evaluations)
@@ -193,6 +194,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sample_every", int, 1000, "iterations between fixed-noise 8x8 sample grids "
            "(0: only the final grid)", section="runtime"),
     Option("progress", bool, True, "show a progress bar", section="runtime"),
+    Option("count_flops", bool, True, "count the FLOPs of one generator iteration when the run "
+           "starts (seconds; about a minute for ResNet-101 WGAN-GP) and report achieved TFLOP/s "
+           "and MFU in its status", section="runtime"),
     Option("eval", bool, None, "Inception score, FID and KID during training and at the end "
            "(default: on, except on the built-in demo data)", section="runtime"),
     Option("eval_every", int, 0, "iterations between periodic evaluations (0: iters // 20)",

@@ -55,6 +55,7 @@ PROFILES: dict[str, Profile] = {
             "log_every": 4,
             "sample_every": 0,
             "checkpoint_every": 60.0,
+            "count_flops": False,  # seconds per cell, more than the demo's training
         },
         cpu_workers=0,
     ),
@@ -236,6 +237,8 @@ SUMMARY_COLUMNS = (
     "iterations",
     "it_per_s",
     "images_per_s",
+    "tflops",
+    "mfu",
     "train_seconds",
     "critic_loss",
     "wdist",
@@ -271,6 +274,8 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
                 "it_per_s": it_s,
                 # real images consumed per second: n_critic batches per generator iteration
                 "images_per_s": it_s * cfg.n_critic * cfg.batch_size if it_s else None,
+                "tflops": status.get("tflops"),
+                "mfu": status.get("mfu"),
                 "train_seconds": secs,
                 "critic_loss": last.get("critic_loss"),
                 "wdist": last.get("wdist"),

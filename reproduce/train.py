@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from architectures import Z_DIM, get_pair
 
-from . import checkpoint, faults, metrics
+from . import checkpoint, faults, flops, metrics
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
 from .data import BatchSource, DataPosition, ImageDataset, derive_seed
 from .errors import DiskFullError
@@ -375,6 +375,9 @@ def _train_locked(
     if rt.threads is not None:
         torch.set_num_threads(rt.threads)
     env = environment(device)
+    # before the Trainer: counting builds its own (CPU) trainer; the real one reseeds everything
+    cost = flops.iteration_cost(cfg) if rt.count_flops else None
+    peak = flops.peak_tflops(device)
     trainer = Trainer(cfg, dataset, device, rt.data_placement)
     ckpt_dir = run_dir.checkpoints_dir
     for orphan in checkpoint.remove_orphans(ckpt_dir):
@@ -407,12 +410,17 @@ def _train_locked(
     start_iteration = trainer.iteration
 
     def status(state: str, **extra: Any) -> None:
+        it_per_s = trainer.iteration / trainer.train_seconds if trainer.train_seconds else None
+        speed: dict[str, Any] = {"peak_tflops": peak}
+        if cost is not None:
+            speed |= cost.to_dict() | flops.utilisation(cost.flops, it_per_s, peak)
         run_dir.write_status(
             state,
             iteration=trainer.iteration,
             iters=cfg.iters,
             train_seconds=trainer.train_seconds,
-            it_per_s=trainer.iteration / trainer.train_seconds if trainer.train_seconds else None,
+            it_per_s=it_per_s,
+            **speed,
             device=env["device"],
             host=env["host"],
             pid=os.getpid(),

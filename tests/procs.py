@@ -43,6 +43,7 @@ def train_args(
         "--sample-every",
         "0",
         "--no-progress",
+        "--no-count-flops",
         "--results",
         str(results),
     ]

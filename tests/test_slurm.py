@@ -139,8 +139,11 @@ def test_preemption_by_a_higher_priority_partition_requeues_and_resumes_exactly(
     run = submit_slow_cell(tmp_path / "r", "--checkpoint-every", "0")
     wait_until(lambda: state_of(run) == "running" and rows(run) >= 5, 180, "cell never ran")
     # a job in `high` that needs the whole node (2 CPUs) preempts the cell: USR2, requeue
+    # the high-priority job takes every CPU of the node, so the cell must make room
+    cpus = subprocess.run(["sinfo", "-h", "-p", "high", "-o", "%c"], capture_output=True,
+                          text=True, check=True).stdout.split()[0]  # fmt: skip
     hog = subprocess.run(
-        ["sbatch", "--parsable", "-p", "high", "-c", "2", "-o", "/dev/null", "--wrap", "sleep 8"],
+        ["sbatch", "--parsable", "-p", "high", "-c", cpus, "-o", "/dev/null", "--wrap", "sleep 8"],
         capture_output=True,
         text=True,
         check=True,

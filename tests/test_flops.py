@@ -1,0 +1,57 @@
+"""FLOP counting and MFU: the counter against a closed form, batch linearity of the scaled
+count, and the figures every run records in its status."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from reproduce import flops
+from reproduce.results import RunDir
+from reproduce.train import train_run
+
+from .conftest import quiet_runtime, small_config
+
+CPU = torch.device("cpu")
+
+
+def test_counter_matches_the_closed_form_of_a_convolution():
+    conv = nn.Conv2d(3, 8, 5, stride=2, padding=2)
+    x = torch.randn(4, 3, 64, 64, requires_grad=True)
+    with flops.FlopCounter() as fc:
+        y = conv(x)
+    # 2 FLOPs per multiply-add: 2 * B * Hout * Wout * k * k * Cin * Cout
+    assert fc.total == 2 * 4 * 32 * 32 * 5 * 5 * 3 * 8
+    with flops.FlopCounter() as fc:
+        y.sum().backward()
+    assert fc.total == 2 * (2 * 4 * 32 * 32 * 5 * 5 * 3 * 8)  # grad input + grad weight
+
+
+def test_the_batch_2_count_scales_exactly_to_the_batch(small_demo):
+    for arch, procedure in (("baseline", "wgan-gp"), ("gated", "wgan-gp"),
+                            ("mlp-generator", "dcgan"), ("no-norm", "wgan")):  # fmt: skip
+        cfg = small_config(small_demo, arch=arch, procedure=procedure, dim=8, batch_size=6)
+        scaled, exact = flops.iteration_cost(cfg), flops.iteration_cost(cfg, exact_batch=True)
+        assert scaled.flops == exact.flops > 0, (arch, procedure)
+
+
+def test_wgan_gp_costs_more_than_its_five_critic_steps_without_the_penalty(small_demo):
+    gp = flops.iteration_cost(small_config(small_demo, procedure="wgan-gp", dim=8, batch_size=4))
+    clip = flops.iteration_cost(small_config(small_demo, procedure="wgan", dim=8, batch_size=4))
+    assert gp.flops > clip.flops  # the double backward of the penalty
+    assert gp.aten_ops > clip.aten_ops
+
+
+def test_a_run_records_flops_throughput_and_mfu(small_demo, tmp_path, monkeypatch):
+    cfg = small_config(small_demo, iters=2)
+    monkeypatch.setenv(flops.ENV_PEAK, "0.5")
+    run = RunDir(tmp_path / "run")
+    out = train_run(cfg, quiet_runtime(tmp_path, count_flops=True), small_demo, run, CPU)
+    assert out.state == "completed"
+    st = run.read_status()
+    assert st["flops_per_iter"] == flops.iteration_cost(cfg).flops > 0
+    assert st["peak_tflops"] == 0.5
+    assert st["tflops"] == st["flops_per_iter"] * st["it_per_s"] / 1e12
+    assert st["mfu"] == st["tflops"] / 0.5
+    monkeypatch.delenv(flops.ENV_PEAK)
+    assert flops.peak_tflops(CPU) is None  # a CPU has no listed peak: MFU is not reported
