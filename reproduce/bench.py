@@ -100,15 +100,14 @@ def ratio_table(rows: list[Row], fail_above: float) -> str:
     return "\n".join(lines)
 
 
-def run_suite(out: Path, select: str | None, extra_env: dict[str, str] | None = None) -> int:
+def run_suite(out: Path, select: str | None) -> int:
     cmd = [sys.executable, "-m", "pytest", str(SUITE), "-m", "benchmark_suite", "-n", "0",
            "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}"]  # fmt: skip
     if select:
         cmd += ["-k", select]
     # a clean pytest environment: inherited xdist variables (when bench itself runs under a
     # pytest-xdist worker) would make pytest-benchmark disable itself
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTEST"))}
-    env.update(extra_env or {})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 
 

@@ -17,7 +17,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,8 +40,8 @@ from .config import (
     resolve_runtime_config,
 )
 from .data import ImageDataset, load_dataset
-from .errors import UserError
-from .results import RunDir
+from .errors import UserError, did_you_mean
+from .results import RunDir, check_writable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 
@@ -400,28 +399,6 @@ def resolve_device_arg(name: str) -> torch.device:
     return dev
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
-def check_writable(path: Path, flag: str) -> Path:
-    """The nearest existing ancestor of ``path``, which must be a writable directory (probed
-    with a temporary file that is removed at once)."""
-    base = _nearest_existing(path)
-    if not base.is_dir():
-        raise UserError(f"{flag}: {base} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"{flag}: cannot write to {base}: {e.strerror}") from None
-    return base
-
-
 def checkpoint_bytes(cfg: RunConfig) -> int:
     """Size of one checkpoint: fp32 weights plus optimiser slots (Adam 2, RMSProp 1)."""
     pair = get_pair(cfg.arch)
@@ -569,8 +546,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     from .matrix import cell_state, expand, get_profile
 
     if args.executor not in EXECUTORS:
-        close = difflib.get_close_matches(args.executor, EXECUTORS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(args.executor, EXECUTORS)
         raise UserError(
             f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
         )

@@ -9,7 +9,6 @@ exist in one place and be missing in another. Unknown keys and wrong types are e
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -22,7 +21,7 @@ import tomllib
 
 from architectures import NORMS, PADDINGS, PAIRS, Norm, Padding, get_pair
 
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .procedures import (
     HPARAM_SETS,
     OPTIMIZERS,
@@ -174,7 +173,8 @@ OPTIONS: tuple[Option, ...] = (
            "made by prepare-data", section="runtime"),
     Option("data_placement", str, "auto", "where the training images live: device (resident "
            "on the GPU), host (memory-mapped, pinned non-blocking copies) or auto (device when "
-           "they fit in 60%% of free GPU memory)", ("auto", "device", "host"), section="runtime"),
+           "they fit in 60 percent of free GPU memory)", ("auto", "device", "host"),
+           section="runtime"),
     Option("results", str, "results", "results directory; each run gets a subdirectory",
            section="runtime"),
     Option("name", str, None, "run directory name; default: the run id "
@@ -232,8 +232,7 @@ def _check_type(opt: Option, value: Any) -> Any:
     if not isinstance(value, opt.type):
         raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
     if opt.choices is not None and value not in opt.choices:
-        close = difflib.get_close_matches(str(value), opt.choices, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(value), opt.choices)
         raise UserError(
             f"{opt.flag}: unknown value {value!r}{hint}; valid: {', '.join(opt.choices)}"
         )
@@ -246,8 +245,7 @@ def check_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
     for key, value in values.items():
         opt = OPTIONS_BY_KEY.get(key)
         if opt is None:
-            close = difflib.get_close_matches(key, list(OPTIONS_BY_KEY), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, OPTIONS_BY_KEY)
             raise UserError(f"{source}: unknown key {key!r}{hint}")
         out[key] = _check_type(opt, value)
     return out

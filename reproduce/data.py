@@ -17,7 +17,6 @@ silently resume on different data.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import itertools
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor
 
 from . import prepare
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .prepare import RESOLUTION
 
 PLACEMENTS = ("auto", "device", "host")
@@ -179,19 +178,20 @@ class CachedImages:
         return out
 
 
-_verified: set[tuple[str, str, int, int]] = set()  # caches verified in this process
+_verified: set[tuple[str, str, int, int] | None] = set()  # caches verified in this process
 
 
-def load_cache(path: Path, split: str = "train", verify: bool = True) -> ImageDataset:
+def load_cache(path: Path, split: str = "train") -> ImageDataset:
     """A prepared cache; verified against its manifest (once per process and file state)."""
     manifest = prepare.read_manifest(path)
-    if verify:
-        st = os.stat(path / prepare.IMAGES) if (path / prepare.IMAGES).exists() else None
-        key = (str(path.resolve()), manifest["fingerprint"], st.st_mtime_ns if st else 0,
-               st.st_size if st else 0)  # fmt: skip
-        if key not in _verified:
-            prepare.verify(path, manifest)
-            _verified.add(key)
+    try:
+        st = os.stat(path / prepare.IMAGES)
+        key = (str(path.resolve()), manifest["fingerprint"], st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None  # missing: verify() raises, naming the file
+    if key is None or key not in _verified:
+        prepare.verify(path, manifest)
+        _verified.add(key)
     rows = prepare.load_splits(path)[split]
     images = CachedImages(path, rows)
     info = {
@@ -218,8 +218,7 @@ def _prepare_hint(path: Path) -> str:
 def load_path(spec: str, split: str = "train") -> ImageDataset:
     path = Path(spec)
     if not path.exists():
-        close = difflib.get_close_matches(spec, list(BUILTIN), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(spec, BUILTIN)
         raise UserError(
             f"--data: {spec!r} is neither a built-in dataset ({', '.join(BUILTIN)}) nor an "
             f"existing path{hint}"

@@ -334,19 +334,17 @@ def available_slurm_profiles() -> list[str]:
 def load_slurm_profile(name: str, overrides: Sequence[str] = ()) -> tuple[SlurmProfile, str]:
     """Read a profile (a file path, or a name under slurm/) and apply KEY=VALUE overrides.
     Unknown keys and wrong types are errors (UserError names the key and the file)."""
-    import difflib
 
     import tomllib
 
-    from .errors import UserError
+    from .errors import UserError, did_you_mean
 
     path = Path(name)
     if not path.is_file():
         path = REPO_SLURM_DIR / f"{name}.toml"
     if not path.is_file():
         avail = available_slurm_profiles()
-        close = difflib.get_close_matches(name, avail, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, avail)
         raise UserError(
             f"--slurm-profile: no profile {name!r}{hint}; available: "
             f"{', '.join(avail) or 'none'} (or give a TOML file)"
@@ -369,8 +367,7 @@ def load_slurm_profile(name: str, overrides: Sequence[str] = ()) -> tuple[SlurmP
     value: Any
     for key, value in raw.items():
         if key not in _PROFILE_TYPES:
-            close = difflib.get_close_matches(key, list(_PROFILE_TYPES), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(key, _PROFILE_TYPES)
             raise UserError(f"{sources[key]}: unknown SLURM profile key {key!r}{hint}")
         types = _PROFILE_TYPES[key]
         if isinstance(value, bool) or not isinstance(value, types):

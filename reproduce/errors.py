@@ -7,6 +7,9 @@ Everything else is a bug or an infrastructure failure and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A bad input; ``str(err)`` is the one line shown to the user (name the flag or file)."""
@@ -18,3 +21,9 @@ class DiskFullError(OSError):
 
 class RunBusyError(Exception):
     """Another live process holds the run's lease."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of ``choices``, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -8,13 +8,13 @@ here (each paper figure names its runs the same way).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from architectures import PAIRS
 
+from .errors import did_you_mean
 from .procedures import PROCEDURES
 
 
@@ -72,8 +72,7 @@ def get_experiment(name: str) -> Experiment:
     try:
         return EXPERIMENTS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(EXPERIMENTS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, EXPERIMENTS)
         raise KeyError(
             f"unknown experiment {name!r}{hint}; valid: {', '.join(EXPERIMENTS)}"
         ) from None

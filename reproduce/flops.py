@@ -20,11 +20,13 @@ import contextlib
 import dataclasses
 import functools
 import os
+import random
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
@@ -96,11 +98,14 @@ def _count(config_items: tuple[tuple[str, Any], ...]) -> IterationCost:
 
 @contextlib.contextmanager
 def _rng_preserved() -> Iterator[None]:
-    state = torch.random.get_rng_state()
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(state)
+    """The Trainer reseeds every global generator (seed_everything); put them all back."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 COUNT_BATCH = 2  # batch norm in training mode needs at least 2 samples

@@ -20,7 +20,7 @@ from typing import Any
 from architectures import PAIRS
 
 from .config import RunConfig, resolve_run_config
-from .errors import UserError
+from .errors import UserError, did_you_mean
 from .evaluation import latest_metrics
 from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
@@ -64,10 +64,7 @@ PROFILES: dict[str, Profile] = {
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PROFILES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, PROFILES)
         raise UserError(f"--profile: unknown profile {name!r}{hint}; valid: {', '.join(PROFILES)}")
     return PROFILES[name]
 

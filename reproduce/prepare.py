@@ -50,7 +50,14 @@ from PIL import Image, UnidentifiedImageError
 
 from . import faults
 from .errors import UserError
-from .results import atomic_write_bytes, atomic_write_json, now_iso, read_json
+from .results import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_writable,
+    nearest_existing,
+    now_iso,
+    read_json,
+)
 
 RESOLUTION = 64
 ROW_BYTES = 3 * RESOLUTION * RESOLUTION  # 12,288 bytes per image
@@ -296,13 +303,6 @@ def _plan(source: Source, opts: Options) -> dict[str, Any]:
     }
 
 
-def _nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
 def _header_bytes(rows: int) -> int:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
@@ -340,9 +340,7 @@ def _check_out(out: Path, plan: dict[str, Any]) -> str:
         )
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out: {out} is not empty and not a cache; choose a new directory")
-    base = _nearest_existing(out)
-    if not os.access(base, os.W_OK):
-        raise UserError(f"--out: cannot write to {base}")
+    check_writable(out, "--out")
     return "new"
 
 
@@ -357,7 +355,7 @@ def _check_space(out: Path, rows: int) -> None:
     images = out / IMAGES
     if images.is_file():  # resuming: the blocks already allocated count as available
         need -= os.stat(images).st_blocks * 512
-    base = _nearest_existing(out)
+    base = nearest_existing(out)
     free = shutil.disk_usage(base).free
     if free < need:
         raise UserError(
@@ -440,14 +438,10 @@ def _read_records(work: Path, n_shards: int) -> dict[int, dict[str, Any]]:
     return records
 
 
-def _skip_limit(rows: int, opts: Options) -> int:
-    return int(opts.max_skipped * rows)
-
-
 def _check_skipped(records: dict[int, dict[str, Any]], rows: int, opts: Options) -> None:
     unreadable = sum(r["skipped"]["unreadable"] for r in records.values())
     small = sum(r["skipped"]["too-small"] for r in records.values())
-    if unreadable + small > _skip_limit(rows, opts):
+    if unreadable + small > int(opts.max_skipped * rows):
         raise UserError(
             f"--source: {unreadable + small} of {rows} images are unusable ({unreadable} "
             f"unreadable, {small} under 64 px on the short side); at most "

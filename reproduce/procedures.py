@@ -9,7 +9,6 @@ optimisers, logs and checkpoints; it contains no loss maths.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -20,6 +19,7 @@ from torch import Tensor, nn
 from architectures import Norm
 
 from . import losses
+from .errors import did_you_mean
 from .optim import TFRMSprop
 from .penalties import clip_weights_, gradient_penalty
 
@@ -146,8 +146,7 @@ def get_procedure(name: str) -> Procedure:
     try:
         return PROCEDURES[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(PROCEDURES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(name, PROCEDURES)
         raise KeyError(
             f"unknown procedure {name!r}{hint}; valid: {', '.join(PROCEDURES)}"
         ) from None

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 SCHEMA = 1
 TERMINAL_STATES = ("completed", "diverged")  # never trained again
 STATES = ("running", "interrupted", "completed", "diverged", "failed")
@@ -62,6 +64,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """The nearest existing ancestor of ``path``, which must be a writable directory (probed
+    with a temporary file that is removed at once)."""
+    base = nearest_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{flag}: {base} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot write to {base}: {e.strerror}") from None
+    return base
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

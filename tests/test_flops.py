@@ -55,3 +55,16 @@ def test_a_run_records_flops_throughput_and_mfu(small_demo, tmp_path, monkeypatc
     assert st["mfu"] == st["tflops"] / 0.5
     monkeypatch.delenv(flops.ENV_PEAK)
     assert flops.peak_tflops(CPU) is None  # a CPU has no listed peak: MFU is not reported
+
+
+def test_counting_leaves_every_global_generator_as_it_was(small_demo):
+    import random
+
+    import numpy as np
+
+    cfg = small_config(small_demo, arch="tanh", procedure="lsgan", dim=8, batch_size=4)
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    flops.iteration_cost(cfg)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
