@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .cifar import CifarCritic, CifarGenerator
 from .constant_filters import ConstantFilterGenerator
 from .dcgan import DCGANCritic, DCGANGenerator
 from .gated import GatedCritic, GatedGenerator
@@ -32,6 +33,7 @@ Z_DIM = 128  # latent size of every generator (SPEC.md A.0)
 IMAGE_SHAPE = (3, 64, 64)
 
 __all__ = [
+    "ALL_PAIRS",
     "IMAGE_SHAPE",
     "NORMS",
     "PADDINGS",
@@ -53,6 +55,9 @@ class ArchitecturePair:
     make_generator: Callable[[int, Padding], nn.Module]
     make_critic: Callable[[int, Norm, Padding], nn.Module]
     critic_has_norm: bool = True  # False: the critic has no normalisation slots (row 4)
+    resolution: int = 64  # images are (3, resolution, resolution)
+    # the critic's norm under the gradient penalty ("layer": SPEC.md A.0; CIFAR: "none")
+    penalty_norm: Norm = "layer"
 
     def generator(self, dim: int = 64, padding: Padding = "tf-same") -> nn.Module:
         return self.make_generator(dim, padding)
@@ -67,27 +72,31 @@ class ArchitecturePair:
         return self.make_critic(dim, norm, padding)
 
 
-PAIRS: dict[str, ArchitecturePair] = {}
+PAIRS: dict[str, ArchitecturePair] = {}  # the seven rows of the LSUN experiment, in order
+ALL_PAIRS: dict[str, ArchitecturePair] = {}  # and the other experiments' networks (CIFAR)
 
 
-def register(pair: ArchitecturePair) -> ArchitecturePair:
+def register(pair: ArchitecturePair, *, lsun: bool = True) -> ArchitecturePair:
     """Add a pair to the registry, checking that its name and row are new."""
-    if pair.name in PAIRS:
+    if pair.name in ALL_PAIRS:
         raise ValueError(f"architecture {pair.name!r} registered twice")
-    if any(p.row == pair.row for p in PAIRS.values()):
+    if any(p.row == pair.row for p in ALL_PAIRS.values()):
         raise ValueError(f"paper row {pair.row} registered twice")
-    PAIRS[pair.name] = pair
+    ALL_PAIRS[pair.name] = pair
+    if lsun:
+        PAIRS[pair.name] = pair
     return pair
 
 
 def get_pair(name: str) -> ArchitecturePair:
     """Look up a pair by name; an unknown name lists the valid ones and the closest match."""
     try:
-        return PAIRS[name]
+        return ALL_PAIRS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(PAIRS), n=1)
+        close = difflib.get_close_matches(name, list(ALL_PAIRS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise KeyError(f"unknown architecture {name!r}{hint}; valid: {', '.join(PAIRS)}") from None
+        valid = ", ".join(ALL_PAIRS)
+        raise KeyError(f"unknown architecture {name!r}{hint}; valid: {valid}") from None
 
 
 # fmt: off
@@ -127,4 +136,10 @@ register(ArchitecturePair(
     lambda dim, pad: ResNetGenerator(dim, padding=pad),
     lambda dim, norm, pad: ResNetCritic(dim, norm=norm, padding=pad),
 ))
+register(ArchitecturePair(
+    "cifar", 0, "CIFAR-10 DCGAN-like G and D (Figure 3)", "C.5",
+    lambda dim, pad: CifarGenerator(dim, padding=pad),
+    lambda dim, norm, pad: CifarCritic(dim, norm=norm, padding=pad),
+    resolution=32, penalty_norm="none",
+), lsun=False)
 # fmt: on

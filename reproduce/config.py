@@ -19,7 +19,7 @@ from typing import Any
 
 import tomllib
 
-from architectures import NORMS, PADDINGS, PAIRS, Norm, Padding, get_pair
+from architectures import ALL_PAIRS, NORMS, PADDINGS, Norm, Padding, get_pair
 
 from .errors import UserError, did_you_mean
 from .procedures import (
@@ -114,6 +114,9 @@ class RuntimeConfig:
     reference_samples: int = 50_000  # training images for FID/KID and the real-data scores
     inception_weights: str | None = None
     inception_sha256: str | None = None  # set after verification; checked again at job start
+    # held-out critic loss (Figure 5a): on when the data has a held-out split
+    heldout: bool | None = None
+    heldout_every: int = 0  # 0: iters // 100
     is_threshold: float = 0.5  # verdict: final IS >= this fraction of the data's IS
     diversity_threshold: float = 0.5  # verdict: sample diversity >= this fraction of the data's
 
@@ -126,6 +129,9 @@ class RuntimeConfig:
 
     def eval_interval(self, iters: int) -> int:
         return self.eval_every or max(1, iters // 20)
+
+    def heldout_interval(self, iters: int) -> int:
+        return self.heldout_every or max(1, iters // 100)
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,8 @@ class Option:
 
 # fmt: off
 OPTIONS: tuple[Option, ...] = (
-    Option("arch", str, "baseline", "architecture pair (a row of Figure 2)", tuple(PAIRS)),
+    Option("arch", str, "baseline", "architecture pair (a row of Figure 2, or cifar: the "
+           "32x32 networks of Figure 3)", tuple(ALL_PAIRS)),
     Option("procedure", str, "wgan-gp", "training procedure", tuple(PROCEDURES)),
     Option("hparams", str, "paper", "named hyperparameter set: 'paper' = App. E (WGAN-GP Adam "
            "beta1 0.5); 'official-code' = the authors' HEAD (beta1 0)", HPARAM_SETS),
@@ -210,6 +217,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("inception_weights", str, None, "Inception weights file (torch-fidelity's "
            "inception-v3-compat); default: $REPRODUCE_INCEPTION_WEIGHTS, then torch-fidelity's "
            "cache, then its download", section="runtime"),
+    Option("heldout", bool, None, "critic loss on held-out images (Figure 5a), written to "
+           "heldout.jsonl; default: on when the data has a held-out split (demo, or a cache "
+           "prepared with --val-fraction)", section="runtime"),
+    Option("heldout_every", int, 0, "iterations between held-out critic losses (0: iters // "
+           "100)", section="runtime"),
     Option("is_threshold", float, 0.5, "verdict: a completed cell trained if its final IS is at "
            "least this fraction of the data's", section="runtime"),
     Option("diversity_threshold", float, 0.5, "verdict: ... and its samples at least this "
@@ -352,6 +364,8 @@ def resolve_run_config(
     norm = get("critic_norm")
     if norm == "auto":
         norm = proc.default_critic_norm if pair.critic_has_norm else "none"
+        if proc.uses_penalty and pair.critic_has_norm:
+            norm = pair.penalty_norm  # layer norm (SPEC.md A.0); none for CIFAR (C.5)
     elif not pair.critic_has_norm and norm != "none":
         raise UserError(f"--critic-norm: architecture {pair.name} has no critic normalisation")
     if proc.uses_penalty and norm == "batch":
@@ -404,6 +418,8 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         raise UserError(f"--sample-every: must be >= 0, got {rt.sample_every}")
     if rt.eval_every < 0:
         raise UserError(f"--eval-every: must be >= 0, got {rt.eval_every}")
+    if rt.heldout_every < 0:
+        raise UserError(f"--heldout-every: must be >= 0, got {rt.heldout_every}")
     for key in ("eval_samples", "final_eval_samples", "reference_samples"):
         if getattr(rt, key) < 20:  # 10 splits of at least 2 samples
             raise UserError(

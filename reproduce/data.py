@@ -61,6 +61,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    @property
+    def resolution(self) -> int:
+        return int(self.images.shape[-1])
+
 
 # --------------------------------------------------------------------------------------------
 # demo
@@ -129,16 +133,18 @@ def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-@functools.lru_cache(maxsize=1)
-def load_demo() -> ImageDataset:
-    """The demo set (cached per process; the images tensor is never modified)."""
-    images = make_demo_images()
-    return ImageDataset(
-        "demo",
-        images,
-        fingerprint("demo", images),
-        {"source": "demo", "n": len(images), "modes": list(DEMO_MODES), "seed": DEMO_SEED},
-    )
+DEMO_VAL_SIZE = 512  # the held-out split: other images of the same eight modes
+
+
+@functools.lru_cache(maxsize=2)
+def load_demo(split: str = "train") -> ImageDataset:
+    """The demo set (cached per process; the images tensor is never modified). The ``val``
+    split is drawn with another seed: same modes, other images (held-out curves, Figure 5a)."""
+    n, seed = (DEMO_SIZE, DEMO_SEED) if split == "train" else (DEMO_VAL_SIZE, DEMO_SEED + 1)
+    images = make_demo_images(n, seed)
+    fp = fingerprint("demo", images)
+    info = {"source": "demo", "split": split, "n": n, "modes": list(DEMO_MODES), "seed": seed}
+    return ImageDataset("demo", images, fp, info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +233,8 @@ def load_path(spec: str, split: str = "train") -> ImageDataset:
         path = path.parent
     if prepare.is_cache(path):
         return load_cache(path, split)
+    if is_cifar(path):
+        return load_cifar(path.resolve(), split)
     if prepare.is_lmdb(path):
         raise UserError(
             f"--data: {path} is a raw LMDB, not a prepared cache; {_prepare_hint(path)}"
@@ -245,15 +253,77 @@ def load_path(spec: str, split: str = "train") -> ImageDataset:
 
 
 BUILTIN = ("demo",)  # dataset names; anything else given to --data is a path
+SPLITS = ("train", "val")
 
 
 def load_dataset(spec: str, split: str = "train") -> ImageDataset:
-    """A built-in dataset name or a prepared cache. Raises UserError for anything unusable."""
+    """A built-in dataset name, a prepared cache or the CIFAR-10 python archive. Raises
+    UserError for anything unusable."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
     if spec in BUILTIN:
-        if split != "train":
-            raise UserError(f"--data: the built-in {spec!r} data has no {split!r} split")
-        return load_demo()
+        return load_demo(split)
     return load_path(spec, split)
+
+
+def has_split(spec: str, split: str) -> bool:
+    """Does the dataset have this split (e.g. a held-out ``val``) with at least one image?"""
+    try:
+        return len(load_dataset(spec, split)) > 0
+    except (UserError, KeyError, OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# CIFAR-10 (Figure 3): the standard python archive, read from where the user keeps it
+# --------------------------------------------------------------------------------------------
+CIFAR_DIR = "cifar-10-batches-py"
+CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR_TEST = "test_batch"
+
+
+def is_cifar(path: Path) -> bool:
+    if path.is_dir():
+        return (path / CIFAR_TEST).is_file() or (path / CIFAR_DIR / CIFAR_TEST).is_file()
+    return path.is_file() and path.name.endswith((".tar.gz", ".tgz", ".tar"))
+
+
+@functools.lru_cache(maxsize=4)
+def load_cifar(path: Path, split: str = "train") -> ImageDataset:
+    """``cifar-10-python.tar.gz`` (or its extracted ``cifar-10-batches-py``): the five
+    training batches (50,000 images) as ``train``, the test batch as ``val``; uint8
+    (N, 3, 32, 32) in the archive's order (rows are R, G, B planes of 32x32)."""
+    import pickle
+    import tarfile
+
+    names = CIFAR_TRAIN if split == "train" else (CIFAR_TEST,)
+    blobs: dict[str, bytes] = {}
+    try:
+        if path.is_dir():
+            root = path / CIFAR_DIR if (path / CIFAR_DIR).is_dir() else path
+            for n in names:
+                blobs[n] = (root / n).read_bytes()
+        else:
+            with tarfile.open(path) as tar:
+                for n in names:
+                    member = tar.extractfile(f"{CIFAR_DIR}/{n}")
+                    if member is None:
+                        raise KeyError(n)
+                    blobs[n] = member.read()
+        arrays = []
+        for n in names:
+            batch = pickle.loads(blobs[n], encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+                raise ValueError(f"{n}: data of shape {data.shape}, expected (N, 3072)")
+            arrays.append(data.reshape(-1, 3, 32, 32))
+    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, tarfile.TarError) as e:
+        raise UserError(
+            f"--data: {path} is not a readable CIFAR-10 python archive ({type(e).__name__}: {e})"
+        ) from None
+    images = torch.from_numpy(np.concatenate(arrays))
+    info = {"source": str(path), "split": split, "n": len(images), "format": "cifar-10-python"}
+    return ImageDataset("cifar10", images, fingerprint("cifar10", images), info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +417,7 @@ class BatchSource:
                 self.images = dataset.images.materialize(device)
         else:
             cuda = device.type == "cuda"
-            shape = (batch_size, 3, RESOLUTION, RESOLUTION)
+            shape = (batch_size, *dataset.images.shape[1:])
             self._buffers = [
                 torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
                 for _ in range(2 if cuda else 1)

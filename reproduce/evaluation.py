@@ -86,8 +86,11 @@ class Evaluator:
         atomic_write_json(path, stats)
         return stats
 
-    def evaluate(self, generator: nn.Module, iteration: int, kind: str) -> dict[str, Any] | None:
-        """Evaluate unless (iteration, kind) is already recorded; append the row atomically."""
+    def evaluate(
+        self, generator: nn.Module, iteration: int, kind: str, train_seconds: float | None = None
+    ) -> dict[str, Any] | None:
+        """Evaluate unless (iteration, kind) is already recorded; append the row atomically.
+        ``train_seconds``: the training time so far (the wall-clock axis of Figure 3)."""
         if any(r.get("iter") == iteration and r.get("kind") == kind for r in self.recorded()):
             return None
         t = time.perf_counter()
@@ -105,6 +108,7 @@ class Evaluator:
         row: dict[str, Any] = {
             "iter": iteration,
             "kind": kind,
+            "train_seconds": train_seconds,
             **scores,
             "diversity": metrics.diversity(images),
             **self.real_stats(protocol),

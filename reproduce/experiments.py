@@ -53,16 +53,20 @@ class Experiment:
     name: str
     description: str
     build: ExperimentFn
+    # option defaults of this experiment (over the profile's, under explicit flags)
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 EXPERIMENTS: dict[str, Experiment] = {}
 
 
-def register(name: str, description: str) -> Callable[[ExperimentFn], ExperimentFn]:
+def register(
+    name: str, description: str, options: Mapping[str, Any] | None = None
+) -> Callable[[ExperimentFn], ExperimentFn]:
     def deco(fn: ExperimentFn) -> ExperimentFn:
         if name in EXPERIMENTS:
             raise ValueError(f"experiment {name!r} registered twice")
-        EXPERIMENTS[name] = Experiment(name, description, fn)
+        EXPERIMENTS[name] = Experiment(name, description, fn, dict(options or {}))
         return fn
 
     return deco
@@ -92,3 +96,37 @@ def lsun_matrix(sel: Selection) -> list[Cell]:
 
 def cell_key(choices: Mapping[str, Any]) -> tuple[str, str, int]:
     return (choices["arch"], choices["procedure"], choices["seed"])
+
+
+# Figure 3 (SPEC.md C.5): the CIFAR-10 networks at DIM 128 with four training methods; the
+# curve names of the figure, in its legend order. ``critic_norm`` follows gan_cifar.py: batch
+# norm for clipping and DCGAN, none under the gradient penalty (the pair's penalty norm).
+CIFAR_CURVES: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...] = (
+    ("Weight clipping (RMSProp)", "wgan", ()),
+    ("Gradient penalty (RMSProp)", "wgan-gp", (("optimizer", "rmsprop-tf"), ("lr", 5e-5))),
+    ("Gradient penalty (Adam)", "wgan-gp", ()),
+    ("DCGAN (Adam)", "dcgan", ()),
+)
+
+
+def cifar_curve(cell: Cell) -> str:
+    for title, proc, overrides in CIFAR_CURVES:
+        if cell.procedure == proc and dict(cell.overrides) == dict(overrides):
+            return title
+    return f"{cell.procedure} {dict(cell.overrides)}"
+
+
+@register(
+    "cifar",
+    "Figure 3: CIFAR-10, weight clipping vs gradient penalty (RMSProp, Adam) vs DCGAN",
+    # DIM 128; Inception score every 1,000 iterations on 1,000 samples (SPEC.md C.5, E.14)
+    {"dim": 128, "eval_every": 1000, "eval_samples": 1000},
+)
+def cifar_experiment(sel: Selection) -> list[Cell]:
+    procs = sel.procedures
+    return [
+        Cell("cifar", proc, s, overrides)
+        for s in sel.seeds
+        for _, proc, overrides in CIFAR_CURVES
+        if procs is None or proc in procs
+    ]

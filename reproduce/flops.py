@@ -81,12 +81,15 @@ class IterationCost:
 
 @functools.lru_cache(maxsize=64)
 def _count(config_items: tuple[tuple[str, Any], ...]) -> IterationCost:
+    from architectures import get_pair
+
     from .config import RunConfig
     from .data import ImageDataset
     from .train import Trainer
 
     cfg = RunConfig(**dict(config_items))
-    images = torch.zeros((cfg.batch_size, 3, 64, 64), dtype=torch.uint8)
+    r = get_pair(cfg.arch).resolution
+    images = torch.zeros((cfg.batch_size, 3, r, r), dtype=torch.uint8)
     dataset = ImageDataset("count", images, "count", {})
     with _rng_preserved():
         trainer = Trainer(cfg, dataset, torch.device("cpu"), data_placement="device")

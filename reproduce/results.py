@@ -181,6 +181,25 @@ class RunDir:
             self.stats_file, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode()
         )
 
+    @property
+    def heldout_file(self) -> Path:
+        return self.path / "heldout.jsonl"
+
+    def append_heldout(self, row: dict[str, Any]) -> None:
+        with self.heldout_file.open("a") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+
+    def truncate_heldout(self, iteration: int) -> None:
+        """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,
+        identically: they depend only on the weights and the iteration)."""
+        if not self.heldout_file.exists():
+            return
+        rows = [r for r in read_jsonl(self.heldout_file) if r.get("iter", -1) <= iteration]
+        atomic_write_bytes(
+            self.heldout_file,
+            "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode(),
+        )
+
     def read_stats(self) -> list[dict[str, Any]]:
         return read_jsonl(self.stats_file)
 

@@ -38,7 +38,7 @@ from architectures import Z_DIM, get_pair
 
 from . import checkpoint, faults, flops, metrics
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
-from .data import BatchSource, DataPosition, ImageDataset, derive_seed
+from .data import BatchSource, DataPosition, ImageDataset, derive_seed, has_split, load_dataset
 from .errors import DiskFullError
 from .evaluation import Evaluator, write_verdict
 from .images import grid, save_png, to_uint8
@@ -266,6 +266,26 @@ class Trainer:
         self.iteration += 1
         return stats
 
+    def heldout(self, val: ImageDataset) -> dict[str, float]:
+        """The critic loss (penalty included) and its parts on a held-out batch, at the
+        current weights, without updating anything (Figure 5a). Batch, noise and interpolation
+        come from a generator seeded by (seed, iteration), never from the training streams,
+        so computing it changes no training number and a resume recomputes the same value."""
+        cfg, dev = self.cfg, self.device
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "heldout", self.iteration))
+        idx = torch.randint(0, len(val), (cfg.batch_size,), generator=g)
+        real = val.images[idx].to(dev).float().div_(255.0).sub_(0.5).mul_(2.0)
+        z = torch.randn(cfg.batch_size, Z_DIM, generator=g).to(dev)
+        alpha = (
+            torch.rand(cfg.batch_size, 1, 1, 1, generator=g).to(dev)
+            if self.proc.uses_penalty
+            else None
+        )
+        res = self.proc.critic_step(self.G, self.D, real, z, alpha, self.hp)
+        keys = list(res.stats)
+        values = torch.stack([res.stats[k] for k in keys]).tolist()  # one host sync
+        return dict(zip(keys, values, strict=True))
+
     @torch.no_grad()
     def samples(self) -> Tensor:
         """(64, 3, 64, 64) uint8 from the fixed noise, batch-statistics BN as in training."""
@@ -405,6 +425,12 @@ def _train_locked(
     else:
         run_dir.log(f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads)")
     run_dir.truncate_stats(trainer.iteration)
+    run_dir.truncate_heldout(trainer.iteration)
+    val = None
+    if rt.heldout is not False and has_split(rt.data, "val"):
+        val = load_dataset(rt.data, "val")
+    elif rt.heldout:
+        run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
 
     started_at = time.time()
     start_iteration = trainer.iteration
@@ -440,7 +466,7 @@ def _train_locked(
 
     status("running")
     try:
-        return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status, evaluator)
+        return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status, evaluator, val)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             if not lease.lost:
@@ -466,6 +492,7 @@ def _loop(
     env: dict[str, Any],
     status: Any,
     evaluator: Evaluator | None,
+    val: ImageDataset | None = None,
 ) -> Outcome:
     pending: list[tuple[int, dict[str, Tensor], float]] = []  # (iteration, stats, seconds)
     thresholds = metrics.VerdictThresholds(rt.is_threshold, rt.diversity_threshold)
@@ -548,7 +575,8 @@ def _loop(
         if evaluator is None:
             return
         t = time.perf_counter()
-        row = evaluator.evaluate(trainer.G, trainer.iteration, kind)
+        so_far = trainer.train_seconds + (t - window_start - window_excluded)
+        row = evaluator.evaluate(trainer.G, trainer.iteration, kind, train_seconds=so_far)
         window_excluded += time.perf_counter() - t
         if row is not None:
             run_dir.log(
@@ -556,6 +584,17 @@ def _loop(
                 f"{row[metrics.IS_MEAN]:.3f} ± {row[metrics.IS_STD]:.3f}, FID "
                 f"{row.get(metrics.FID, float('nan')):.2f} ({row['seconds']:.1f} s)"
             )
+
+    heldout_every = rt.heldout_interval(cfg.iters)
+
+    def heldout() -> None:
+        nonlocal window_excluded
+        if val is None:
+            return
+        t = time.perf_counter()
+        row = {"iter": trainer.iteration, **trainer.heldout(val)}
+        run_dir.append_heldout(row)
+        window_excluded += time.perf_counter() - t
 
     def diverged(at: int) -> Outcome:
         msg = f"non-finite loss or parameter at iteration {at}"
@@ -597,6 +636,8 @@ def _loop(
                     status("running")  # progress for `status` (after a checkpoint: below)
             if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
                 sample_grid()
+            if done % heldout_every == 0 or done == cfg.iters:
+                heldout()
             if evaluator is not None and evaluator.due(done):
                 evaluate("periodic")
             if due_ckpt and done < cfg.iters:

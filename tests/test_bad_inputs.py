@@ -236,7 +236,7 @@ def test_real_process_prints_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "reproduce train: error: --arch: unknown value 'resnet' (did you mean 'resnet101'?); "
-        "valid: baseline, constant-filters, mlp-generator, no-norm, gated, tanh, resnet101"
+        "valid: baseline, constant-filters, mlp-generator, no-norm, gated, tanh, resnet101, cifar"
     ]
     assert r.stdout == "" and not (tmp_path / "r").exists()
 
