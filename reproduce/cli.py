@@ -111,6 +111,65 @@ def _add_run_options(
     )
 
 
+def _add_dispatch_options(p: argparse.ArgumentParser) -> None:
+    disp = p.add_argument_group("dispatch")
+    disp.add_argument(
+        "--executor",
+        default="local",
+        metavar="{local,slurm,debug}",
+        help="local: subprocesses on this machine, one cell per visible GPU (or "
+        "--workers at a time on CPU); slurm: one job array; debug: in-process "
+        "(default: local)",
+    )
+    disp.add_argument(
+        "--gpus",
+        default=None,
+        metavar="LIST",
+        help="GPU indices for the local executor, e.g. 0,1,3, or 'none' (default: "
+        "every visible GPU)",
+    )
+    disp.add_argument(
+        "--cells-per-gpu",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cells packed on each GPU at once (local executor) (default: 1)",
+    )
+    disp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cells at once on a machine without GPUs; CPU threads are split "
+        "between them (default: one per CPU core for the demo profile, "
+        "else 1)",
+    )
+    disp.add_argument(
+        "--slurm-profile",
+        default="default",
+        metavar="NAME|FILE",
+        help="TOML profile: a file, or a name under slurm/ (default: default)",
+    )
+    disp.add_argument(
+        "--slurm",
+        dest="slurm_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key of the SLURM profile, e.g. --slurm partition=gpu (repeatable)",
+    )
+    disp.add_argument(
+        "--wait",
+        action="store_true",
+        help="slurm: wait for the submitted cells and print the summary",
+    )
+    disp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every cell with its run id and state, and exit",
+    )
+
+
 SUBPARSERS: dict[str, Parser] = {}
 
 
@@ -179,62 +238,7 @@ def build_parser() -> Parser:
         help="seeds, one replicate of every cell per seed (default: 0)",
     )
     _add_run_options(matrix, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
-    disp = matrix.add_argument_group("dispatch")
-    disp.add_argument(
-        "--executor",
-        default="local",
-        metavar="{local,slurm,debug}",
-        help="local: subprocesses on this machine, one cell per visible GPU (or "
-        "--workers at a time on CPU); slurm: one job array; debug: in-process "
-        "(default: local)",
-    )
-    disp.add_argument(
-        "--gpus",
-        default=None,
-        metavar="LIST",
-        help="GPU indices for the local executor, e.g. 0,1,3, or 'none' (default: "
-        "every visible GPU)",
-    )
-    disp.add_argument(
-        "--cells-per-gpu",
-        type=int,
-        default=1,
-        metavar="N",
-        help="cells packed on each GPU at once (local executor) (default: 1)",
-    )
-    disp.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        metavar="N",
-        help="cells at once on a machine without GPUs; CPU threads are split "
-        "between them (default: one per CPU core for the demo profile, "
-        "else 1)",
-    )
-    disp.add_argument(
-        "--slurm-profile",
-        default="default",
-        metavar="NAME|FILE",
-        help="TOML profile: a file, or a name under slurm/ (default: default)",
-    )
-    disp.add_argument(
-        "--slurm",
-        dest="slurm_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one key of the SLURM profile, e.g. --slurm partition=gpu (repeatable)",
-    )
-    disp.add_argument(
-        "--wait",
-        action="store_true",
-        help="slurm: wait for the submitted cells and print the summary",
-    )
-    disp.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print every cell with its run id and state, and exit",
-    )
+    _add_dispatch_options(matrix)
 
     fetch = sub.add_parser(
         "fetch-weights",
@@ -352,6 +356,60 @@ def build_parser() -> Parser:
     bench.add_argument("--name", default=None,
                        help="name of the saved run (default: a timestamp)")  # fmt: skip
 
+    report = sub.add_parser(
+        "report",
+        allow_abbrev=False,
+        help="tables, plots and an HTML page for every run of a results directory",
+        description="Aggregate every run directory into pandas frames and write the 7x4 "
+        "Inception-score table and the throughput table (Markdown, LaTeX booktabs, CSV), "
+        "seaborn plots (PNG, PDF) and index.html.",
+    )
+    SUBPARSERS["report"] = report
+    report.add_argument("--results", default="results", help="results directory (default: results)")
+    report.add_argument(
+        "--out", default=None, metavar="DIR", help="where to write (default: RESULTS/report)"
+    )
+    report.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on a corrupt or truncated file instead of skipping it with a warning",
+    )
+
+    figures = sub.add_parser(
+        "figures",
+        allow_abbrev=False,
+        help="regenerate the paper's figures (runs what they need first)",
+        description="Draw the paper's figures into RESULTS/figures: fig1a, fig1b (fig1: both), "
+        "fig2, fig3, fig5a (default: all). Runs each figure needs and that are not done yet "
+        "are trained first through the matrix machinery (each exactly once, resumable).",
+    )
+    SUBPARSERS["figures"] = figures
+    figures.add_argument("names", nargs="*", metavar="NAME", help="figures (default: all)")
+    figures.add_argument(
+        "--profile",
+        default="quick",
+        help="quick: CPU minutes (Figure 1), "
+        "Figures 2 and 5a on the demo data; paper: the paper's settings "
+        "(default: quick)",
+    )
+    figures.add_argument(
+        "--cifar",
+        default=None,
+        metavar="PATH",
+        help="Figure 3: the CIFAR-10 "
+        "python archive (cifar-10-python.tar.gz or cifar-10-batches-py)",
+    )
+    figures.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    figures.add_argument(
+        "--toy-iters",
+        type=int,
+        default=None,
+        metavar="N",
+        help="iterations of Figure 1's toy runs (default: from --profile)",
+    )
+    _add_run_options(figures, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
+    _add_dispatch_options(figures)
+
     status = sub.add_parser(
         "status",
         allow_abbrev=False,
@@ -442,6 +500,15 @@ def with_weights(rt: RuntimeConfig) -> RuntimeConfig:
     return dataclasses.replace(rt, inception_weights=weights.path, inception_sha256=weights.sha256)
 
 
+def check_resolution(cfg: RunConfig, dataset: Any, data: str) -> None:
+    need = get_pair(cfg.arch).resolution
+    if dataset.resolution != need:
+        raise UserError(
+            f"--data: {data} holds {dataset.resolution}x{dataset.resolution} images; "
+            f"architecture {cfg.arch} needs {need}x{need}"
+        )
+
+
 def plan_train(args: argparse.Namespace) -> TrainPlan:
     given = _given(args)
     if args.resume:
@@ -450,6 +517,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     device = resolve_device_arg(rt.device)
     dataset = load_dataset(rt.data)
     cfg = resolve_run_config(given, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
+    check_resolution(cfg, dataset, rt.data)
     if len(dataset) < cfg.batch_size:
         raise UserError(
             f"--data: {rt.data} has {len(dataset)} usable images, fewer than one batch "
@@ -550,8 +618,14 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         raise UserError(
             f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
         )
+    from .experiments import get_experiment
+
     profile = get_profile(args.profile)
-    given = {**profile.options, **_given(args)}
+    try:
+        exp_options = get_experiment(args.experiment).options
+    except KeyError as e:
+        raise UserError(f"--experiment: {e.args[0]}") from None
+    given = {**profile.options, **exp_options, **_given(args)}
     if profile.needs_data and "data" not in _given(args):
         raise UserError(
             f"--data: profile {args.profile!r} trains on LSUN bedrooms; give --data CACHE "
@@ -584,6 +658,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     )
     if not configs:
         raise UserError("the selection holds no cells")
+    for cfg in configs:
+        check_resolution(cfg, dataset, rt.data)
     small = min(c.batch_size for c in configs)
     if len(dataset) < max(c.batch_size for c in configs):
         raise UserError(
@@ -926,6 +1002,157 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK if code == 0 else EXIT_FAILED
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"--results: no such directory: {results}")
+    out = Path(args.out) if args.out else results / "report"
+    check_writable(out, "--out")
+    rep = build(
+        results, out, strict=args.strict, progress=lambda s: print(f"  {s} ...", flush=True)
+    )
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    counts = rep.summary["status"].map(lambda s: str(s).split()[0]).value_counts()
+    print(f"{len(rep.summary)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
+    print(f"wrote {len(rep.files)} files to {out}; open {out / 'index.html'}")
+    return EXIT_OK
+
+
+def _figure_matrix_args(args: argparse.Namespace, need: Any, results: Path) -> argparse.Namespace:
+    """The arguments of a ``matrix`` invocation for a figure's cells (same validation, same
+    dispatch), with the figure's options under the ones given on the command line."""
+    ns = argparse.Namespace(
+        experiment=need.experiment, profile=need.profile, archs=need.archs,
+        procedures=need.procedures, seeds=[args.seed], executor=args.executor, gpus=args.gpus,
+        cells_per_gpu=args.cells_per_gpu, workers=args.workers,
+        slurm_profile=args.slurm_profile, slurm_overrides=args.slurm_overrides,
+        dry_run=args.dry_run, config=None,
+    )  # fmt: skip
+    for k, v in {**need.options, "results": str(results)}.items():
+        setattr(ns, k, v)
+    return ns
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from . import dispatch, figures
+    from .matrix import cell_state, write_manifest
+    from .toy import ToyConfig
+
+    if args.profile not in ("quick", "paper"):
+        hint = did_you_mean(args.profile, ("quick", "paper"))
+        raise UserError(f"--profile: unknown profile {args.profile!r}{hint}; valid: quick, paper")
+    if args.toy_iters is not None and args.toy_iters < 1:
+        raise UserError(f"--toy-iters: must be at least 1, got {args.toy_iters}")
+    if args.seed < 0:
+        raise UserError(f"--seed: must be >= 0, got {args.seed}")
+    if args.executor not in EXECUTORS:
+        hint = did_you_mean(args.executor, EXECUTORS)
+        raise UserError(
+            f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
+        )
+    names = figures.resolve_names(args.names)
+    given = _given(args)
+    results = Path(given.pop("results", "results"))
+    data = given.pop("data", None)
+    ctx = figures.Context(results, args.profile, args.seed, data, args.cifar, given,
+                          args.toy_iters)  # fmt: skip
+    check_writable(results, "--results")
+    # plan everything first: every mistake fails before any run starts
+    plans: dict[str, Any] = {}
+    for name in names:
+        need = figures.FIGURES[name].needs(ctx)
+        if isinstance(need, figures.MatrixRuns):
+            plans[name] = plan_matrix(_figure_matrix_args(args, need, results))
+        else:
+            plans[name] = need
+    workers = args.workers or os.cpu_count() or 1
+    slots = dispatch.local_slots(_parse_gpus(args.gpus), args.cells_per_gpu, workers)
+    specs: dict[str, Any] = {}
+    gan_plans = [p for p in plans.values() if isinstance(p, MatrixPlan)]
+    toy_threads = max(1, (os.cpu_count() or 1) // len(slots)) if all(
+        s.gpu is None for s in slots) else None  # fmt: skip
+    for plan in plans.values():
+        if isinstance(plan, MatrixPlan):
+            rt = _cell_runtime(plan)
+            for cfg, d, st in zip(plan.configs, plan.run_dirs, plan.states, strict=True):
+                if st.runnable:
+                    specs.setdefault(str(d), dispatch.CellSpec(cfg.to_dict(), rt, str(d)))
+        else:
+            for run in plan:
+                d = results / run.run_id
+                if cell_state(d).runnable:
+                    runtime = {"checkpoint_every": 300.0, "threads": toy_threads}
+                    specs.setdefault(str(d), dispatch.CellSpec(
+                        run.config.to_dict(), runtime, str(d), kind="toy"))  # fmt: skip
+    todo = list(specs.values())
+    if args.dry_run:
+        for name, plan in plans.items():
+            dirs = plan.run_dirs if isinstance(plan, MatrixPlan) else [
+                results / r.run_id for r in plan]  # fmt: skip
+            for d in dirs:
+                print(f"{name}  {d.name}  {cell_state(d).state}")
+        print(f"{len(todo)} runs to train for {', '.join(names)}; dry run: nothing done")
+        return EXIT_OK
+    for plan in gan_plans:
+        write_manifest(plan.results, plan.experiment, plan.configs, plan.run_dirs)
+    print(f"figures {', '.join(names)}: {len(todo)} runs to train")
+    folder = dispatch.submission_folder(results)
+    if todo and args.executor == "slurm":
+        slurm, _ = dispatch.load_slurm_profile(args.slurm_profile, args.slurm_overrides)
+        jobs = dispatch.run_slurm(todo, slurm, folder)
+        print(f"submitted {len(jobs)} runs as SLURM job array {jobs[0][1].split('_')[0]}")
+        if not args.wait:
+            print("run the same command again when they are done to draw the figures")
+            return EXIT_OK
+        _wait_slurm(todo)
+    elif todo:
+        done = 0
+
+        def event(kind: str, spec: Any, info: Any) -> None:
+            nonlocal done
+            if kind == "finished":
+                done += 1
+                print(f"  [{done}/{len(todo)}] {info.get('state')}: {spec.run_id}", flush=True)
+
+        if args.executor == "debug":
+            for run_id, res in dispatch.run_debug(todo, folder).items():
+                event("finished", next(s for s in todo if s.run_id == run_id), res)
+        else:
+            signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(
+                KeyboardInterrupt()))  # fmt: skip
+            try:
+                dispatch.run_local(todo, slots, folder, on_event=event)
+            except KeyboardInterrupt:
+                print("interrupted: the runs checkpointed; run the same command to resume",
+                      file=sys.stderr)  # fmt: skip
+                return EXIT_TEMPFAIL
+    failed = []
+    for name, plan in plans.items():
+        fig = figures.FIGURES[name]
+        if isinstance(plan, MatrixPlan):
+            states = [cell_state(d).state for d in plan.run_dirs]
+            ok = all(s in ("completed", "diverged") for s in states)
+            runs: Any = plan.configs
+        else:
+            states = [cell_state(results / r.run_id).state for r in plan]
+            ok = all(s == "completed" for s in states)
+            runs = plan
+            assert all(isinstance(r.config, ToyConfig) for r in plan)
+        if not ok:
+            bad = sorted({s for s in states if s not in ("completed", "diverged")})
+            print(f"{name}: not drawn, some of its runs are {', '.join(bad)}", file=sys.stderr)
+            failed.append(name)
+            continue
+        numbers = fig.draw(ctx, runs)
+        path = figures.write_numbers(ctx, name, {"figure": fig.title, "profile": args.profile,
+                                                 "seed": args.seed, **numbers})  # fmt: skip
+        print(f"{name}: {path.with_suffix('.png')} (and .pdf; numbers in {path.name})")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 COMMANDS = {
     "train": cmd_train,
     "matrix": cmd_matrix,
@@ -933,6 +1160,8 @@ COMMANDS = {
     "fetch-weights": cmd_fetch_weights,
     "prepare-data": cmd_prepare_data,
     "bench": cmd_bench,
+    "report": cmd_report,
+    "figures": cmd_figures,
 }
 
 

@@ -37,9 +37,10 @@ SUBMITIT_DIR = ".submitit"  # under the results directory
 class CellSpec:
     """Everything a job needs, as plain data (pickled into the submission)."""
 
-    config: dict[str, Any]  # RunConfig fields
-    runtime: dict[str, Any]  # RuntimeConfig fields
+    config: dict[str, Any]  # RunConfig fields (kind "gan") or ToyConfig fields (kind "toy")
+    runtime: dict[str, Any]  # RuntimeConfig fields (gan) or {checkpoint_every, threads} (toy)
     run_dir: str
+    kind: str = "gan"  # gan: an image GAN run (train.py); toy: a 2-D toy run (toy.py, Figure 1)
 
     @property
     def run_id(self) -> str:
@@ -47,15 +48,34 @@ class CellSpec:
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """Train one cell; resumable. ``checkpoint()`` (inherited) re-submits the same spec: the
+    """Run one cell; resumable. ``checkpoint()`` (inherited) re-submits the same spec: the
     training state always comes from the run directory, never from the pickle."""
 
     def __init__(self, spec: CellSpec) -> None:
         self.spec = spec
 
     def __call__(self) -> dict[str, Any]:
+        from .train import StopFlag
+
+        stop = StopFlag()
+        # submitit's handler for USR2 checkpoints *inside* the signal handler; keep it for
+        # the hand-over after our own clean stop at an iteration boundary.
+        usr2 = signal.SIGUSR2
+        submitit_handler = signal.getsignal(usr2)
+        with stop.installed((usr2, signal.SIGTERM, signal.SIGINT)):
+            out = self._toy(stop) if self.spec.kind == "toy" else self._gan(stop)
+        if (
+            out["state"] == "interrupted"
+            and stop.reason == "SIGUSR2"
+            and callable(submitit_handler)
+        ):
+            _clean_stale_save_tmp()
+            submitit_handler(usr2, None)  # re-pickles via checkpoint(), requeues, exits
+        return out
+
+    def _gan(self, stop: Any) -> dict[str, Any]:
         from .data import load_dataset
-        from .train import StopFlag, resolve_device, train_run
+        from .train import resolve_device, train_run
 
         cfg = RunConfig(**self.spec.config)
         rt = RuntimeConfig(**self.spec.runtime)
@@ -65,24 +85,27 @@ class CellJob(submitit.helpers.Checkpointable):
                 f"dataset {rt.data} changed since submission: fingerprint {dataset.fingerprint}, "
                 f"expected {cfg.data_fingerprint}"
             )
-        stop = StopFlag()
-        # submitit's handler for USR2 checkpoints *inside* the signal handler; keep it for
-        # the hand-over after our own clean stop at an iteration boundary.
-        usr2 = signal.SIGUSR2
-        submitit_handler = signal.getsignal(usr2)
-        with stop.installed((usr2, signal.SIGTERM, signal.SIGINT)):
-            out = train_run(
-                cfg, rt, dataset, RunDir(Path(self.spec.run_dir)), resolve_device(rt.device), stop
-            )
-        if out.state == "interrupted" and stop.reason == "SIGUSR2" and callable(submitit_handler):
-            _clean_stale_save_tmp()
-            submitit_handler(usr2, None)  # re-pickles via checkpoint(), requeues, exits
+        out = train_run(
+            cfg, rt, dataset, RunDir(Path(self.spec.run_dir)), resolve_device(rt.device), stop
+        )
         return {
             "state": out.state,
             "iteration": out.iteration,
             "message": out.message,
             "run_dir": str(out.run_dir),
         }
+
+    def _toy(self, stop: Any) -> dict[str, Any]:
+        from .toy import ToyConfig, run_toy
+
+        rt = self.spec.runtime
+        return run_toy(
+            ToyConfig(**self.spec.config),
+            Path(self.spec.run_dir),
+            stop=lambda: bool(stop),
+            checkpoint_every=float(rt.get("checkpoint_every", 300.0)),
+            threads=rt.get("threads"),
+        )
 
 
 def _clean_stale_save_tmp() -> None:

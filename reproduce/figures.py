@@ -1,0 +1,300 @@
+"""``python -m reproduce figures [NAME...]``: one registered function per paper figure.
+
+Each figure names the runs it needs: toy runs (Figure 1, ``toy.py``) or cells of a matrix
+experiment (Figures 2, 3, 5a: ``experiments.py``). Missing runs are launched through the
+matrix machinery (local CPUs/GPUs, SLURM, in-process; each exactly once, resumable), and the
+figure is drawn when all of them are done, into ``<results>/figures/<name>.{png,pdf,json}``.
+
+Profiles: ``quick`` runs on a CPU in minutes (Figure 1 is the README's figures quickstart;
+Figures 2 and 5a on the built-in demo data); ``paper`` uses the paper's settings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError, did_you_mean
+from .results import atomic_write_bytes
+
+
+@dataclass(frozen=True)
+class ToyRun:
+    config: Any  # toy.ToyConfig
+
+    @property
+    def run_id(self) -> str:
+        return str(self.config.run_id)
+
+
+@dataclass(frozen=True)
+class MatrixRuns:
+    """Cells of a matrix experiment, with the options the figure sets for them."""
+
+    experiment: str
+    profile: str
+    options: dict[str, Any]
+    archs: Sequence[str] | None = None
+    procedures: Sequence[str] | None = None
+
+
+@dataclass
+class Context:
+    results: Path
+    profile: str  # quick | paper
+    seed: int
+    data: str | None  # LSUN cache for Figures 2 and 5a (default: demo under quick)
+    cifar: str | None  # CIFAR-10 python archive for Figure 3
+    options: dict[str, Any] = field(default_factory=dict)  # explicit run options (flags)
+    toy_iters: int | None = None  # override the toy runs' iterations (tests)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    title: str
+    needs: Callable[[Context], list[ToyRun] | MatrixRuns]
+    draw: Callable[[Context, Any], dict[str, Any]]  # -> numbers recorded in <name>.json
+
+
+FIGURES: dict[str, Figure] = {}
+ALIASES = {"fig1": ("fig1a", "fig1b")}
+
+
+def register(fig: Figure) -> Figure:
+    FIGURES[fig.name] = fig
+    return fig
+
+
+def resolve_names(names: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for n in names or list(FIGURES):
+        expanded = ALIASES.get(n, (n,))
+        for e in expanded:
+            if e not in FIGURES:
+                hint = did_you_mean(n, [*FIGURES, *ALIASES])
+                raise UserError(
+                    f"figures: unknown figure {n!r}{hint}; valid: {', '.join([*FIGURES, *ALIASES])}"
+                )
+            if e not in out:
+                out.append(e)
+    return out
+
+
+def out_dir(ctx: Context) -> Path:
+    return ctx.results / "figures"
+
+
+def write_numbers(ctx: Context, name: str, numbers: dict[str, Any]) -> Path:
+    path = out_dir(ctx) / f"{name}.json"
+    atomic_write_bytes(path, (json.dumps(numbers, indent=2, default=_json_default) + "\n").encode())
+    return path
+
+
+def _json_default(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(type(v))
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 1: toy experiments (SPEC.md C.1, C.2)
+# --------------------------------------------------------------------------------------------
+FIG1A_ITERS = {"quick": 200, "paper": 100_000}  # rounds of 5 critic steps (gan_toy.py ITERS)
+FIG1B_ITERS = {"quick": 100, "paper": 100_000}  # generator iterations
+FIG1B_CLIPS = (0.1, 0.01, 0.001)
+
+
+def fig1a_runs(ctx: Context) -> list[ToyRun]:
+    from .toy import TOY_DATASETS, toy_config
+
+    iters = ctx.toy_iters or FIG1A_ITERS[ctx.profile]
+    return [
+        ToyRun(toy_config("1a", d, m, iters=iters, seed=ctx.seed))
+        for m in ("clip", "gp")
+        for d in TOY_DATASETS
+    ]
+
+
+def fig1b_runs(ctx: Context) -> list[ToyRun]:
+    from .toy import toy_config
+
+    iters = ctx.toy_iters or FIG1B_ITERS[ctx.profile]
+    runs = [
+        ToyRun(toy_config("1b", "swissroll", "clip", clip=c, iters=iters, seed=ctx.seed))
+        for c in FIG1B_CLIPS
+    ]
+    runs.append(ToyRun(toy_config("1b", "swissroll", "gp", iters=iters, seed=ctx.seed)))
+    return runs
+
+
+def draw_fig1a(ctx: Context, runs: list[ToyRun]) -> dict[str, Any]:
+    from . import plots
+    from .toy import GRID_RANGE, TOY_DATASETS, load_result
+
+    surfaces, points, numbers = {}, {}, {}
+    for r in runs:
+        arrays, scalars = load_result(ctx.results / r.run_id)
+        c = r.config
+        surfaces[(c.dataset, c.method)] = arrays["surface"]
+        points[c.dataset] = arrays["real_points"]
+        numbers[f"{c.dataset}/{c.method}"] = {
+            "run_id": r.run_id, "slope_mean": scalars["slope_mean"],
+            "surface_min": float(arrays["surface"].min()),
+            "surface_max": float(arrays["surface"].max()),
+        }  # fmt: skip
+    fig = plots.value_surfaces(
+        surfaces, points, TOY_DATASETS,
+        [("clip", "weight clipping (c = 0.01)"), ("gp", "gradient penalty")], GRID_RANGE,
+    )  # fmt: skip
+    plots.save(fig, out_dir(ctx), "fig1a")
+    return numbers
+
+
+def draw_fig1b(ctx: Context, runs: list[ToyRun]) -> dict[str, Any]:
+    from . import plots
+    from .toy import load_result
+
+    norms, hists, numbers = {}, {}, {}
+    for r in runs:
+        arrays, scalars = load_result(ctx.results / r.run_id)
+        label = r.config.label
+        norms[label] = arrays["layer_grad_norms"]
+        if r.config.method == "gp" or r.config.clip == 0.01:  # the paper's right panel
+            hists[label] = (arrays["weight_hist_counts"], arrays["weight_hist_edges"])
+        numbers[label] = {
+            "run_id": r.run_id,
+            "layer_grad_norms": arrays["layer_grad_norms"],
+            "log10_layer_grad_norms": np.log10(np.maximum(arrays["layer_grad_norms"], 1e-300)),
+            "weights_at_clip_fraction": scalars.get("weights_at_clip_fraction"),
+            "weights_abs_max": scalars["weights_abs_max"],
+            "weights_std": scalars["weights_std"],
+        }
+    plots.save(plots.gradient_norms_figure(norms, hists), out_dir(ctx), "fig1b")
+    return numbers
+
+
+register(Figure("fig1a", "Figure 1a: critic value surfaces, weight clipping vs gradient penalty",
+                fig1a_runs, draw_fig1a))  # fmt: skip
+register(Figure("fig1b", "Figure 1b: gradient norms per critic layer and critic weights",
+                fig1b_runs, draw_fig1b))  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# Figures 2, 3, 5a: cells of matrix experiments
+# --------------------------------------------------------------------------------------------
+def _lsun(ctx: Context, extra: dict[str, Any], **sel: Any) -> MatrixRuns:
+    if ctx.profile == "paper":
+        if ctx.data is None:
+            raise UserError(
+                "--data: the paper profile of this figure trains on LSUN bedrooms; give --data "
+                "CACHE (made by prepare-data), or use --profile quick"
+            )
+        return MatrixRuns("lsun", "paper", {"data": ctx.data, **extra, **ctx.options}, **sel)
+    opts = {"data": ctx.data or "demo", **extra, **ctx.options}
+    return MatrixRuns("lsun", "demo", opts, **sel)
+
+
+def fig2_runs(ctx: Context) -> MatrixRuns:
+    return _lsun(ctx, {})
+
+
+def draw_fig2(ctx: Context, configs: Any) -> dict[str, Any]:
+    from . import plots, report
+
+    c = report.collect(ctx.results)
+    ids = {cfg.run_id for cfg in configs}
+    c.summary = c.summary[c.summary["run_id"].isin(ids)].reset_index(drop=True)
+    plots.save(report.sample_grid(c, seed=ctx.seed), out_dir(ctx), "fig2")
+    cols = ["arch", "procedure", "seed", "status", "verdict", "final_is", "run_id"]
+    return {"cells": c.summary[cols].to_dict(orient="records")}
+
+
+FIG5A_ITERS = {"quick": 100, "paper": 40_000}  # the paper's x-axis: 0 .. 4 x 10^4
+
+
+def fig5a_runs(ctx: Context) -> MatrixRuns:
+    extra = {"iters": FIG5A_ITERS[ctx.profile], "heldout": True}
+    if ctx.profile == "quick":
+        extra["heldout_every"] = 5
+    return _lsun(ctx, extra, archs=["baseline"], procedures=["wgan-gp"])
+
+
+def draw_fig5a(ctx: Context, configs: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    from . import plots, report
+
+    c = report.collect(ctx.results)
+    ids = {cfg.run_id for cfg in configs}
+    t = c.tidy[(c.tidy["run_id"].isin(ids)) & (c.tidy["metric"] == "critic_loss")].copy()
+    if not (t["split"] == "heldout").any():
+        raise UserError(
+            "fig5a: the run has no held-out critic losses; its data needs a held-out split "
+            "(prepare-data --val-fraction F)"
+        )
+    t["negative critic loss"] = -t["value"].astype(float)
+    t["split"] = t["split"].map({"train": "train", "heldout": "held-out"})
+    fig = plots.curves_figure(t, [("step", "generator iteration")], "negative critic loss",
+                              "negative critic loss", hue="split")  # fmt: skip
+    plots.save(fig, out_dir(ctx), "fig5a")
+    last = t.sort_values("step").groupby("split").tail(1)
+    return {"final": pd.DataFrame(last)[["split", "step", "negative critic loss"]]
+            .to_dict(orient="records"), "run_ids": sorted(ids)}  # fmt: skip
+
+
+def fig3_runs(ctx: Context) -> MatrixRuns:
+    if ctx.cifar is None:
+        raise UserError(
+            "--cifar: Figure 3 trains on CIFAR-10; give the python archive (cifar-10-python."
+            "tar.gz or its extracted cifar-10-batches-py), or name other figures"
+        )
+    if ctx.profile == "paper":
+        return MatrixRuns("cifar", "paper", {"data": ctx.cifar, **ctx.options})
+    quick = {"data": ctx.cifar, "dim": 16, "batch_size": 16, "iters": 40, "eval": True,
+             "eval_every": 10, "eval_samples": 100, "final_eval_samples": 100,
+             "reference_samples": 100}  # fmt: skip
+    return MatrixRuns("cifar", "demo", {**quick, **ctx.options})
+
+
+def draw_fig3(ctx: Context, configs: Any) -> dict[str, Any]:
+    import pandas as pd
+
+    from . import plots, report
+    from .experiments import Cell, cifar_curve
+
+    c = report.collect(ctx.results)
+    curve = {}
+    for cfg in configs:
+        overrides = {}
+        if cfg.procedure == "wgan-gp" and cfg.optimizer == "rmsprop-tf":
+            overrides = {"optimizer": "rmsprop-tf", "lr": cfg.lr}
+        cell = Cell(cfg.arch, cfg.procedure, cfg.seed, tuple(overrides.items()))
+        curve[cfg.run_id] = cifar_curve(cell)
+    t = c.tidy[(c.tidy["run_id"].isin(curve)) & (c.tidy["metric"] == "is")].copy()
+    if not len(t):
+        raise UserError("fig3: the CIFAR runs recorded no Inception score (evaluation off?)")
+    t["method"] = t["run_id"].map(curve)
+    t["train_seconds"] = t["train_seconds"].astype(float)
+    fig = plots.curves_figure(
+        t, [("step", "generator iterations"), ("train_seconds", "wall clock time (s)")],
+        "value", "Inception score", hue="method",
+    )  # fmt: skip
+    plots.save(fig, out_dir(ctx), "fig3")
+    final = t.sort_values("step").groupby("method").tail(1)
+    return {"final": pd.DataFrame(final)[["method", "step", "train_seconds", "value"]]
+            .rename(columns={"value": "inception_score"}).to_dict(orient="records")}  # fmt: skip
+
+
+register(Figure("fig2", "Figure 2: the 7x4 LSUN sample grid", fig2_runs, draw_fig2))
+register(Figure("fig3", "Figure 3: CIFAR-10 Inception score vs iterations and wall clock",
+                fig3_runs, draw_fig3))  # fmt: skip
+register(Figure("fig5a", "Figure 5a: WGAN-GP negative critic loss, train and held-out",
+                fig5a_runs, draw_fig5a))  # fmt: skip

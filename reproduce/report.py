@@ -1,0 +1,537 @@
+"""``python -m reproduce report``: every run of a results directory into pandas frames, tables
+(Markdown, LaTeX booktabs, CSV), seaborn plots (PNG, PDF) and one static HTML page.
+
+- ``tidy``: one row per (run, step, metric): the training statistics (stats.jsonl), the
+  held-out critic losses (heldout.jsonl) and the evaluations (metrics.jsonl).
+- ``summary``: one row per run (cell x seed): status, verdict, final and best Inception
+  score, FID, KID, iterations, throughput, GPU-hours, device. Cells listed in a matrix
+  manifest but never started appear as ``pending``; running, partial, failed and diverged
+  cells appear as such.
+- ``by_cell``: the summary aggregated over seeds (mean and std of the final IS).
+
+Unreadable files (corrupt JSON, a torn or garbled line) are skipped with a warning naming
+them; ``strict=True`` raises instead.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from architectures import PAIRS
+
+from .errors import UserError
+from .matrix import cell_state, load_manifests
+from .procedures import PROCEDURES
+from .results import atomic_write_bytes
+
+STAT_METRICS = ("critic_loss", "wdist", "d_real", "d_fake", "gp", "generator_loss")
+
+
+class ReportError(UserError):
+    """A corrupt file under ``--strict``."""
+
+
+@dataclass
+class Loader:
+    strict: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        if self.strict:
+            raise ReportError(f"--strict: {msg}")
+        self.warnings.append(msg)
+
+    def json(self, path: Path) -> dict[str, Any] | None:
+        if not path.exists():
+            return None
+        try:
+            value = json.loads(path.read_text())
+            if not isinstance(value, dict):
+                raise ValueError("not a JSON object")
+            return value
+        except (OSError, ValueError) as e:
+            self.warn(f"skipped {path}: {e}")
+            return None
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        if not path.exists():
+            return []
+        rows = []
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            self.warn(f"skipped {path}: {e}")
+            return []
+        lines = data.split(b"\n")
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+                rows.append(row)
+            except ValueError as e:
+                torn = n == len(lines)  # no newline after it: a write cut short
+                what = "truncated last line" if torn else f"line {n}"
+                self.warn(f"skipped {what} of {path}: {e}")
+        return rows
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Collected:
+    summary: pd.DataFrame
+    tidy: pd.DataFrame
+    samples: dict[str, Path]  # run_id -> newest sample grid
+    warnings: list[str]
+
+
+SUMMARY_COLUMNS = [
+    "arch", "procedure", "seed", "status", "verdict", "final_is", "final_is_std", "best_is",
+    "best_is_iter", "fid", "kid", "iterations", "iters", "it_per_s", "images_per_s",
+    "train_seconds", "gpu_hours", "tflops", "mfu", "device", "mode", "dim", "batch_size",
+    "dataset", "run_id",
+]  # fmt: skip
+
+
+def collect(results: Path, strict: bool = False) -> Collected:
+    loader = Loader(strict)
+    runs: dict[str, dict[str, Any]] = {}
+    tidy: list[dict[str, Any]] = []
+    samples: dict[str, Path] = {}
+    for d in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (d / "config.json").exists():
+            continue
+        doc = loader.json(d / "config.json")
+        if doc is None or doc.get("kind") == "toy" or "arch" not in doc.get("config", {}):
+            continue
+        cfg = doc["config"]
+        status = loader.json(d / "status.json") or {}
+        verdict = loader.json(d / "verdict.json") or {}
+        unreadable = (d / "status.json").exists() and not status  # warned above
+        state = "unreadable" if unreadable else cell_state(d).state
+        if state == "diverged":
+            state = f"diverged @{status.get('diverged_at')}"
+        base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
+                "seed": cfg["seed"]}  # fmt: skip
+        for r in loader.jsonl(d / "stats.jsonl"):
+            for k in STAT_METRICS:
+                if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
+                    tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
+                                 "split": "train", "train_seconds": None})  # fmt: skip
+        for r in loader.jsonl(d / "heldout.jsonl"):
+            for k in STAT_METRICS:
+                if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
+                    tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
+                                 "split": "heldout", "train_seconds": None})  # fmt: skip
+        evals = [r for r in loader.jsonl(d / "metrics.jsonl") if _num(r.get("iter")) is not None]
+        for r in evals:
+            for k, name in (("is_mean", "is"), ("is_std", "is_std"), ("fid", "fid"),
+                            ("kid_mean", "kid")):  # fmt: skip
+                if _num(r.get(k)) is not None:
+                    tidy.append({**base, "step": int(r["iter"]), "metric": name, "value": r[k],
+                                 "split": r.get("kind", "periodic"),
+                                 "train_seconds": r.get("train_seconds")})  # fmt: skip
+        finals = [r for r in evals if r.get("kind") == "final"]
+        final = finals[-1] if finals else None
+        scored = [r for r in evals if _num(r.get("is_mean")) is not None]
+        best = max(scored, key=lambda r: r["is_mean"]) if scored else None
+        grids = sorted((d / "samples").glob("iter-*.png"))
+        if grids:
+            samples[d.name] = grids[-1]
+        it_s = _num(status.get("it_per_s"))
+        secs = _num(status.get("train_seconds"))
+        device = status.get("device")
+        on_gpu = isinstance(device, str) and device.startswith("cuda")
+        runs[d.name] = {
+            **base,
+            "status": state,
+            "verdict": verdict.get("verdict"),
+            "final_is": final.get("is_mean") if final else None,
+            "final_is_std": final.get("is_std") if final else None,
+            "best_is": best["is_mean"] if best else None,
+            "best_is_iter": best["iter"] if best else None,
+            "fid": final.get("fid") if final else None,
+            "kid": final.get("kid_mean") if final else None,
+            "iterations": status.get("iteration", 0),
+            "iters": cfg.get("iters"),
+            "it_per_s": it_s,
+            "images_per_s": it_s * cfg["n_critic"] * cfg["batch_size"] if it_s else None,
+            "train_seconds": secs,
+            "gpu_hours": secs / 3600 if secs is not None and on_gpu else None,
+            "tflops": status.get("tflops"),
+            "mfu": status.get("mfu"),
+            "device": device,
+            "mode": status.get("mode", "exact"),
+            "dim": cfg.get("dim"),
+            "batch_size": cfg.get("batch_size"),
+            "dataset": cfg.get("dataset"),
+        }
+    # cells a matrix asked for that never started: present, as pending
+    for m in load_manifests(results):
+        for c in m.get("cells", []):
+            if c["run_id"] not in runs:
+                runs[c["run_id"]] = {"run_id": c["run_id"], "arch": c["arch"],
+                                     "procedure": c["procedure"], "seed": c["seed"],
+                                     "status": "pending", "iterations": 0,
+                                     "iters": m.get("shared", {}).get("iters")}  # fmt: skip
+    order = {a: i for i, a in enumerate(PAIRS)}
+    porder = {p: i for i, p in enumerate(PROCEDURES)}
+    summary = pd.DataFrame(list(runs.values()), columns=SUMMARY_COLUMNS)
+    if len(summary):
+        summary = summary.sort_values(
+            by=["arch", "procedure", "seed"],
+            key=lambda s: s.map(order) if s.name == "arch" else (
+                s.map(porder) if s.name == "procedure" else s),
+        ).reset_index(drop=True)  # fmt: skip
+    tidy_cols = ["run_id", "arch", "procedure", "seed", "step", "metric", "value", "split",
+                 "train_seconds"]  # fmt: skip
+    return Collected(summary, pd.DataFrame(tidy, columns=tidy_cols), samples, loader.warnings)
+
+
+def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per architecture x procedure: final IS mean and std over seeds, seeds, states."""
+    if not len(summary):
+        return pd.DataFrame(columns=["arch", "procedure", "seeds", "final_is_mean",
+                                     "final_is_seed_std", "statuses", "verdicts"])  # fmt: skip
+    g = summary.groupby(["arch", "procedure"], sort=False)
+    return g.agg(
+        seeds=("seed", "count"),
+        final_is_mean=("final_is", lambda s: s.dropna().mean() if s.notna().any() else None),
+        final_is_seed_std=(
+            "final_is",
+            lambda s: s.dropna().std(ddof=1) if s.notna().sum() > 1 else None,
+        ),
+        statuses=("status", lambda s: ", ".join(sorted(set(map(str, s))))),
+        verdicts=("verdict", lambda s: ", ".join(sorted({str(v) for v in s if v}))),
+    ).reset_index()
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+# --------------------------------------------------------------------------------------------
+MARK = {"trained": "✓", "low-quality": "✗ low IS", "collapsed": "✗ collapsed",
+        "unevaluated": "completed, not evaluated"}  # fmt: skip
+TEX_MARK = {"trained": r"\checkmark", "low-quality": r"$\times$ low IS",
+            "collapsed": r"$\times$ collapsed",
+            "unevaluated": "completed, not evaluated"}  # fmt: skip
+
+
+def _is_text(mean: Any, std: Any) -> str:
+    if _num(mean) is None or not math.isfinite(mean):
+        return ""
+    return f"{mean:.2f} ± {std:.2f}" if _num(std) is not None else f"{mean:.2f}"
+
+
+def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
+    """The 7x4 table: rows = the paper's architecture titles, columns = the four procedures;
+    each cell the final IS (mean ± std over splits; over seeds when several) and the verdict,
+    or the cell's state when it has no score."""
+    marks = TEX_MARK if tex else MARK
+    pm = "$\\pm$" if tex else "±"
+    table = {}
+    for name, pair in PAIRS.items():
+        row = {}
+        for p, proc in PROCEDURES.items():
+            part = summary[(summary["arch"] == name) & (summary["procedure"] == p)]
+            if not len(part):
+                row[proc.title] = "no run"
+                continue
+            scores = part["final_is"].dropna()
+            if len(scores) > 1:
+                text = f"{scores.mean():.2f} ± {scores.std(ddof=1):.2f} ({len(scores)} seeds)"
+            elif len(scores) == 1:
+                r = part.loc[scores.index[0]]
+                text = _is_text(r["final_is"], r["final_is_std"])
+            else:
+                text = ""
+            verdicts = {v for v in part["verdict"] if isinstance(v, str)}
+            states = sorted({str(s) for s in part["status"]})
+            completed = all(s == "completed" for s in states)
+            if completed and len(verdicts) == 1 and next(iter(verdicts)) in marks:
+                text = f"{text} {marks[next(iter(verdicts))]}".strip()
+            if not text or not completed:
+                text = f"{text} ({', '.join(states)})".strip() if text else ", ".join(states)
+            row[proc.title] = text.replace("±", pm)
+        table[f"{pair.row}. {pair.title}"] = row
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+THROUGHPUT_COLUMNS = ["arch", "procedure", "seed", "status", "iterations", "it_per_s",
+                      "images_per_s", "train_seconds", "gpu_hours", "tflops", "mfu", "device",
+                      "mode"]  # fmt: skip
+
+
+def throughput_table(summary: pd.DataFrame) -> pd.DataFrame:
+    return summary[THROUGHPUT_COLUMNS].copy()
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for idx, r in df.iterrows():
+        cells = ([str(idx)] if index else []) + [_fmt(v) for v in r.tolist()]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+TEX_SPECIAL = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+
+
+def _tex(s: str) -> str:
+    if "$" in s or "\\checkmark" in s:  # pre-formatted maths from lsun_grid
+        return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
+    return "".join(TEX_SPECIAL.get(ch, ch) for ch in s)
+
+
+def to_latex(df: pd.DataFrame, caption: str, index: bool = False) -> str:
+    """A booktabs table (needs \\usepackage{booktabs}, amssymb for the check marks)."""
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    align = ("l" if index else "") + "l" * len(df.columns)
+    out = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(caption)}}}",
+           f"\\begin{{tabular}}{{{align}}}", "\\toprule",
+           " & ".join(_tex(c) for c in cols) + " \\\\", "\\midrule"]  # fmt: skip
+    for idx, r in df.iterrows():
+        cells = ([str(idx)] if index else []) + [_fmt(v) for v in r.tolist()]
+        out.append(" & ".join(_tex(c) for c in cells) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(out) + "\n"
+
+
+def write_table(
+    out: Path, name: str, df: pd.DataFrame, caption: str, index: bool = False,
+    tex_df: pd.DataFrame | None = None,
+) -> list[Path]:  # fmt: skip
+    paths = [out / f"{name}.md", out / f"{name}.tex", out / f"{name}.csv"]
+    atomic_write_bytes(paths[0], to_markdown(df, index).encode())
+    src = tex_df if tex_df is not None else df
+    atomic_write_bytes(paths[1], to_latex(src, caption, index).encode())
+    atomic_write_bytes(paths[2], df.to_csv(index=index).encode())
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# plots
+# --------------------------------------------------------------------------------------------
+def _grid_args(summary: pd.DataFrame) -> dict[str, Any]:
+    rows, cols = list(PAIRS), list(PROCEDURES)
+    empty = {}
+    for r in rows:
+        for c in cols:
+            part = summary[(summary["arch"] == r) & (summary["procedure"] == c)]
+            empty[(r, c)] = ", ".join(sorted({str(s) for s in part["status"]})) or "no run"
+    return {"rows": rows, "cols": cols,
+            "row_titles": [f"{PAIRS[r].row}. {PAIRS[r].title}" for r in rows],
+            "col_titles": [PROCEDURES[c].title for c in cols], "empty": empty}  # fmt: skip
+
+
+def plot_all(c: Collected, every_run: pd.DataFrame, out: Path) -> dict[str, list[Path]]:
+    """The 7x4 views from ``c`` (one matrix); the throughput bars from every run."""
+    from . import plots
+
+    args = _grid_args(c.summary)
+    tidy = c.tidy
+    plotted: dict[str, list[Path]] = {}
+    is_rows = tidy[tidy["metric"] == "is"].copy()
+    is_empty = {k: f"{v}: no Inception scores (evaluation off?)" for k, v in args["empty"].items()}
+    fig = plots.faceted_lines(is_rows, x="step", y="value", hue=None, xlabel="generator iteration",
+                              ylabel="Inception score", **{**args, "empty": is_empty})  # fmt: skip
+    plotted["is_vs_iteration"] = plots.save(fig, out, "is_vs_iteration")
+    wall = is_rows.dropna(subset=["train_seconds"]).copy()
+    wall["train_seconds"] = wall["train_seconds"].astype(float)
+    fig = plots.faceted_lines(wall, x="train_seconds", y="value", hue=None,
+                              xlabel="training seconds", ylabel="Inception score",
+                              **{**args, "empty": is_empty})  # fmt: skip
+    plotted["is_vs_wallclock"] = plots.save(fig, out, "is_vs_wallclock")
+    loss = tidy[tidy["metric"] == "critic_loss"].copy()
+    loss["negative critic loss"] = -loss["value"].astype(float)
+    fig = plots.faceted_lines(loss, x="step", y="negative critic loss", hue="split",
+                              xlabel="generator iteration", ylabel="-critic loss",
+                              **args)  # fmt: skip
+    plotted["critic_loss"] = plots.save(fig, out, "critic_loss")
+    fig = plots.throughput_bars(every_run, "images_per_s", "real images / s")
+    plotted["throughput"] = plots.save(fig, out, "throughput")
+    plotted["samples_grid"] = plots.save(sample_grid(c), out, "samples_grid")
+    return plotted
+
+
+def sample_grid(c: Collected, seed: int | None = None) -> Any:
+    """Figure 2: the newest fixed-noise grid of every cell (the lowest seed when several)."""
+    from PIL import Image
+
+    from . import plots
+
+    args = _grid_args(c.summary)
+    images: dict[tuple[str, str], np.ndarray] = {}
+    notes: dict[tuple[str, str], str] = {}
+    for _, r in c.summary.sort_values("seed").iterrows():
+        key = (r["arch"], r["procedure"])
+        if key in images or (seed is not None and r["seed"] != seed):
+            continue
+        path = c.samples.get(r["run_id"])
+        if path is not None:
+            try:
+                with Image.open(path) as im:
+                    images[key] = np.asarray(im.convert("RGB"))
+            except OSError:
+                pass
+        bits = [str(r["status"])] if r["status"] != "completed" else []
+        if isinstance(r.get("verdict"), str) and r["status"] == "completed":
+            bits.append(str(r["verdict"]))
+        if _num(r.get("final_is")) is not None and not math.isnan(r["final_is"]):
+            bits.append(f"IS {r['final_is']:.2f}")
+        notes[key] = ", ".join(bits) or "completed"
+    return plots.sample_grid_figure(images, args["rows"], args["cols"], args["row_titles"],
+                                    args["col_titles"], notes)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Report:
+    out: Path
+    files: list[Path]
+    warnings: list[str]
+    summary: pd.DataFrame
+
+
+def restrict(c: Collected, run_ids: set[str]) -> Collected:
+    return Collected(
+        c.summary[c.summary["run_id"].isin(run_ids)].reset_index(drop=True),
+        c.tidy[c.tidy["run_id"].isin(run_ids)].reset_index(drop=True),
+        {k: v for k, v in c.samples.items() if k in run_ids},
+        c.warnings,
+    )
+
+
+def grid_runs(results: Path, matrix: str | None) -> tuple[set[str] | None, str | None]:
+    """The runs of the 7x4 views: those of ``--matrix`` (an id prefix), else of the LSUN
+    matrix with the most cells (the newest on a tie), so that runs of one cell with other
+    settings (a figure's short run, an older matrix) never mix into one cell. None: no
+    manifest, every run."""
+    manifests = load_manifests(results)
+    if matrix is not None:
+        chosen = [m for m in manifests if str(m.get("matrix_id", "")).startswith(matrix)]
+        if not chosen:
+            known = ", ".join(str(m.get("matrix_id")) for m in manifests) or "none"
+            raise UserError(f"--matrix: no matrix {matrix!r} in {results}; known: {known}")
+        return {c["run_id"] for m in chosen for c in m["cells"]}, ", ".join(
+            str(m["matrix_id"]) for m in chosen)  # fmt: skip
+    lsun = [m for m in manifests if m.get("experiment") == "lsun"]
+    if not lsun:
+        return None, None
+    mtime = {id(m): (results / "matrices" / f"{m['matrix_id']}.json").stat().st_mtime
+             for m in lsun}  # fmt: skip
+    best = max(lsun, key=lambda m: (len(m["cells"]), mtime[id(m)]))
+    return {c["run_id"] for c in best["cells"]}, str(best["matrix_id"])
+
+
+def build(results: Path, out: Path, strict: bool = False, matrix: str | None = None,
+          progress: Callable[[str], None] = lambda s: None) -> Report:  # fmt: skip
+    ids, chosen = grid_runs(results, matrix)
+    c = collect(results, strict)
+    if matrix is not None and ids is not None:
+        c = restrict(c, ids)
+    if not len(c.summary):
+        raise UserError(f"--results: no runs in {results} (train some with: python -m "
+                        "reproduce matrix --profile demo)")  # fmt: skip
+    g = restrict(c, ids) if ids is not None else c
+    out.mkdir(parents=True, exist_ok=True)
+    files: list[Path] = []
+    atomic_write_bytes(out / "summary.csv", c.summary.to_csv(index=False).encode())
+    atomic_write_bytes(out / "tidy.csv", c.tidy.to_csv(index=False).encode())
+    cells = by_cell(c.summary)
+    atomic_write_bytes(out / "by_cell.csv", cells.to_csv(index=False).encode())
+    files += [out / "summary.csv", out / "tidy.csv", out / "by_cell.csv"]
+    progress("tables")
+    grid = lsun_grid(g.summary)
+    grid.index.name = "architecture"
+    tex_grid = lsun_grid(g.summary, tex=True)
+    tex_grid.index.name = "architecture"
+    files += write_table(out, "lsun_is_table", grid,
+                         "Final Inception score on 64x64 LSUN bedrooms (mean $\\pm$ std over 10 "
+                         "splits; verdict marked)", index=True, tex_df=tex_grid)  # fmt: skip
+    files += write_table(out, "throughput_table", throughput_table(c.summary),
+                         "Throughput and cost per cell")  # fmt: skip
+    progress("plots")
+    plotted = plot_all(g, c.summary, out)
+    for paths in plotted.values():
+        files += paths
+    html_path = out / "index.html"
+    atomic_write_bytes(html_path, render_html(c, grid, plotted, out, chosen).encode())
+    files.append(html_path)
+    if c.warnings:
+        atomic_write_bytes(out / "warnings.txt", ("\n".join(c.warnings) + "\n").encode())
+        files.append(out / "warnings.txt")
+    return Report(out, files, c.warnings, c.summary)
+
+
+PLOT_TITLES = {
+    "samples_grid": "Figure 2: fixed-noise samples of every cell",
+    "is_vs_iteration": "Inception score against generator iterations",
+    "is_vs_wallclock": "Inception score against training time",
+    "critic_loss": "Negative critic loss, train and held-out (Figure 5a)",
+    "throughput": "Throughput (real images per second)",
+}
+
+
+def render_html(c: Collected, grid: pd.DataFrame, plotted: dict[str, list[Path]],
+                out: Path, matrix: str | None) -> str:  # fmt: skip
+    def table(df: pd.DataFrame, index: bool) -> str:
+        return df.to_html(index=index, na_rep="-", float_format=lambda v: f"{v:.4g}",
+                          border=0, classes="t", escape=True)  # fmt: skip
+
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>WGAN-GP reproduction report</title><style>",
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}",
+        "table.t{border-collapse:collapse;font-size:13px;margin:1em 0}",
+        "table.t td,table.t th{border-bottom:1px solid #ccc;padding:3px 8px;text-align:left}",
+        "img{max-width:100%;border:1px solid #eee}.warn{color:#a40}</style></head><body>",
+        "<h1>WGAN-GP reproduction report</h1>",
+        f"<p>{len(c.summary)} runs; {int((c.summary['status'] == 'completed').sum())} "
+        "completed.</p>",
+    ]
+    if c.warnings:
+        parts.append("<h2 class='warn'>Skipped files</h2><ul class='warn'>")
+        parts += [f"<li>{html.escape(w)}</li>" for w in c.warnings]
+        parts.append("</ul>")
+    source = f"matrix {html.escape(matrix)}" if matrix else "every run"
+    parts += [f"<h2>Final Inception score (7x4; {source})</h2>", table(grid, True)]
+    for name in ("samples_grid", "is_vs_iteration", "is_vs_wallclock", "critic_loss",
+                 "throughput"):  # fmt: skip
+        png = next(p for p in plotted[name] if p.suffix == ".png")
+        pdf = next(p for p in plotted[name] if p.suffix == ".pdf")
+        parts += [f"<h2>{html.escape(PLOT_TITLES[name])}</h2>",
+                  f"<p><img src='{png.relative_to(out)}' alt='{name}'>"
+                  f"<br><a href='{pdf.relative_to(out)}'>PDF</a></p>"]  # fmt: skip
+    parts += ["<h2>Throughput and cost</h2>", table(throughput_table(c.summary), False)]
+    parts += ["<h2>All runs</h2>", table(c.summary, False)]
+    parts.append("<p>Tables as Markdown, LaTeX and CSV next to this page.</p></body></html>")
+    return "\n".join(parts)

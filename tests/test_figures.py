@@ -1,0 +1,210 @@
+"""The paper's figures: Figure 1's claims checked on the computed numbers; Figures 3 and 5a
+end to end on small synthetic inputs (a tiny CIFAR-10 python archive, the demo data); the
+toy runs resume exactly; bad figure requests fail first."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reproduce import metrics
+from reproduce.results import read_jsonl
+from reproduce.toy import ToyTrainer, load_result, run_toy, toy_config
+
+from .conftest import run_cli
+from .inception import make_random_inception_weights
+from .test_bad_inputs import tree
+
+
+def _figure(results: Path, name: str) -> dict:
+    assert (results / "figures" / f"{name}.png").stat().st_size > 1000
+    assert (results / "figures" / f"{name}.pdf").stat().st_size > 1000
+    return json.loads((results / "figures" / f"{name}.json").read_text())
+
+
+def test_figure_1b_gradient_norms_explode_vanish_or_stay_flat(tmp_path):
+    """SPEC.md C.2 at the paper's width (512) and batch (256), 30 generator iterations:
+    clipping at 0.1 grows the gradient with depth, 0.01 and 0.001 shrink it by orders of
+    magnitude across the 12 layers, the penalty keeps it within about one order; clipped
+    weights pile up at +-c."""
+    r = run_cli("figures", "fig1b", "--toy-iters", "30", "--executor", "debug",
+                "--results", str(tmp_path), timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    nums = _figure(tmp_path, "fig1b")
+    logs = {k: np.array(v["log10_layer_grad_norms"]) for k, v in nums.items() if k != "figure"
+            and isinstance(v, dict)}  # fmt: skip
+    assert set(logs) == {"clip c=0.1", "clip c=0.01", "clip c=0.001", "gradient penalty"}
+    for g in logs.values():
+        assert len(g) == 13  # 12 ReLU layers and the output
+    # index 0 = layer 1 (nearest the input), index 12 = layer 13 (the critic output)
+    up = logs["clip c=0.1"]
+    assert up[0] - up[12] > 0.5, up  # grows with depth (backwards from the output)
+    assert np.all(np.diff(up) < 0.05), up  # monotone, layer by layer
+    for c, at_least in (("0.01", 5.0), ("0.001", 10.0)):
+        down = logs[f"clip c={c}"]
+        assert down[12] - down[0] > at_least, down  # vanishes by orders of magnitude
+        assert np.all(np.diff(down) > 0), down
+    gp = logs["gradient penalty"]
+    assert gp.max() - gp.min() < 1.0, gp  # within an order of magnitude
+    for c in ("0.1", "0.01", "0.001"):
+        # a uniform distribution on [-c, c] puts 1% of the weights within 1% of the bound
+        assert nums[f"clip c={c}"]["weights_at_clip_fraction"] > 0.05
+        assert nums[f"clip c={c}"]["weights_abs_max"] == pytest.approx(float(c))
+    for c in ("0.01", "0.001"):
+        assert nums[f"clip c={c}"]["weights_at_clip_fraction"] > 0.9  # piled up at +-c
+    assert nums["gradient penalty"]["weights_abs_max"] > 0.1  # not confined to a box
+
+
+def test_figure_1a_surfaces_and_the_penalty_makes_slopes_one(tmp_path):
+    r = run_cli("figures", "fig1a", "--toy-iters", "60", "--executor", "debug",
+                "--results", str(tmp_path), timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    nums = _figure(tmp_path, "fig1a")
+    for d in ("8gaussians", "25gaussians", "swissroll"):
+        clip, gp = nums[f"{d}/clip"], nums[f"{d}/gp"]
+        arrays, _ = load_result(tmp_path / gp["run_id"])
+        assert arrays["surface"].shape == (128, 128) and np.isfinite(arrays["surface"]).all()
+        assert arrays["real_points"].shape == (1000, 2)
+        # the penalty drives ||grad D|| to 1 at the interpolates; clipping keeps it far below
+        assert 0.7 < gp["slope_mean"] < 1.3, gp
+        assert clip["slope_mean"] < 0.5, clip
+    # a second invocation trains nothing and draws again
+    r = run_cli("figures", "fig1a", "--toy-iters", "60", "--executor", "debug",
+                "--results", str(tmp_path))  # fmt: skip
+    assert r.returncode == 0 and "0 runs to train" in r.stdout, r.stdout + r.stderr
+
+
+def test_toy_run_resumes_exactly(tmp_path):
+    cfg = toy_config("1b", "swissroll", "gp", iters=6, width=16, batch_size=8, layers=3)
+    run_toy(cfg, tmp_path / "full", checkpoint_every=0)
+    calls = {"n": 0}
+
+    def stop_after_three() -> bool:
+        calls["n"] += 1
+        return calls["n"] == 3
+
+    out = run_toy(cfg, tmp_path / "cut", stop=stop_after_three, checkpoint_every=0)
+    assert out["state"] == "interrupted" and out["iteration"] == 3
+    assert run_toy(cfg, tmp_path / "cut")["state"] == "completed"
+    a, _ = load_result(tmp_path / "full")
+    b, _ = load_result(tmp_path / "cut")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert run_toy(cfg, tmp_path / "cut")["state"] == "already-completed"
+
+
+def test_toy_data_matches_the_toy_code():
+    """8 Gaussians at radius 2/1.414, 25 Gaussians on a 5x5 grid / 2.828, Swiss roll / 7.5."""
+    t = ToyTrainer(toy_config("1a", "8gaussians", "gp", iters=1, width=4, batch_size=4096))
+    x = t.data.next()
+    r = x.norm(dim=1)
+    assert abs(r.mean().item() - 2 / 1.414) < 0.01
+    t = ToyTrainer(toy_config("1a", "25gaussians", "gp", iters=1, width=4, batch_size=4096))
+    x = t.data.next().numpy() * 2.828
+    assert np.abs(x - np.round(x / 2) * 2).max() < 0.3  # near the even-integer grid
+    t = ToyTrainer(toy_config("1a", "swissroll", "gp", iters=1, width=4, batch_size=4096))
+    x = t.data.next()
+    assert x.shape == (4096, 2) and x.abs().max() < 15 / 7.5 + 0.5
+
+
+def _tiny_cifar(path: Path, n_train: int = 40, n_test: int = 16) -> Path:
+    """The standard archive's layout: cifar-10-batches-py/data_batch_1..5, test_batch, each a
+    pickled dict with b'data' (N, 3072) uint8 and b'labels'."""
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, n in [*((f"data_batch_{i}", n_train // 5) for i in range(1, 6)),
+                        ("test_batch", n_test)]:  # fmt: skip
+            y, x = np.mgrid[0:32, 0:32]
+            imgs = []
+            for _ in range(n):
+                c = rng.integers(0, 256, 3)
+                mask = ((x - 16) ** 2 + (y - 16) ** 2) < rng.integers(20, 200)
+                img = np.where(mask[None], c[:, None, None], 255 - c[:, None, None])
+                imgs.append(img.astype(np.uint8).reshape(-1))
+            blob = pickle.dumps({b"data": np.stack(imgs), b"labels": list(range(n))})
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return path
+
+
+def test_figure_3_end_to_end_on_a_tiny_cifar_archive(tmp_path):
+    archive = _tiny_cifar(tmp_path / "cifar-10-python.tar.gz")
+    made = make_random_inception_weights(tmp_path / "random.pth")
+    weights = metrics.stage_weights(tmp_path / "staged", made.as_uri()).path
+    results = tmp_path / "results"
+    r = run_cli("figures", "fig3", "--cifar", str(archive), "--executor", "debug",
+                "--results", str(results), "--inception-weights", weights, "--dim", "8",
+                "--batch-size", "8", "--iters", "4", "--eval-every", "2", "--eval-samples", "20",
+                "--final-eval-samples", "20", "--reference-samples", "20", "--no-count-flops",
+                timeout=1200)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    nums = _figure(results, "fig3")
+    methods = {row["method"] for row in nums["final"]}
+    assert methods == {"Weight clipping (RMSProp)", "Gradient penalty (RMSProp)",
+                       "Gradient penalty (Adam)", "DCGAN (Adam)"}  # fmt: skip
+    for row in nums["final"]:
+        assert row["step"] == 4 and row["train_seconds"] > 0 and row["inception_score"] >= 1
+    runs = [d for d in results.iterdir() if d.name.startswith("cifar-")]
+    assert len(runs) == 4
+    for d in runs:
+        cfg = json.loads((d / "config.json").read_text())["config"]
+        assert cfg["dataset"] == "cifar10" and cfg["arch"] == "cifar"
+        # SPEC.md C.5: batch norm in the critic except under the penalty (no layer norm)
+        assert cfg["critic_norm"] == ("none" if cfg["procedure"] == "wgan-gp" else "batch")
+        rows = read_jsonl(d / "metrics.jsonl")
+        assert [(x["iter"], x["kind"]) for x in rows] == [(2, "periodic"), (4, "periodic"),
+                                                          (4, "final")]  # fmt: skip
+        secs = [x["train_seconds"] for x in rows]
+        assert secs[0] < secs[1]  # the wall-clock axis grows
+
+
+def test_figure_5a_end_to_end_and_heldout_changes_no_training_number(tmp_path):
+    results = tmp_path / "results"
+    common = ("--executor", "debug", "--iters", "6", "--heldout-every", "2", "--no-count-flops")
+    r = run_cli("figures", "fig5a", "--results", str(results), *common)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nums = _figure(results, "fig5a")
+    assert {row["split"] for row in nums["final"]} == {"train", "held-out"}
+    (run,) = [results / i for i in nums["run_ids"]]
+    held = read_jsonl(run / "heldout.jsonl")
+    assert [h["iter"] for h in held] == [2, 4, 6]
+    assert all(np.isfinite(h["critic_loss"]) and "gp" in h for h in held)
+    # the same cell without held-out losses: identical training statistics
+    other = tmp_path / "other"
+    r = run_cli("train", "--arch", "baseline", "--procedure", "wgan-gp", "--dim", "8",
+                "--batch-size", "16", "--iters", "6", "--no-heldout", "--no-count-flops",
+                "--no-progress", "--results", str(other), "--log-every", "4",
+                "--sample-every", "0")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (plain,) = list(other.iterdir())
+    assert not (plain / "heldout.jsonl").exists()
+    strip = lambda rows: [{k: v for k, v in x.items() if k != "time"} for x in rows]  # noqa: E731
+    assert strip(read_jsonl(plain / "stats.jsonl")) == strip(read_jsonl(run / "stats.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["fig9"], "unknown figure 'fig9'"),
+        (["fig3"], "--cifar"),
+        (["fig2", "--profile", "paper"], "--data"),
+        (["fig1", "--profile", "fast"], "--profile"),
+        (["fig1", "--toy-iters", "0"], "--toy-iters"),
+        (["fig3", "--cifar", "/nonexistent/cifar.tar.gz"], "--data"),
+        (["fig1", "--executor", "slrum"], "did you mean 'slurm'"),
+    ],
+)
+def test_bad_figure_requests_fail_first(tmp_path, args, needle):
+    results = tmp_path / "results"
+    r = run_cli("figures", *args, "--results", str(results))
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert tree(results) == []

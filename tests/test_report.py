@@ -1,0 +1,160 @@
+"""``python -m reproduce report`` after a real (small) demo matrix: every table, plot and the
+HTML page; missing, failed and diverged cells shown as such; corrupt files skipped with a
+warning naming them (``--strict``: an error); the page rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from reproduce.report import by_cell, collect, lsun_grid
+
+from .conftest import cli_env, run_cli
+from .test_bad_inputs import tree
+
+TABLES = ("lsun_is_table", "throughput_table")
+PLOTS = ("is_vs_iteration", "is_vs_wallclock", "critic_loss", "throughput", "samples_grid")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """A 2x2 demo matrix (4 iterations), one cell removed (pending), one marked failed, and a
+    separately trained cell that diverged (nan at iteration 2)."""
+    res = tmp_path_factory.mktemp("report") / "results"
+    r = run_cli("matrix", "--profile", "demo", "--arch", "baseline", "tanh", "--procedure",
+                "dcgan", "wgan-gp", "--iters", "4", "--executor", "debug", "--results", str(res),
+                "--sample-every", "2")  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = {d.name.rsplit("-", 2)[0]: d for d in res.iterdir() if (d / "config.json").exists()}
+    shutil.rmtree(runs["tanh-dcgan"])  # listed in the manifest, never started -> pending
+    status = json.loads((runs["tanh-wgan-gp"] / "status.json").read_text())
+    status.update(state="failed", message="disk full")
+    (runs["tanh-wgan-gp"] / "status.json").write_text(json.dumps(status))
+    r = run_cli("train", "--arch", "no-norm", "--procedure", "wgan", "--dim", "8",
+                "--batch-size", "16", "--iters", "4", "--no-count-flops", "--no-progress",
+                "--results", str(res), env=cli_env(REPRODUCE_FAULTS="nan@2"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return res
+
+
+def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
+    out = tmp_path / "report"
+    r = run_cli("report", "--results", str(results), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for t in TABLES:
+        for ext in ("md", "tex", "csv"):
+            assert (out / f"{t}.{ext}").stat().st_size > 100, (t, ext)
+    for p in PLOTS:
+        for ext in ("png", "pdf"):
+            assert (out / f"{p}.{ext}").stat().st_size > 1000, (p, ext)
+    for f in ("summary.csv", "tidy.csv", "by_cell.csv", "index.html"):
+        assert (out / f).exists()
+    tex = (out / "lsun_is_table.tex").read_text()
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    assert tex.count("\\\\") == 8  # header and seven rows
+    grid = pd.read_csv(out / "lsun_is_table.csv", index_col=0)
+    assert grid.shape == (7, 4)
+    assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"] == "completed, not evaluated"
+    assert grid.loc["6. tanh nonlinearities everywhere in G and D", "DCGAN"] == "pending"
+    assert grid.loc["6. tanh nonlinearities everywhere in G and D", "WGAN-GP"] == "failed"
+    assert grid.loc["7. 101-layer ResNet G and D", "DCGAN"] == "no run"
+    summary = pd.read_csv(out / "summary.csv")
+    states = dict(zip(summary["arch"] + "/" + summary["procedure"], summary["status"],
+                      strict=True))  # fmt: skip
+    assert states["tanh/dcgan"] == "pending" and states["tanh/wgan-gp"] == "failed"
+    assert states["no-norm/wgan"] == "diverged @2"
+    assert states["baseline/dcgan"] == "completed"
+    tidy = pd.read_csv(out / "tidy.csv")
+    assert set(tidy.columns) >= {"run_id", "step", "metric", "value", "split"}
+    assert {"train", "heldout"} <= set(tidy["split"])  # demo data has a held-out split
+    done = summary[summary["status"] == "completed"]
+    assert (done["images_per_s"] > 0).all() and (done["iterations"] == 4).all()
+
+
+def test_corrupt_files_are_skipped_with_a_warning_or_fail_under_strict(results, tmp_path):
+    bad = tmp_path / "results"
+    shutil.copytree(results, bad)
+    run = next(d for d in bad.iterdir() if d.name.startswith("baseline-dcgan"))
+    with (run / "stats.jsonl").open("a") as f:
+        f.write('{"iter": 99, "critic_lo')  # torn last line
+    (run / "verdict.json").write_text("{not json")
+    before = tree(bad)
+    r = run_cli("report", "--results", str(bad), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert f"{run / 'stats.jsonl'}" in r.stderr and f"{run / 'verdict.json'}" in r.stderr
+    assert "truncated last line" in r.stderr
+    assert (tmp_path / "out" / "warnings.txt").exists()
+    r = run_cli("report", "--results", str(bad), "--out", str(tmp_path / "strict"), "--strict")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--strict" in lines[0] and str(run) in lines[0], r.stderr
+    assert not (tmp_path / "strict").exists() and tree(bad) == before
+
+
+def test_seeds_aggregate_and_the_grid_marks_verdicts():
+    summary = pd.DataFrame([
+        {"arch": "baseline", "procedure": "wgan-gp", "seed": s, "status": "completed",
+         "verdict": "trained", "final_is": v, "final_is_std": 0.1, "run_id": f"r{s}"}
+        for s, v in ((0, 3.0), (1, 4.0))
+    ] + [{"arch": "baseline", "procedure": "dcgan", "seed": 0, "status": "completed",
+          "verdict": "collapsed", "final_is": 1.5, "final_is_std": 0.05,
+          "run_id": "d"}])  # fmt: skip
+    grid = lsun_grid(summary)
+    assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"] == "3.50 ± 0.71 (2 seeds) ✓"
+    assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "DCGAN"] == "1.50 ± 0.05 ✗ collapsed"
+    cells = by_cell(summary)
+    row = cells[cells["procedure"] == "wgan-gp"].iloc[0]
+    assert row["seeds"] == 2 and row["final_is_mean"] == 3.5
+
+
+def test_report_of_an_empty_or_missing_directory_is_a_user_error(tmp_path):
+    r = run_cli("report", "--results", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "--results" in r.stderr
+    r = run_cli("report", "--results", str(tmp_path))
+    assert r.returncode == 2 and "no runs" in r.stderr
+    assert tree(tmp_path) == []
+    c = collect(tmp_path)
+    assert c.summary.empty
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_page_renders_in_headless_chromium(results, tmp_path):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium not installed")
+    out = tmp_path / "report"
+    assert run_cli("report", "--results", str(results), "--out", str(out)).returncode == 0
+    page = out / "index.html"
+    text = page.read_text()
+    srcs = re.findall(r"<img src='([^']+)'", text)
+    assert len(srcs) == len(PLOTS)
+    for src in srcs:  # every image the page references exists and decodes
+        with Image.open(out / src) as im:
+            im.verify()
+    shot = tmp_path / "screenshot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run",
+             "--disable-default-apps", "--hide-scrollbars", f"--user-data-dir={tmp_path / 'p'}",
+             "--window-size=1400,2400"]  # fmt: skip
+    subprocess.run([browser, *flags, f"--screenshot={shot}", page.as_uri()], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], check=True,
+                         capture_output=True, text=True, timeout=120).stdout  # fmt: skip
+    assert dom.count("<img") == len(PLOTS) and "Final Inception score" in dom
+    with Image.open(shot) as im:
+        assert im.size == (1400, 2400)
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is not None and len(colours) > 50  # text, tables and images, not blank
