@@ -30,6 +30,7 @@ from architectures import PAIRS
 
 from .errors import UserError
 from .matrix import cell_state, load_manifests
+from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
 from .results import atomic_write_bytes
 
@@ -142,16 +143,16 @@ def collect(results: Path, strict: bool = False) -> Collected:
                                  "split": "heldout", "train_seconds": None})  # fmt: skip
         evals = [r for r in loader.jsonl(d / "metrics.jsonl") if _num(r.get("iter")) is not None]
         for r in evals:
-            for k, name in (("is_mean", "is"), ("is_std", "is_std"), ("fid", "fid"),
-                            ("kid_mean", "kid")):  # fmt: skip
+            for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
+                            (KID_MEAN, "kid")):  # fmt: skip
                 if _num(r.get(k)) is not None:
                     tidy.append({**base, "step": int(r["iter"]), "metric": name, "value": r[k],
                                  "split": r.get("kind", "periodic"),
                                  "train_seconds": r.get("train_seconds")})  # fmt: skip
         finals = [r for r in evals if r.get("kind") == "final"]
         final = finals[-1] if finals else None
-        scored = [r for r in evals if _num(r.get("is_mean")) is not None]
-        best = max(scored, key=lambda r: r["is_mean"]) if scored else None
+        scored = [r for r in evals if _num(r.get(IS_MEAN)) is not None]
+        best = max(scored, key=lambda r: r[IS_MEAN]) if scored else None
         grids = sorted((d / "samples").glob("iter-*.png"))
         if grids:
             samples[d.name] = grids[-1]
@@ -163,12 +164,12 @@ def collect(results: Path, strict: bool = False) -> Collected:
             **base,
             "status": state,
             "verdict": verdict.get("verdict"),
-            "final_is": final.get("is_mean") if final else None,
-            "final_is_std": final.get("is_std") if final else None,
-            "best_is": best["is_mean"] if best else None,
+            "final_is": final.get(IS_MEAN) if final else None,
+            "final_is_std": final.get(IS_STD) if final else None,
+            "best_is": best[IS_MEAN] if best else None,
             "best_is_iter": best["iter"] if best else None,
-            "fid": final.get("fid") if final else None,
-            "kid": final.get("kid_mean") if final else None,
+            "fid": final.get(FID) if final else None,
+            "kid": final.get(KID_MEAN) if final else None,
             "iterations": status.get("iteration", 0),
             "iters": cfg.get("iters"),
             "it_per_s": it_s,
