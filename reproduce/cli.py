@@ -591,6 +591,14 @@ class MatrixPlan:
 EXECUTORS = ("local", "slurm", "debug")
 
 
+def check_executor(name: str) -> None:
+    if name not in EXECUTORS:
+        hint = did_you_mean(name, EXECUTORS)
+        raise UserError(
+            f"--executor: unknown executor {name!r}{hint}; valid: {', '.join(EXECUTORS)}"
+        )
+
+
 def _parse_gpus(text: str | None) -> list[int]:
     """--gpus: a comma list, 'none', or (default) every visible GPU."""
     if text is None:
@@ -613,11 +621,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     from .experiments import Selection
     from .matrix import cell_state, expand, get_profile
 
-    if args.executor not in EXECUTORS:
-        hint = did_you_mean(args.executor, EXECUTORS)
-        raise UserError(
-            f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
-        )
+    check_executor(args.executor)
     from .experiments import get_experiment
 
     profile = get_profile(args.profile)
@@ -781,7 +785,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if not args.wait:
             return EXIT_OK
         _wait_slurm(specs)
-    elif specs and not _run_here(plan, specs, folder):
+    elif specs and not _run_here(plan.executor, plan.slots, specs, folder):
         print(
             "interrupted: the running cells checkpointed; run the same command to resume",
             file=sys.stderr,
@@ -843,7 +847,7 @@ def _wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
         }
 
 
-def _run_here(plan: MatrixPlan, specs: list[Any], folder: Path) -> bool:
+def _run_here(executor: str, slots: Sequence[Any], specs: list[Any], folder: Path) -> bool:
     """Run cells with the local or debug executor, printing progress; False if interrupted."""
     from . import dispatch
 
@@ -859,7 +863,7 @@ def _run_here(plan: MatrixPlan, specs: list[Any], folder: Path) -> bool:
         msg = "" if info.get("state") == "completed" else f" ({info.get('message')})"
         print(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}", flush=True)
 
-    if plan.executor == "debug":
+    if executor == "debug":
         for run_id, result in dispatch.run_debug(specs, folder).items():
             event("finished", next(s for s in specs if s.run_id == run_id), result)
         return True
@@ -869,7 +873,7 @@ def _run_here(plan: MatrixPlan, specs: list[Any], folder: Path) -> bool:
 
     signal.signal(signal.SIGTERM, on_term)  # like Ctrl-C: stop the cells, then exit
     try:
-        dispatch.run_local(specs, plan.slots, folder, on_event=event)
+        dispatch.run_local(specs, slots, folder, on_event=event)
     except KeyboardInterrupt:
         return False
     return True
@@ -1048,11 +1052,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
         raise UserError(f"--toy-iters: must be at least 1, got {args.toy_iters}")
     if args.seed < 0:
         raise UserError(f"--seed: must be >= 0, got {args.seed}")
-    if args.executor not in EXECUTORS:
-        hint = did_you_mean(args.executor, EXECUTORS)
-        raise UserError(
-            f"--executor: unknown executor {args.executor!r}{hint}; valid: local, slurm, debug"
-        )
+    check_executor(args.executor)
     names = figures.resolve_names(args.names)
     given = _given(args)
     results = Path(given.pop("results", "results"))
@@ -1108,27 +1108,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
             print("run the same command again when they are done to draw the figures")
             return EXIT_OK
         _wait_slurm(todo)
-    elif todo:
-        done = 0
-
-        def event(kind: str, spec: Any, info: Any) -> None:
-            nonlocal done
-            if kind == "finished":
-                done += 1
-                print(f"  [{done}/{len(todo)}] {info.get('state')}: {spec.run_id}", flush=True)
-
-        if args.executor == "debug":
-            for run_id, res in dispatch.run_debug(todo, folder).items():
-                event("finished", next(s for s in todo if s.run_id == run_id), res)
-        else:
-            signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(
-                KeyboardInterrupt()))  # fmt: skip
-            try:
-                dispatch.run_local(todo, slots, folder, on_event=event)
-            except KeyboardInterrupt:
-                print("interrupted: the runs checkpointed; run the same command to resume",
-                      file=sys.stderr)  # fmt: skip
-                return EXIT_TEMPFAIL
+    elif todo and not _run_here(args.executor, slots, todo, folder):
+        print("interrupted: the runs checkpointed; run the same command to resume", file=sys.stderr)
+        return EXIT_TEMPFAIL
     failed = []
     for name, plan in plans.items():
         fig = figures.FIGURES[name]

@@ -266,12 +266,18 @@ def load_dataset(spec: str, split: str = "train") -> ImageDataset:
     return load_path(spec, split)
 
 
-def has_split(spec: str, split: str) -> bool:
-    """Does the dataset have this split (e.g. a held-out ``val``) with at least one image?"""
+def load_split_if_any(spec: str, split: str) -> ImageDataset | None:
+    """The split (e.g. a held-out ``val``) when the dataset has one with at least one image."""
     try:
-        return len(load_dataset(spec, split)) > 0
+        ds = load_dataset(spec, split)
     except (UserError, KeyError, OSError, ValueError):
-        return False
+        return None
+    return ds if len(ds) else None
+
+
+def scale_images(x: Tensor) -> Tensor:
+    """uint8 -> float in [-1, 1] as the authors' code: 2 (x/255 - 0.5). Returns a new tensor."""
+    return x.float().div_(255.0).sub_(0.5).mul_(2.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -451,5 +457,4 @@ class BatchSource:
         return x
 
     def next(self) -> Tensor:
-        x = self.next_uint8().float()  # (B, 3, 64, 64); a new tensor, never the buffer itself
-        return x.div_(255.0).sub_(0.5).mul_(2.0)
+        return scale_images(self.next_uint8())  # a new tensor, never the buffer itself

@@ -109,11 +109,15 @@ CIFAR_CURVES: tuple[tuple[str, str, tuple[tuple[str, Any], ...]], ...] = (
 )
 
 
-def cifar_curve(cell: Cell) -> str:
-    for title, proc, overrides in CIFAR_CURVES:
-        if cell.procedure == proc and dict(cell.overrides) == dict(overrides):
-            return title
-    return f"{cell.procedure} {dict(cell.overrides)}"
+def cifar_curve(cfg: Any) -> str:
+    """The Figure 3 curve a resolved CIFAR run belongs to: the curve of its procedure whose
+    overrides it carries, the most specific one when several match."""
+    matches = [
+        (len(overrides), title)
+        for title, proc, overrides in CIFAR_CURVES
+        if cfg.procedure == proc and all(getattr(cfg, k) == v for k, v in overrides)
+    ]
+    return max(matches)[1] if matches else f"{cfg.procedure} ({cfg.optimizer})"
 
 
 @register(

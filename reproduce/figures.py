@@ -268,16 +268,10 @@ def draw_fig3(ctx: Context, configs: Any) -> dict[str, Any]:
     import pandas as pd
 
     from . import plots, report
-    from .experiments import Cell, cifar_curve
+    from .experiments import cifar_curve
 
     c = report.collect(ctx.results)
-    curve = {}
-    for cfg in configs:
-        overrides = {}
-        if cfg.procedure == "wgan-gp" and cfg.optimizer == "rmsprop-tf":
-            overrides = {"optimizer": "rmsprop-tf", "lr": cfg.lr}
-        cell = Cell(cfg.arch, cfg.procedure, cfg.seed, tuple(overrides.items()))
-        curve[cfg.run_id] = cifar_curve(cell)
+    curve = {cfg.run_id: cifar_curve(cfg) for cfg in configs}
     t = c.tidy[(c.tidy["run_id"].isin(curve)) & (c.tidy["metric"] == "is")].copy()
     if not len(t):
         raise UserError("fig3: the CIFAR runs recorded no Inception score (evaluation off?)")

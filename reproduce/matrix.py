@@ -288,7 +288,7 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
     return rows
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -300,7 +300,7 @@ def _fmt(v: Any) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from architectures import PAIRS
 
 from .errors import UserError
-from .matrix import cell_state, load_manifests
+from .matrix import cell_state, format_value, load_manifests, markdown_table
 from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
 from .results import atomic_write_bytes
@@ -131,16 +131,12 @@ def collect(results: Path, strict: bool = False) -> Collected:
             state = f"diverged @{status.get('diverged_at')}"
         base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
                 "seed": cfg["seed"]}  # fmt: skip
-        for r in loader.jsonl(d / "stats.jsonl"):
-            for k in STAT_METRICS:
-                if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
-                    tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
-                                 "split": "train", "train_seconds": None})  # fmt: skip
-        for r in loader.jsonl(d / "heldout.jsonl"):
-            for k in STAT_METRICS:
-                if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
-                    tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
-                                 "split": "heldout", "train_seconds": None})  # fmt: skip
+        for file, split in (("stats.jsonl", "train"), ("heldout.jsonl", "heldout")):
+            for r in loader.jsonl(d / file):
+                for k in STAT_METRICS:
+                    if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
+                        tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
+                                     "split": split, "train_seconds": None})  # fmt: skip
         evals = [r for r in loader.jsonl(d / "metrics.jsonl") if _num(r.get("iter")) is not None]
         for r in evals:
             for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
@@ -283,21 +279,20 @@ def throughput_table(summary: pd.DataFrame) -> pd.DataFrame:
     return summary[THROUGHPUT_COLUMNS].copy()
 
 
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+def _cells(df: pd.DataFrame, index: bool) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows (missing values as "-", numbers as in the matrix summary)."""
+    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    rows = [
+        ([str(idx)] if index else []) + [format_value(None if pd.isna(v) else v) for v in vals]
+        for idx, vals in zip(df.index, df.itertuples(index=False), strict=True)
+    ]
+    return cols, rows
 
 
 def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for idx, r in df.iterrows():
-        cells = ([str(idx)] if index else []) + [_fmt(v) for v in r.tolist()]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(lines) + "\n"
+    cols, rows = _cells(df, index)
+    records = [dict(zip(cols, (c.replace("|", "\\|") for c in row), strict=True)) for row in rows]
+    return markdown_table(records, cols)
 
 
 TEX_SPECIAL = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -312,14 +307,12 @@ def _tex(s: str) -> str:
 
 def to_latex(df: pd.DataFrame, caption: str, index: bool = False) -> str:
     """A booktabs table (needs \\usepackage{booktabs}, amssymb for the check marks)."""
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
+    cols, rows = _cells(df, index)
     align = ("l" if index else "") + "l" * len(df.columns)
     out = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(caption)}}}",
            f"\\begin{{tabular}}{{{align}}}", "\\toprule",
            " & ".join(_tex(c) for c in cols) + " \\\\", "\\midrule"]  # fmt: skip
-    for idx, r in df.iterrows():
-        cells = ([str(idx)] if index else []) + [_fmt(v) for v in r.tolist()]
-        out.append(" & ".join(_tex(c) for c in cells) + " \\\\")
+    out += [" & ".join(_tex(c) for c in cells) + " \\\\" for cells in rows]
     out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(out) + "\n"
 

@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,12 +174,7 @@ class RunDir:
 
     def truncate_stats(self, iteration: int) -> None:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
-        if not self.stats_file.exists():
-            return
-        rows = [r for r in read_jsonl(self.stats_file) if r.get("iter", -1) < iteration]
-        atomic_write_bytes(
-            self.stats_file, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode()
-        )
+        _keep_rows(self.stats_file, lambda it: it < iteration)
 
     @property
     def heldout_file(self) -> Path:
@@ -192,16 +187,18 @@ class RunDir:
     def truncate_heldout(self, iteration: int) -> None:
         """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,
         identically: they depend only on the weights and the iteration)."""
-        if not self.heldout_file.exists():
-            return
-        rows = [r for r in read_jsonl(self.heldout_file) if r.get("iter", -1) <= iteration]
-        atomic_write_bytes(
-            self.heldout_file,
-            "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode(),
-        )
+        _keep_rows(self.heldout_file, lambda it: it <= iteration)
 
     def read_stats(self) -> list[dict[str, Any]]:
         return read_jsonl(self.stats_file)
+
+
+def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
+    """Rewrite a JSON-lines file atomically with the rows whose ``iter`` passes ``keep``."""
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
+    atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode())
 
 
 def iter_run_dirs(results: Path) -> Iterator[RunDir]:

@@ -261,17 +261,14 @@ class ToyTrainer:
         with torch.no_grad():
             return self.G(torch.randn(b, 2, generator=self.noise))
 
-    def critic_loss(
-        self, real: Tensor, fake: Tensor, alpha: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """(loss including the penalty, Wasserstein estimate E[D(real)] - E[D(fake)])."""
-        d_real, d_fake = self.D(real), self.D(fake)
-        loss = d_fake.mean() - d_real.mean()
+    def critic_loss(self, real: Tensor, fake: Tensor, alpha: Tensor | None) -> Tensor:
+        """E[D(fake)] - E[D(real)], plus lambda times the penalty when ``alpha`` is given."""
+        loss = self.D(fake).mean() - self.D(real).mean()
         if alpha is not None:
             assert self.cfg.gp_lambda is not None
             gp, _ = gradient_penalty(self.D, real, fake, alpha)
             loss = loss + self.cfg.gp_lambda * gp
-        return loss, d_real.mean() - d_fake.mean()
+        return loss
 
     def step(self) -> None:
         c = self.cfg
@@ -287,7 +284,7 @@ class ToyTrainer:
             real = self.data.next()
             fake = self.fake(real)
             alpha = torch.rand(c.batch_size, 1, generator=self.noise) if c.method == "gp" else None
-            loss, _ = self.critic_loss(real, fake, alpha)
+            loss = self.critic_loss(real, fake, alpha)
             self.opt_d.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_d.step()

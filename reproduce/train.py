@@ -38,7 +38,14 @@ from architectures import Z_DIM, get_pair
 
 from . import checkpoint, faults, flops, metrics
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
-from .data import BatchSource, DataPosition, ImageDataset, derive_seed, has_split, load_dataset
+from .data import (
+    BatchSource,
+    DataPosition,
+    ImageDataset,
+    derive_seed,
+    load_split_if_any,
+    scale_images,
+)
 from .errors import DiskFullError
 from .evaluation import Evaluator, write_verdict
 from .images import grid, save_png, to_uint8
@@ -274,7 +281,7 @@ class Trainer:
         cfg, dev = self.cfg, self.device
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "heldout", self.iteration))
         idx = torch.randint(0, len(val), (cfg.batch_size,), generator=g)
-        real = val.images[idx].to(dev).float().div_(255.0).sub_(0.5).mul_(2.0)
+        real = scale_images(val.images[idx].to(dev))
         z = torch.randn(cfg.batch_size, Z_DIM, generator=g).to(dev)
         alpha = (
             torch.rand(cfg.batch_size, 1, 1, 1, generator=g).to(dev)
@@ -426,10 +433,8 @@ def _train_locked(
         run_dir.log(f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads)")
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
-    val = None
-    if rt.heldout is not False and has_split(rt.data, "val"):
-        val = load_dataset(rt.data, "val")
-    elif rt.heldout:
+    val = load_split_if_any(rt.data, "val") if rt.heldout is not False else None
+    if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
 
     started_at = time.time()
