@@ -102,6 +102,15 @@ def _add_run_options(
                 metavar=metavar,
                 help=help_,
             )
+    if "mode" not in skip:
+        run.add_argument(
+            "--fast",
+            dest="mode",
+            action="store_const",
+            const="fast",
+            default=argparse.SUPPRESS,
+            help="the same as --mode fast",
+        )
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -407,7 +416,9 @@ def build_parser() -> Parser:
         metavar="N",
         help="iterations of Figure 1's toy runs (default: from --profile)",
     )
-    _add_run_options(figures, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
+    _add_run_options(
+        figures, skip=frozenset({"arch", "procedure", "seed", "name", "mode"}), matrix=True
+    )
     _add_dispatch_options(figures)
 
     status = sub.add_parser(
@@ -993,6 +1004,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     new = bench.load_results(out, "bench")
     print(bench.results_table(new))
+    derived = bench.derived_tables(new)
+    if derived:
+        print()
+        print(derived)
     print(f"saved {out}")
     if base is None:
         return EXIT_OK if code == 0 else EXIT_FAILED

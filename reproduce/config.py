@@ -31,6 +31,9 @@ from .procedures import (
     get_procedure,
 )
 
+MODES = ("exact", "fast", "fast-bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # Bump when the meaning of a result-affecting field or of the training maths changes, so that
 # old run directories are never resumed by code that would compute something else.
 SCHEMA_VERSION = 1
@@ -59,6 +62,11 @@ class RunConfig:
     seed: int  # seeds weights, noise, penalty interpolation and data order
     dataset: str  # dataset kind: demo | cache
     data_fingerprint: str  # content hash of the uint8 training images
+    # exact (default: the reference numerics, bit-identical whatever the engine) | fast
+    # (torch.compile, TF32) | fast-bf16 (fast plus bf16 autocast; penalty and norms in fp32).
+    # Added after schema 1: it enters the run id only when it is not "exact", so every
+    # existing run keeps its id.
+    mode: str = "exact"
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -73,7 +81,14 @@ class RunConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["mode"] == "exact":
+            del d["mode"]  # exact runs keep the config (and so the run id) they always had
+        return d
+
+    @property
+    def fast(self) -> bool:
+        return self.mode != "exact"
 
     def hash(self) -> str:
         """Short hash of the canonical JSON of this config plus the schema version."""
@@ -106,6 +121,8 @@ class RuntimeConfig:
     sample_every: int = 1000
     progress: bool = True
     count_flops: bool = True
+    cuda_graphs: bool | None = None  # None: on for exact-mode runs on a CUDA device
+    compile_mode: str = "default"  # torch.compile mode of --mode fast / fast-bf16
     # evaluation (Inception score, FID, KID; SPEC.md D): never changes the training numbers
     eval: bool | None = None  # None: on, except on the built-in demo data
     eval_every: int = 0  # 0: iters // 20 (20 periodic evaluations)
@@ -176,6 +193,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, 64, "batch size of every critic and generator step"),
     Option("iters", int, 200_000, "generator iterations (the authors' ITERS)"),
     Option("seed", int, 0, "random seed (weights, noise, interpolation, data order)"),
+    Option("mode", str, "exact", "numerics: exact (the reference fp32 maths; CUDA graphs and "
+           "foreach optimisers change no bit) | fast (torch.compile, the penalty through "
+           "torch.func.grad, TF32 matmuls; close to exact, not bit-identical) | fast-bf16 "
+           "(fast plus bf16 autocast, the penalty and norms in fp32). --fast is --mode fast. "
+           "The mode is part of the run id and shown in every table", MODES),
     Option("data", str, "demo", "'demo' (built-in procedural images, no download) or a cache "
            "made by prepare-data", section="runtime"),
     Option("data_placement", str, "auto", "where the training images live: device (resident "
@@ -204,6 +226,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("count_flops", bool, True, "count the FLOPs of one generator iteration when the run "
            "starts (seconds; about a minute for ResNet-101 WGAN-GP) and report achieved TFLOP/s "
            "and MFU in its status", section="runtime"),
+    Option("cuda_graphs", bool, None, "capture whole critic and generator steps (forward, "
+           "penalty, backward) in CUDA graphs; bit-identical to eager execution. Default: on "
+           "for exact-mode runs on a CUDA device", section="runtime"),
+    Option("compile_mode", str, "default", "torch.compile mode under --mode fast/fast-bf16 "
+           "(reduce-overhead adds CUDA graphs of the compiled code)", COMPILE_MODES,
+           section="runtime"),
     Option("eval", bool, None, "Inception score, FID and KID during training and at the end "
            "(default: on, except on the built-in demo data)", section="runtime"),
     Option("eval_every", int, 0, "iterations between periodic evaluations (0: iters // 20)",
@@ -394,6 +422,7 @@ def resolve_run_config(
         seed=seed,
         dataset=dataset,
         data_fingerprint=data_fingerprint,
+        mode=get("mode"),
     )
 
 
@@ -429,6 +458,13 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         v = getattr(rt, key)
         if not (math.isfinite(v) and v > 0):
             raise UserError(f"--{key.replace('_', '-')}: must be positive, got {v}")
+    if rt.cuda_graphs and rt.device == "cpu":
+        raise UserError("--cuda-graphs: needs a CUDA device, but --device is cpu")
+    if rt.cuda_graphs and choices.get("mode", "exact") != "exact":
+        raise UserError(
+            "--cuda-graphs: is for exact mode; under --mode fast use --compile-mode "
+            "reduce-overhead for CUDA graphs of the compiled code"
+        )
     if rt.name is not None and (
         not rt.name or "/" in rt.name or rt.name in (".", "..") or rt.name.startswith(".")
     ):

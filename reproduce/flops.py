@@ -116,7 +116,9 @@ COUNT_BATCH = 2  # batch norm in training mode needs at least 2 samples
 
 def iteration_cost(cfg: Any, exact_batch: bool = False) -> IterationCost:
     """FLOPs of one full generator iteration of ``cfg`` (a RunConfig): counted at batch 2 and
-    scaled (``exact_batch``: at the configured batch, for the linearity test)."""
+    scaled (``exact_batch``: at the configured batch, for the linearity test). The count is
+    of the computation, the same in every mode: it runs the exact eager path."""
+    cfg = dataclasses.replace(cfg, mode="exact")
     if exact_batch or cfg.batch_size <= COUNT_BATCH:
         return _count(tuple(sorted(cfg.to_dict().items())))
     small = dataclasses.replace(cfg, batch_size=COUNT_BATCH)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 
 def interpolate(real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
@@ -31,6 +32,26 @@ def gradient_penalty(
     d_hat = critic(x_hat)  # (B,)
     (grad,) = torch.autograd.grad(d_hat.sum(), x_hat, create_graph=True)
     slopes = grad.flatten(1).square().sum(dim=1).sqrt()  # (B,)
+    return (slopes - 1).square().mean(), slopes
+
+
+def gradient_penalty_func(
+    critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The same penalty with the input gradient taken by ``torch.func.grad`` over a functional
+    call of the critic: the form ``torch.compile`` traces (compiling the critic and calling
+    ``autograd.grad(create_graph=True)`` on it is not supported). The result stays
+    differentiable with respect to the critic's parameters. The interpolation, the gradient
+    (in the dtype of x_hat) and its norm are float32 even when the critic runs under bf16
+    autocast (fast-bf16 mode)."""
+    x_hat = interpolate(real, fake, alpha).float()
+    weights = {**dict(critic.named_parameters()), **dict(critic.named_buffers())}
+
+    def total(x: Tensor) -> Tensor:
+        return functional_call(critic, weights, (x,)).float().sum()
+
+    grad = torch.func.grad(total)(x_hat)
+    slopes = grad.float().flatten(1).square().sum(dim=1).sqrt()  # (B,)
     return (slopes - 1).square().mean(), slopes
 
 

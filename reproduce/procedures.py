@@ -23,6 +23,10 @@ from .errors import did_you_mean
 from .optim import TFRMSprop
 from .penalties import clip_weights_, gradient_penalty
 
+# (critic, real, fake, alpha) -> (penalty, slopes): penalties.gradient_penalty, or its
+# torch.func form under torch.compile (fast modes)
+Penalty = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
 OptimizerName = Literal["adam", "rmsprop-tf", "rmsprop-torch"]
 OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "rmsprop-tf", "rmsprop-torch")
 
@@ -75,6 +79,7 @@ class Procedure:
         z: Tensor,  # (B, 128)
         alpha: Tensor | None,  # (B, 1, 1, 1) ~ U[0, 1), WGAN-GP only
         hp: Hyperparameters,
+        penalty: Penalty = gradient_penalty,
     ) -> StepResult:
         # The critic step does not update G: generate without building G's graph.
         with torch.no_grad():
@@ -92,7 +97,7 @@ class Procedure:
         if self.uses_penalty:
             # L_D += lambda * E[(||grad D(x_hat)||_2 - 1)^2]   (paper eq. 3)
             assert alpha is not None and hp.gp_lambda is not None
-            gp, _ = gradient_penalty(critic, real, fake, alpha)
+            gp, _ = penalty(critic, real, fake, alpha)
             loss = loss + hp.gp_lambda * gp
             stats["gp"] = gp.detach()
         stats["critic_loss"] = loss.detach()  # includes the penalty (SPEC.md E.13)
@@ -112,16 +117,23 @@ class Procedure:
 
     # -- optimisers --------------------------------------------------------------------------
     @staticmethod
-    def make_optimizer(params: Iterable[Tensor], hp: Hyperparameters) -> torch.optim.Optimizer:
+    def make_optimizer(
+        params: Iterable[Tensor], hp: Hyperparameters, fused: bool = False
+    ) -> torch.optim.Optimizer:
+        """The procedure's optimiser. Exact mode: multi-tensor (foreach) kernels, bit-identical
+        to PyTorch's per-parameter reference loop (tests/test_speed.py checks every step).
+        ``fused=True`` (fast modes only): PyTorch's fused Adam, one kernel for all
+        parameters, which rounds differently (not bit-identical to the reference)."""
         if hp.optimizer == "adam":
             assert hp.beta1 is not None and hp.beta2 is not None
             # PyTorch Adam; TF's differs only in where eps enters (SPEC.md B.4, negligible).
-            return torch.optim.Adam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8)
+            kind = {"fused": True} if fused else {"foreach": True}
+            return torch.optim.Adam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8, **kind)
         if hp.optimizer == "rmsprop-tf":
             return TFRMSprop(params, lr=hp.lr)
         if hp.optimizer == "rmsprop-torch":
             # a named departure: PyTorch's RMSprop defaults (alpha 0.99, eps 1e-8 outside sqrt)
-            return torch.optim.RMSprop(params, lr=hp.lr)
+            return torch.optim.RMSprop(params, lr=hp.lr, foreach=True)
         raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 

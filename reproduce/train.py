@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from architectures import Z_DIM, get_pair
 
-from . import checkpoint, faults, flops, metrics
+from . import checkpoint, faults, flops, metrics, steps
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
 from .data import (
     BatchSource,
@@ -111,13 +111,40 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_numerics(device: torch.device) -> None:
-    """Exact fp32 everywhere: no TF32, deterministic cuDNN (SPEC.md: faithful numerics)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+def configure_numerics(device: torch.device, mode: str = "exact") -> None:
+    """Exact mode: fp32 everywhere, no TF32, deterministic cuDNN (SPEC.md: faithful numerics).
+    Fast modes: TF32 matmuls and convolutions, cuDNN's autotuner."""
+    fast = mode != "exact"
+    torch.backends.cuda.matmul.allow_tf32 = fast
+    torch.backends.cudnn.allow_tf32 = fast
+    torch.set_float32_matmul_precision("high" if fast else "highest")
     if device.type == "cuda":
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = not fast
+        torch.backends.cudnn.benchmark = fast
+
+
+def make_steps(
+    trainer: Trainer, cuda_graphs: bool | None = None, compile_mode: str = "default"
+) -> steps.EagerSteps:
+    """The engine for this run: compiled under the fast modes; CUDA graphs for exact runs on a
+    CUDA device (unless ``cuda_graphs`` is False); eager otherwise."""
+    t = trainer
+    args = (t.G, t.D, t.proc, t.hp, t.opt_g, t.opt_d)
+    if t.cfg.fast:
+        return steps.CompiledSteps(
+            *args, device=t.device, bf16=t.cfg.mode == "fast-bf16", compile_mode=compile_mode
+        )
+    if t.device.type == "cuda" and cuda_graphs is not False:
+        pair = get_pair(t.cfg.arch)
+        return steps.GraphedSteps(
+            *args,
+            batch_size=t.cfg.batch_size,
+            image_shape=(3, pair.resolution, pair.resolution),
+            z_dim=Z_DIM,
+            device=t.device,
+            penalty=t.proc.uses_penalty,
+        )
+    return steps.EagerSteps(*args)
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -188,6 +215,8 @@ class Trainer:
         dataset: ImageDataset,
         device: torch.device,
         data_placement: str = "auto",
+        cuda_graphs: bool | None = None,
+        compile_mode: str = "default",
     ) -> None:
         self.cfg = cfg
         self.device = device
@@ -198,8 +227,9 @@ class Trainer:
         seed_everything(cfg.seed)
         self.G: nn.Module = pair.generator(cfg.dim, cfg.padding).to(device)
         self.D: nn.Module = pair.critic(cfg.dim, cfg.critic_norm, cfg.padding).to(device)
-        self.opt_g = self.proc.make_optimizer(self.G.parameters(), self.hp)
-        self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp)
+        fused = cfg.fast and self.hp.optimizer == "adam"
+        self.opt_g = self.proc.make_optimizer(self.G.parameters(), self.hp, fused=fused)
+        self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp, fused=fused)
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
         self.fixed_noise = torch.randn(N_FIXED_SAMPLES, Z_DIM, generator=g).to(device)  # (64, 128)
         self.batches = BatchSource(
@@ -210,6 +240,7 @@ class Trainer:
         self.stat_keys = ["critic_loss", "wdist", "d_real", "d_fake"]
         if self.proc.uses_penalty:
             self.stat_keys.append("gp")
+        self.steps = make_steps(self, cuda_graphs, compile_mode)
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self, env: dict[str, Any]) -> dict[str, Any]:
@@ -250,26 +281,17 @@ class Trainer:
         it = self.iteration
         stats: dict[str, Tensor] = {}
         if it > 0:  # generator step first, skipped at iteration 0 (the authors' order)
-            self.D.requires_grad_(False)  # no critic weight gradients in the generator step
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)  # (B, 128)
-            res = proc.generator_step(self.G, self.D, z, hp)
-            self.opt_g.zero_grad(set_to_none=True)
-            res.loss.backward()
-            self.opt_g.step()
-            self.D.requires_grad_(True)
-            stats.update(res.stats)
+            stats.update(self.steps.generator(z))  # critic frozen during the generator step
+        critic: dict[str, Tensor] = {}
         for _ in range(hp.n_critic):
             real = self.batches.next()  # (B, 3, 64, 64), a fresh batch per critic step
             if faults.active("nan", it):
                 real = real * float("nan")
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)
             alpha = torch.rand(cfg.batch_size, 1, 1, 1, device=dev) if proc.uses_penalty else None
-            res = proc.critic_step(self.G, self.D, real, z, alpha, hp)
-            self.opt_d.zero_grad(set_to_none=True)
-            res.loss.backward()
-            self.opt_d.step()
-            proc.after_critic_step(self.D, hp)
-        stats.update(res.stats)  # the last critic step's values (as the authors log them)
+            critic = self.steps.critic(real, z, alpha)
+        stats.update(critic)  # the last critic step's values (as the authors log them)
         self.iteration += 1
         return stats
 
@@ -398,14 +420,15 @@ def _train_locked(
             run_dir.log(f"failed: {e}")
             return Outcome("failed", 0, str(e), run_dir.path)
         evaluator = Evaluator(cfg, rt, dataset, run_dir, device, weights)
-    configure_numerics(device)
+    configure_numerics(device, cfg.mode)
     if rt.threads is not None:
         torch.set_num_threads(rt.threads)
     env = environment(device)
     # before the Trainer: counting builds its own (CPU) trainer; the real one reseeds everything
     cost = flops.iteration_cost(cfg) if rt.count_flops else None
     peak = flops.peak_tflops(device)
-    trainer = Trainer(cfg, dataset, device, rt.data_placement)
+    trainer = Trainer(cfg, dataset, device, rt.data_placement, rt.cuda_graphs, rt.compile_mode)
+    engine = trainer.steps.name
     ckpt_dir = run_dir.checkpoints_dir
     for orphan in checkpoint.remove_orphans(ckpt_dir):
         run_dir.log(f"removed incomplete checkpoint write {orphan.name}")
@@ -430,7 +453,10 @@ def _train_locked(
                 + "; results are bit-exact only on the same device, thread count and torch"
             )
     else:
-        run_dir.log(f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads)")
+        run_dir.log(
+            f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads), "
+            f"mode {cfg.mode}, engine {engine}"
+        )
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
     val = load_split_if_any(rt.data, "val") if rt.heldout is not False else None
@@ -453,6 +479,8 @@ def _train_locked(
             it_per_s=it_per_s,
             **speed,
             device=env["device"],
+            mode=cfg.mode,
+            engine=trainer.steps.name,
             host=env["host"],
             pid=os.getpid(),
             cuda_visible_devices=env["cuda_visible_devices"],
@@ -500,6 +528,7 @@ def _loop(
     val: ImageDataset | None = None,
 ) -> Outcome:
     pending: list[tuple[int, dict[str, Tensor], float]] = []  # (iteration, stats, seconds)
+    noted: list[str] = []  # engine notes already logged
     thresholds = metrics.VerdictThresholds(rt.is_threshold, rt.diversity_threshold)
     nan = torch.tensor(float("nan"), device=trainer.device)
     last_ckpt = time.monotonic()
@@ -543,6 +572,9 @@ def _loop(
         if diverged_at is None and not trainer.parameters_finite():
             diverged_at = pending[-1][0]
         run_dir.append_stats(rows)
+        if trainer.steps.note and not noted:
+            noted.append(trainer.steps.note)
+            run_dir.log(f"warning: {trainer.steps.note}")
         last = rows[-1]
         bar.set_postfix(
             {

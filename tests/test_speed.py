@@ -1,0 +1,295 @@
+"""The speed-ups change no number (exact mode), or change them within a stated tolerance
+(fast modes):
+
+* the multi-tensor (foreach) optimisers are bit-identical to per-parameter reference loops;
+* the training loop computes the same bits as a plain eager port of the same cell
+  (tests/reference.py) for all four procedures;
+* CUDA graphs are bit-identical to eager execution (needs CUDA; skipped without it);
+* --mode fast agrees with exact mode within the tolerance stated below, --mode fast-bf16
+  within its own; the mode is part of the run id and recorded in the run's files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from reproduce.config import RunConfig
+from reproduce.optim import TFRMSprop
+from reproduce.penalties import gradient_penalty, gradient_penalty_func
+from reproduce.procedures import PROCEDURES
+from reproduce.train import Trainer, configure_numerics
+
+from .conftest import load_final_state, run_cli, small_config
+from .reference import ReferenceCell
+
+SHAPES = [(16, 3, 5, 5), (16,), (32, 16, 5, 5), (1, 512), (7,)]
+CUDA = torch.cuda.is_available()
+
+
+def _train(make_opt, steps: int = 200) -> list[torch.Tensor]:
+    """Parameters after ``steps`` updates with gradients spanning eight orders of magnitude."""
+    torch.manual_seed(1)
+    params = [torch.randn(s, requires_grad=True) for s in SHAPES]
+    opt = make_opt(params)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(steps):
+        for p in params:
+            scale = 10.0 ** torch.randint(-6, 2, (1,), generator=g).item()
+            p.grad = torch.randn(p.shape, generator=g) * scale
+        opt.step()
+    return [p.detach() for p in params]
+
+
+class LoopTFRMSprop(torch.optim.Optimizer):
+    """TF1's ApplyRMSProp kernel transcribed one parameter at a time (the reference that
+    reproduce.optim.TFRMSprop implements with foreach kernels)."""
+
+    def __init__(self, params, lr: float, decay: float = 0.9, eps: float = 1e-10) -> None:
+        super().__init__(params, {"lr": lr, "decay": decay, "eps": eps})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            one_minus_decay = float(torch.tensor(1.0) - group["decay"])
+            for p in group["params"]:
+                st = self.state[p]
+                if not st:
+                    st["ms"] = torch.ones_like(p)
+                ms = st["ms"]
+                ms.add_((p.grad * p.grad - ms) * one_minus_decay)
+                p.sub_(p.grad * group["lr"] / (ms + group["eps"]).sqrt())
+
+
+def _bitwise(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_foreach_optimisers_are_bit_identical_to_per_parameter_loops():
+    for betas in ((0.5, 0.9), (0.5, 0.999), (0.0, 0.9)):
+        loop = _train(lambda ps, b=betas: torch.optim.Adam(ps, 1e-4, betas=b, foreach=False))
+        multi = _train(lambda ps, b=betas: torch.optim.Adam(ps, 1e-4, betas=b, foreach=True))
+        assert _bitwise(loop, multi), betas
+    assert _bitwise(
+        _train(lambda ps: LoopTFRMSprop(ps, 5e-5)), _train(lambda ps: TFRMSprop(ps, 5e-5))
+    )
+    assert _bitwise(
+        _train(lambda ps: torch.optim.RMSprop(ps, 1e-4, foreach=False)),
+        _train(lambda ps: torch.optim.RMSprop(ps, 1e-4, foreach=True)),
+    )
+    # the fused Adam of the fast modes is not: it is kept out of exact mode for this reason
+    fused = _train(lambda ps: torch.optim.Adam(ps, 1e-4, betas=(0.5, 0.9), fused=True))
+    loop = _train(lambda ps: torch.optim.Adam(ps, 1e-4, betas=(0.5, 0.9), foreach=False))
+    assert not _bitwise(loop, fused)
+
+
+def test_exact_mode_optimisers_are_the_foreach_ones(small_demo):
+    t = Trainer(small_config(small_demo, procedure="wgan-gp"), small_demo, torch.device("cpu"))
+    assert t.opt_d.defaults["foreach"] is True and not t.opt_d.defaults["fused"]
+    t = Trainer(small_config(small_demo, procedure="wgan"), small_demo, torch.device("cpu"))
+    assert isinstance(t.opt_d, TFRMSprop)
+
+
+@pytest.mark.parametrize("procedure", list(PROCEDURES))
+def test_training_loop_matches_a_plain_eager_port_bit_for_bit(procedure, small_demo):
+    """Five iterations of the package's loop (foreach optimisers, frozen critic, device-side
+    statistics) against tests/reference.py: every parameter and every loss bit-identical."""
+    cfg = small_config(small_demo, procedure=procedure, iters=5)
+    cpu = torch.device("cpu")
+    configure_numerics(cpu)
+    trainer = Trainer(cfg, small_demo, cpu, data_placement="device")
+    rows = [trainer.step() for _ in range(cfg.iters)]
+    ref = ReferenceCell(cfg, small_demo, cpu)
+    for _ in range(cfg.iters):
+        ref.step()
+    for net, ref_net in ((trainer.G, ref.G), (trainer.D, ref.D)):
+        for (name, p), q in zip(net.named_parameters(), ref_net.parameters(), strict=True):
+            assert torch.equal(p, q), name
+    for row, ref_row in zip(rows, ref.log, strict=True):
+        assert row["critic_loss"].item() == ref_row["critic_loss"]
+        if "generator_loss" in ref_row:
+            assert row["generator_loss"].item() == ref_row["generator_loss"]
+
+
+def test_both_penalty_forms_agree(small_demo):
+    """The torch.func form of the penalty (compiled in the fast modes), evaluated eagerly,
+    equals the autograd.grad form, and so do its gradients with respect to the weights."""
+    from architectures import get_pair
+
+    torch.manual_seed(0)
+    D = get_pair("resnet101").critic(8, "layer", "tf-same")
+    real, fake = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    alpha = torch.rand(4, 1, 1, 1)
+    a, slopes_a = gradient_penalty(D, real, fake, alpha)
+    b, slopes_b = gradient_penalty_func(D, real, fake, alpha)
+    torch.testing.assert_close(b, a, rtol=1e-6, atol=0)
+    torch.testing.assert_close(slopes_b, slopes_a, rtol=1e-6, atol=0)
+    # (the output bias does not enter an input gradient: its gradient is zero in both)
+    ga = torch.autograd.grad(a, list(D.parameters()), materialize_grads=True)
+    gb = torch.autograd.grad(b, list(D.parameters()), materialize_grads=True)
+    for x, y in zip(ga, gb, strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-9)
+
+
+def _one_step_grads(trainer: Trainer, seed: int) -> tuple[dict, list, list]:
+    """Loss, statistics and weight gradients of one critic step and one generator step on
+    fixed inputs, without updating anything."""
+    g = torch.Generator().manual_seed(seed)
+    B = trainer.cfg.batch_size
+    real = torch.rand(B, 3, 64, 64, generator=g) * 2 - 1
+    z, z2 = torch.randn(B, 128, generator=g), torch.randn(B, 128, generator=g)
+    alpha = torch.rand(B, 1, 1, 1, generator=g)
+    s = trainer.steps
+    loss, stats = s.critic_forward(real, z, alpha)
+    d_grads = torch.autograd.grad(loss, list(trainer.D.parameters()))
+    trainer.D.requires_grad_(False)
+    g_loss, g_stats = s.generator_forward(z2)
+    g_grads = torch.autograd.grad(g_loss, list(trainer.G.parameters()))
+    trainer.D.requires_grad_(True)
+    return {**stats, **g_stats}, list(d_grads), list(g_grads)
+
+
+def test_fast_modes_agree_with_exact_mode(small_demo):
+    """--mode fast compiles the step (inductor, real code generation) and computes the penalty
+    through torch.func.grad. Tolerance: float32 results re-associated by fusion differ from
+    eager in the last bits, about 1e-7 relative per operation, and such differences grow
+    through the penalty's double backward to about 1e-6 relative (measured: 1.3e-6 on the
+    baseline critic); we require 1e-4 relative on every statistic of one step, on every weight
+    gradient of that step (in the 2-norm, relative to the network's whole gradient: entries
+    that cancel to nearly zero, like the gradient of a bias followed by layer norm, which is
+    zero in exact arithmetic, carry no meaningful relative error), and on every logged loss of three
+    training iterations, where Adam's normalised updates keep the weights within a few
+    learning rates of each other.
+
+    --mode fast-bf16 rounds every convolution and matmul input to 8 mantissa bits (2^-9 = 2e-3
+    relative), so one step is required to agree to 5e-2 relative on the losses and on the
+    critic's weight gradient (in the 2-norm, whole and per tensor as above)."""
+    cpu = torch.device("cpu")
+    base = small_config(small_demo, arch="baseline", procedure="wgan-gp", iters=3)
+    configure_numerics(cpu)
+    exact = Trainer(base, small_demo, cpu)
+    fast_cfg = RunConfig(**{**base.to_dict(), "mode": "fast"})
+    configure_numerics(cpu, "fast")
+    fast = Trainer(fast_cfg, small_demo, cpu)
+    assert fast.steps.name == "compiled" and exact.steps.name == "eager"
+
+    e_stats, e_dg, e_gg = _one_step_grads(exact, 7)
+    f_stats, f_dg, f_gg = _one_step_grads(fast, 7)
+    for k in e_stats:
+        torch.testing.assert_close(f_stats[k], e_stats[k], rtol=1e-4, atol=1e-6, msg=k)
+    for e_grads, f_grads in ((e_dg, f_dg), (e_gg, f_gg)):
+        scale = torch.cat([g.flatten() for g in e_grads]).norm()
+        for a, b in zip(e_grads, f_grads, strict=True):
+            assert float((b - a).norm() / scale) < 1e-4
+
+    rng = torch.get_rng_state()  # both runs draw the same noise from the global stream
+    e_rows = [exact.step() for _ in range(3)]
+    torch.set_rng_state(rng)
+    f_rows = [fast.step() for _ in range(3)]
+    for er, fr in zip(e_rows, f_rows, strict=True):
+        for k in er:
+            torch.testing.assert_close(fr[k], er[k], rtol=1e-4, atol=1e-6, msg=k)
+
+    bf_cfg = RunConfig(**{**base.to_dict(), "mode": "fast-bf16"})
+    configure_numerics(cpu, "fast-bf16")
+    exact2 = Trainer(base, small_demo, cpu)
+    bf = Trainer(bf_cfg, small_demo, cpu)
+    e_stats, e_dg, _ = _one_step_grads(exact2, 9)
+    g = torch.Generator().manual_seed(9)
+    real = torch.rand(4, 3, 64, 64, generator=g) * 2 - 1
+    z = torch.randn(4, 128, generator=g)
+    torch.randn(4, 128, generator=g)
+    alpha = torch.rand(4, 1, 1, 1, generator=g)
+    loss, b_stats = bf.steps.critic_forward(real, z, alpha)
+    b_dg = torch.autograd.grad(loss, list(bf.D.parameters()))
+    for k in ("critic_loss", "gp", "wdist"):
+        torch.testing.assert_close(b_stats[k], e_stats[k], rtol=5e-2, atol=1e-3, msg=k)
+    scale = torch.cat([g.flatten() for g in e_dg]).norm()
+    errors = [float((b - a).norm() / scale) for a, b in zip(e_dg, b_dg, strict=True)]
+    whole = float(torch.cat([(b - a).flatten() for a, b in zip(e_dg, b_dg, strict=True)]).norm()
+                  / scale)  # fmt: skip
+    print(f"fast-bf16: whole-gradient relative error {whole:.2e}, worst tensor {max(errors):.2e}")
+    assert all(b.dtype == torch.float32 for b in b_dg)
+    assert whole < 5e-2 and max(errors) < 5e-2
+    configure_numerics(cpu)
+
+
+def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
+    exact = small_config(small_demo)
+    assert "mode" not in exact.to_dict()  # exact runs keep the ids they always had
+    fast = RunConfig(**{**exact.to_dict(), "mode": "fast"})
+    assert fast.to_dict()["mode"] == "fast" and fast.run_id != exact.run_id
+    # the run id of this config as computed before the mode existed (commit 4c2b5c4)
+    assert exact.run_id == "baseline-wgan-gp-s0-213a90e257"
+
+    args = ["train", "--arch", "mlp-generator", "--procedure", "lsgan", "--dim", "4",
+            "--batch-size", "4", "--iters", "2", "--results", str(tmp_path), "--no-progress",
+            "--no-count-flops"]  # fmt: skip
+    r = run_cli(*args, "--fast")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = tmp_path.iterdir()
+    doc = json.loads((run / "config.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    assert doc["config"]["mode"] == "fast" and status["mode"] == "fast"
+    assert status["engine"] == "compiled"
+    assert "mode fast, engine compiled" in (run / "log.txt").read_text()
+    assert load_final_state(run)["config"]["mode"] == "fast"
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize(
+    "arch,procedure",
+    [("baseline", "wgan-gp"), ("resnet101", "wgan-gp"), ("baseline", "dcgan"),
+     ("gated", "wgan"), ("mlp-generator", "lsgan")],
+)  # fmt: skip
+def test_cuda_graphs_are_bit_identical_to_eager(arch, procedure, small_demo):
+    """Six iterations with whole critic and generator steps replayed from CUDA graphs
+    against eager execution and against the plain eager port: every weight, optimiser state
+    and statistic identical to the bit."""
+    cuda = torch.device("cuda")
+    cfg = small_config(small_demo, arch=arch, procedure=procedure, iters=6, dim=16,
+                       batch_size=8)  # fmt: skip
+    configure_numerics(cuda)
+    runs = {}
+    for graphs in (False, True):
+        t = Trainer(cfg, small_demo, cuda, data_placement="device", cuda_graphs=graphs)
+        assert t.steps.name == ("cuda-graphs" if graphs else "eager")
+        rows = [{k: v.item() for k, v in t.step().items()} for _ in range(cfg.iters)]
+        assert t.steps.name == ("cuda-graphs" if graphs else "eager"), t.steps.note
+        runs[graphs] = (t, rows)
+    (e, e_rows), (g, g_rows) = runs[False], runs[True]
+    assert g_rows == e_rows
+    for a, b in ((e.G, g.G), (e.D, g.D)):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q), name
+    for oa, ob in ((e.opt_g, g.opt_g), (e.opt_d, g.opt_d)):
+        for sa, sb in zip(oa.state.values(), ob.state.values(), strict=True):
+            for k in sa:
+                assert torch.equal(sa[k], sb[k]), k
+    ref = ReferenceCell(cfg, small_demo, cuda)
+    for _ in range(cfg.iters):
+        ref.step()
+    for p, q in zip(g.D.parameters(), ref.D.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+def test_fast_mode_trains_on_cuda(small_demo):
+    """The compiled path on the GPU (Triton kernels), both fast modes: three iterations with
+    finite losses close to exact mode's."""
+    cuda = torch.device("cuda")
+    base = small_config(small_demo, arch="resnet101", procedure="wgan-gp", dim=16,
+                        batch_size=8)  # fmt: skip
+    configure_numerics(cuda)
+    exact = Trainer(base, small_demo, cuda, cuda_graphs=False)
+    e_rows = [exact.step() for _ in range(3)]
+    for mode, rtol in (("fast", 1e-2), ("fast-bf16", 1e-1)):
+        configure_numerics(cuda, mode)
+        t = Trainer(RunConfig(**{**base.to_dict(), "mode": mode}), small_demo, cuda)
+        rows = [t.step() for _ in range(3)]
+        for er, fr in zip(e_rows, rows, strict=True):
+            torch.testing.assert_close(fr["critic_loss"], er["critic_loss"], rtol=rtol,
+                                       atol=1e-2)  # fmt: skip
+    configure_numerics(cuda)
