@@ -175,7 +175,7 @@ def collect(results: Path, strict: bool = False) -> Collected:
             "tflops": status.get("tflops"),
             "mfu": status.get("mfu"),
             "device": device,
-            "mode": status.get("mode", "exact"),
+            "mode": cfg.get("mode", "exact"),
             "dim": cfg.get("dim"),
             "batch_size": cfg.get("batch_size"),
             "dataset": cfg.get("dataset"),
@@ -187,7 +187,8 @@ def collect(results: Path, strict: bool = False) -> Collected:
                 runs[c["run_id"]] = {"run_id": c["run_id"], "arch": c["arch"],
                                      "procedure": c["procedure"], "seed": c["seed"],
                                      "status": "pending", "iterations": 0,
-                                     "iters": m.get("shared", {}).get("iters")}  # fmt: skip
+                                     "iters": m.get("shared", {}).get("iters"),
+                                     "mode": m.get("shared", {}).get("mode", "exact")}  # fmt: skip
     order = {a: i for i, a in enumerate(PAIRS)}
     porder = {p: i for i, p in enumerate(PROCEDURES)}
     summary = pd.DataFrame(list(runs.values()), columns=SUMMARY_COLUMNS)
@@ -203,11 +204,13 @@ def collect(results: Path, strict: bool = False) -> Collected:
 
 
 def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per architecture x procedure: final IS mean and std over seeds, seeds, states."""
+    """One row per architecture x procedure x mode (exact and fast numbers are never pooled):
+    final IS mean and std over seeds, seeds, states."""
     if not len(summary):
-        return pd.DataFrame(columns=["arch", "procedure", "seeds", "final_is_mean",
+        return pd.DataFrame(columns=["arch", "procedure", "mode", "seeds", "final_is_mean",
                                      "final_is_seed_std", "statuses", "verdicts"])  # fmt: skip
-    g = summary.groupby(["arch", "procedure"], sort=False)
+    summary = summary.assign(mode=summary["mode"].fillna("exact"))
+    g = summary.groupby(["arch", "procedure", "mode"], sort=False)
     return g.agg(
         seeds=("seed", "count"),
         final_is_mean=("final_is", lambda s: s.dropna().mean() if s.notna().any() else None),
@@ -236,10 +239,31 @@ def _is_text(mean: Any, std: Any) -> str:
     return f"{mean:.2f} ± {std:.2f}" if _num(std) is not None else f"{mean:.2f}"
 
 
+def _cell_text(part: pd.DataFrame, marks: dict[str, str], mode: str) -> str:
+    """One grid cell's text for the runs of one mode; non-exact modes are labelled."""
+    scores = part["final_is"].dropna()
+    if len(scores) > 1:
+        text = f"{scores.mean():.2f} ± {scores.std(ddof=1):.2f} ({len(scores)} seeds)"
+    elif len(scores) == 1:
+        r = part.loc[scores.index[0]]
+        text = _is_text(r["final_is"], r["final_is_std"])
+    else:
+        text = ""
+    verdicts = {v for v in part["verdict"] if isinstance(v, str)}
+    states = sorted({str(s) for s in part["status"]})
+    completed = all(s == "completed" for s in states)
+    if completed and len(verdicts) == 1 and next(iter(verdicts)) in marks:
+        text = f"{text} {marks[next(iter(verdicts))]}".strip()
+    if not text or not completed:
+        text = f"{text} ({', '.join(states)})".strip() if text else ", ".join(states)
+    return f"[{mode}] {text}" if mode != "exact" else text
+
+
 def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     """The 7x4 table: rows = the paper's architecture titles, columns = the four procedures;
     each cell the final IS (mean ± std over splits; over seeds when several) and the verdict,
-    or the cell's state when it has no score."""
+    or the cell's state when it has no score. Runs in a fast mode are labelled with it and
+    never pooled with exact runs."""
     marks = TEX_MARK if tex else MARK
     pm = "$\\pm$" if tex else "±"
     table = {}
@@ -250,21 +274,12 @@ def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             if not len(part):
                 row[proc.title] = "no run"
                 continue
-            scores = part["final_is"].dropna()
-            if len(scores) > 1:
-                text = f"{scores.mean():.2f} ± {scores.std(ddof=1):.2f} ({len(scores)} seeds)"
-            elif len(scores) == 1:
-                r = part.loc[scores.index[0]]
-                text = _is_text(r["final_is"], r["final_is_std"])
-            else:
-                text = ""
-            verdicts = {v for v in part["verdict"] if isinstance(v, str)}
-            states = sorted({str(s) for s in part["status"]})
-            completed = all(s == "completed" for s in states)
-            if completed and len(verdicts) == 1 and next(iter(verdicts)) in marks:
-                text = f"{text} {marks[next(iter(verdicts))]}".strip()
-            if not text or not completed:
-                text = f"{text} ({', '.join(states)})".strip() if text else ", ".join(states)
+            modes = part["mode"].fillna("exact")
+            texts = [
+                _cell_text(part[modes == m], marks, m)
+                for m in sorted(set(modes), key=lambda m: (m != "exact", m))
+            ]
+            text = "; ".join(texts)
             row[proc.title] = text.replace("±", pm)
         table[f"{pair.row}. {pair.title}"] = row
     return pd.DataFrame.from_dict(table, orient="index")

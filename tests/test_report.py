@@ -102,17 +102,25 @@ def test_corrupt_files_are_skipped_with_a_warning_or_fail_under_strict(results, 
 def test_seeds_aggregate_and_the_grid_marks_verdicts():
     summary = pd.DataFrame([
         {"arch": "baseline", "procedure": "wgan-gp", "seed": s, "status": "completed",
-         "verdict": "trained", "final_is": v, "final_is_std": 0.1, "run_id": f"r{s}"}
+         "verdict": "trained", "final_is": v, "final_is_std": 0.1, "run_id": f"r{s}",
+         "mode": "exact"}
         for s, v in ((0, 3.0), (1, 4.0))
     ] + [{"arch": "baseline", "procedure": "dcgan", "seed": 0, "status": "completed",
           "verdict": "collapsed", "final_is": 1.5, "final_is_std": 0.05,
-          "run_id": "d"}])  # fmt: skip
+          "run_id": "d", "mode": "exact"},
+         # a fast-mode run of an exact cell: labelled, never pooled with the exact seeds
+         {"arch": "baseline", "procedure": "wgan-gp", "seed": 0, "status": "completed",
+          "verdict": "trained", "final_is": 9.0, "final_is_std": 0.2, "run_id": "f",
+          "mode": "fast"}])  # fmt: skip
     grid = lsun_grid(summary)
-    assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"] == "3.50 ± 0.71 (2 seeds) ✓"
+    assert (grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"]
+            == "3.50 ± 0.71 (2 seeds) ✓; [fast] 9.00 ± 0.20 ✓")  # fmt: skip
     assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "DCGAN"] == "1.50 ± 0.05 ✗ collapsed"
     cells = by_cell(summary)
-    row = cells[cells["procedure"] == "wgan-gp"].iloc[0]
-    assert row["seeds"] == 2 and row["final_is_mean"] == 3.5
+    exact = cells[(cells["procedure"] == "wgan-gp") & (cells["mode"] == "exact")].iloc[0]
+    assert exact["seeds"] == 2 and exact["final_is_mean"] == 3.5
+    fast = cells[(cells["procedure"] == "wgan-gp") & (cells["mode"] == "fast")].iloc[0]
+    assert fast["seeds"] == 1 and fast["final_is_mean"] == 9.0
 
 
 def test_report_of_an_empty_or_missing_directory_is_a_user_error(tmp_path):
