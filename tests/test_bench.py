@@ -14,12 +14,48 @@ from .conftest import cli_env, run_cli
 from .test_bad_inputs import run_main, tree
 
 
-def fake(path, times: dict[str, float]):
+def fake(path, times: dict[str, float], extra: dict[str, dict] | None = None):
     path.write_text(json.dumps({"benchmarks": [
-        {"fullname": f"tests/benchmarks/x.py::{k}", "stats": {"min": v}, "extra_info": {}}
+        {"fullname": f"tests/benchmarks/x.py::{k}", "stats": {"min": v},
+         "extra_info": (extra or {}).get(k, {})}
         for k, v in times.items()
     ]}))  # fmt: skip
     return path
+
+
+def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
+    from architectures import PAIRS
+    from reproduce.procedures import PROCEDURES
+
+    gpu = {"dim": 64, "batch": 64, "device": "NVIDIA H100 80GB HBM3"}
+    times, extra = {}, {}
+    for a in PAIRS:
+        for p in PROCEDURES:
+            times[f"test_reference_iteration[{a}-{p}]"] = 0.090
+            times[f"test_generator_iteration[{a}-{p}]"] = 0.030
+            extra[f"test_reference_iteration[{a}-{p}]"] = extra[
+                f"test_generator_iteration[{a}-{p}]"] = gpu  # fmt: skip
+    times["test_generator_iteration_fast[fast-bf16-baseline-wgan-gp]"] = 0.018
+    for arch, rates in (("baseline", {1: 10.0, 2: 16.0, 4: 17.0}),
+                        ("resnet101", {1: 3.0, 2: 3.2})):  # fmt: skip
+        for k, rate in rates.items():
+            name = f"test_packing[{arch}-{k}]"
+            times[name] = k / rate
+            extra[name] = {"arch": arch, "cells": k, "it_per_s_total": rate}
+    results = bench.load_results(fake(tmp_path / "r.json", times, extra), "x")
+    rows = {r["cell"]: r for r in bench.speedup_rows(results)}
+    assert len(rows) == 28
+    assert rows["baseline-wgan-gp"]["exact_speedup"] == pytest.approx(3.0)
+    assert rows["baseline-wgan-gp"]["fast-bf16_speedup"] == pytest.approx(5.0)
+    assert rows["baseline-dcgan"]["fast_speedup"] is None
+    hours = bench.paper_matrix_hours(results)
+    assert hours == {"reference": pytest.approx(28 * 0.09 * 200_000 / 3600),
+                     "exact": pytest.approx(28 * 0.03 * 200_000 / 3600)}  # fmt: skip
+    packing = {r["arch"]: r["recommended"] for r in bench.packing_rows(results)}
+    assert packing == {"baseline": 4, "resnet101": 1}  # +70% at k=4; +7% is below 10%
+    text = bench.derived_tables(results)
+    assert "3.00x" in text and "5.00x" in text and "GPU-hours" in text
+    assert "--cells-per-gpu" in text
 
 
 def test_ratios_and_the_threshold(tmp_path):
@@ -57,7 +93,7 @@ def test_bad_inputs_fail_before_running(tmp_path):
 
 def test_a_real_benchmark_run_saves_reports_and_fails_a_faster_baseline(tmp_path):
     env = cli_env(BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="2")
-    sel = "generator_iteration and baseline and dcgan"
+    sel = "test_generator_iteration and baseline-dcgan"
     r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "first", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     saved = tmp_path / "benchmarks" / "first.json"
@@ -68,6 +104,7 @@ def test_a_real_benchmark_run_saves_reports_and_fails_a_faster_baseline(tmp_path
     assert extra["flops_per_iter"] > 0 and extra["tflops"] > 0 and extra["dim"] == 4
     line = [ln for ln in r.stdout.splitlines() if ln.startswith(name)][-1]  # ours, after pytest's
     assert f"{extra['tflops']:.3f}" in line
+    assert extra["engine"] == "eager" and extra["mode"] == "exact"
     # a baseline twice as fast: the new run is ~2x slower and must fail a 10% threshold
     data = json.loads(saved.read_text())
     for b in data["benchmarks"]:
@@ -80,3 +117,33 @@ def test_a_real_benchmark_run_saves_reports_and_fails_a_faster_baseline(tmp_path
     row = next(ln for ln in r.stdout.splitlines() if ln.startswith(name) and "SLOWER" in ln)
     assert float(row.split()[3]) > 1.1
     assert "1 benchmark(s) slower than the baseline by more than 10%" in r.stdout
+
+
+def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
+    """The plain-eager reference and the exact step of one cell (the speed-up table), the
+    packing benchmark with real worker processes at k = 1 and 2, and the Inception-score
+    evaluation through torch-fidelity, all at toy sizes."""
+    env = cli_env(BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="1", BENCH_PACK_K="1,2",
+                  BENCH_PACK_ITERS="2", BENCH_EVAL_SAMPLES="40")  # fmt: skip
+    sel = ("(test_generator_iteration or test_reference_iteration) and mlp-generator-lsgan "
+           "or test_packing and mlp-generator or test_inception_score")  # fmt: skip
+    r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "b", env=env,
+                timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = bench.load_results(tmp_path / "benchmarks" / "b.json", "x")
+    assert set(results) == {
+        "test_generator_iteration[mlp-generator-lsgan]",
+        "test_reference_iteration[mlp-generator-lsgan]",
+        "test_packing[mlp-generator-1]", "test_packing[mlp-generator-2]",
+        "test_inception_score_evaluation",
+    }  # fmt: skip
+    assert results["test_reference_iteration[mlp-generator-lsgan]"]["extra"]["mode"] == "reference"
+    (row,) = bench.speedup_rows(results)
+    assert row["cell"] == "mlp-generator-lsgan" and row["exact_speedup"] > 0
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("mlp-generator-lsgan "))
+    assert f"{row['exact_speedup']:.2f}x" in line
+    (pack,) = bench.packing_rows(results)
+    assert set(pack["rates"]) == {1, 2} and all(v > 0 for v in pack["rates"].values())
+    assert pack["recommended"] in (1, 2)
+    ev = results["test_inception_score_evaluation"]["extra"]
+    assert ev["samples"] == 40 and ev["generate_s"] > 0 and ev["score_s"] > 0

@@ -1,8 +1,15 @@
 """One full generator iteration (the critic steps plus one generator step) of every
-architecture x procedure cell, with FLOPs, achieved TFLOP/s and MFU in the output.
+architecture x procedure cell, with FLOPs, achieved TFLOP/s and MFU in the output:
+
+* ``test_generator_iteration``: the package's exact mode with its default engine (CUDA graphs
+  on a GPU, eager on the CPU);
+* ``test_reference_iteration``: the same cell in plain eager PyTorch written the way public
+  ports are (tests/reference.py), the yardstick of the speed-up targets;
+* ``test_generator_iteration_fast`` (with BENCH_FAST=1): --mode fast and fast-bf16.
 
 Paper width and batch (64, 64) on a GPU; a small width and batch on a CPU (BENCH_DIM and
-BENCH_BATCH override, BENCH_DEVICE picks the device). GPU timings synchronise the device."""
+BENCH_BATCH override, BENCH_DEVICE picks the device). GPU timings synchronise the device.
+``python -m reproduce bench`` prints the speed-up of each cell over the reference."""
 
 from __future__ import annotations
 
@@ -13,10 +20,12 @@ import torch
 
 from architectures import PAIRS
 from reproduce import flops
-from reproduce.config import resolve_run_config
+from reproduce.config import RunConfig, resolve_run_config
 from reproduce.data import load_demo
 from reproduce.procedures import PROCEDURES
 from reproduce.train import Trainer, configure_numerics
+
+from ..reference import ReferenceCell
 
 DEVICE = torch.device(
     os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
@@ -25,6 +34,8 @@ ON_GPU = DEVICE.type == "cuda"
 DIM = int(os.environ.get("BENCH_DIM", "64" if ON_GPU else "16"))
 BATCH = int(os.environ.get("BENCH_BATCH", "64" if ON_GPU else "16"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20" if ON_GPU else "3"))
+FAST = os.environ.get("BENCH_FAST", "0") == "1"
+CELLS = [(a, p) for a in PAIRS for p in PROCEDURES]
 
 
 def _sync() -> None:
@@ -32,21 +43,18 @@ def _sync() -> None:
         torch.cuda.synchronize(DEVICE)
 
 
-@pytest.mark.parametrize("procedure", list(PROCEDURES))
-@pytest.mark.parametrize("arch", list(PAIRS))
-def test_generator_iteration(benchmark, arch, procedure):
+def _config(arch: str, procedure: str, mode: str = "exact") -> RunConfig:
     ds = load_demo()
-    cfg = resolve_run_config(
-        {"arch": arch, "procedure": procedure, "dim": DIM, "batch_size": BATCH, "iters": 10**6},
+    return resolve_run_config(
+        {"arch": arch, "procedure": procedure, "dim": DIM, "batch_size": BATCH, "iters": 10**6,
+         "mode": mode},
         dataset=ds.kind, data_fingerprint=ds.fingerprint,
     )  # fmt: skip
-    configure_numerics(DEVICE)
-    trainer = Trainer(cfg, ds, DEVICE)
-    trainer.step()  # iteration 0 (no generator step) also warms the allocator and cuDNN
-    _sync()
 
+
+def _time(benchmark, step, cfg: RunConfig, **info) -> None:
     def iteration():
-        trainer.step()
+        step()
         _sync()
 
     benchmark.pedantic(iteration, rounds=ROUNDS, iterations=1, warmup_rounds=1)
@@ -55,5 +63,41 @@ def test_generator_iteration(benchmark, arch, procedure):
     use = flops.utilisation(cost.flops, 1.0 / benchmark.stats.stats.min, peak)
     benchmark.extra_info.update(
         device=flops.device_name(DEVICE), dim=DIM, batch=BATCH, peak_tflops=peak,
-        torch=torch.__version__, **cost.to_dict(), **use,
+        torch=torch.__version__, arch=cfg.arch, procedure=cfg.procedure, **info,
+        **cost.to_dict(), **use,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("arch,procedure", CELLS, ids=[f"{a}-{p}" for a, p in CELLS])
+def test_generator_iteration(benchmark, arch, procedure):
+    cfg = _config(arch, procedure)
+    configure_numerics(DEVICE)
+    trainer = Trainer(cfg, load_demo(), DEVICE)
+    trainer.step()  # iteration 0 (no generator step) also warms the allocator and cuDNN
+    _sync()
+    _time(benchmark, trainer.step, cfg, mode="exact", engine=trainer.steps.name)
+
+
+@pytest.mark.parametrize("arch,procedure", CELLS, ids=[f"{a}-{p}" for a, p in CELLS])
+def test_reference_iteration(benchmark, arch, procedure):
+    cfg = _config(arch, procedure)
+    configure_numerics(DEVICE)
+    cell = ReferenceCell(cfg, load_demo(), DEVICE)
+    cell.step()
+    _sync()
+    _time(benchmark, cell.step, cfg, mode="reference", engine="plain eager port")
+
+
+@pytest.mark.skipif(not FAST, reason="set BENCH_FAST=1 (compiles every cell: minutes each)")
+@pytest.mark.parametrize("mode", ["fast", "fast-bf16"])
+@pytest.mark.parametrize("arch,procedure", CELLS, ids=[f"{a}-{p}" for a, p in CELLS])
+def test_generator_iteration_fast(benchmark, arch, procedure, mode):
+    cfg = _config(arch, procedure, mode)
+    configure_numerics(DEVICE, mode)
+    trainer = Trainer(cfg, load_demo(), DEVICE, compile_mode=os.environ.get("BENCH_COMPILE_MODE",
+                                                                            "default"))  # fmt: skip
+    for _ in range(2):  # compiles the critic and the generator step
+        trainer.step()
+    _sync()
+    _time(benchmark, trainer.step, cfg, mode=mode, engine=trainer.steps.name)
+    configure_numerics(DEVICE)
