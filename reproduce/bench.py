@@ -122,7 +122,7 @@ PAPER_ITERS = 200_000  # generator iterations of every cell in the paper
 
 
 def _cell(name: str) -> tuple[str, str] | None:
-    """'test_generator_iteration_fast[fast-bf16-baseline-wgan-gp]' -> ('fast-bf16',
+    """'test_generator_iteration_fast[baseline-wgan-gp-fast-bf16]' -> ('fast-bf16',
     'baseline-wgan-gp'); the kinds are exact, reference, fast, fast-bf16."""
     if "[" not in name:
         return None
@@ -133,8 +133,8 @@ def _cell(name: str) -> tuple[str, str] | None:
         return "reference", param
     if test == "test_generator_iteration_fast":
         for mode in ("fast-bf16", "fast"):
-            if param.startswith(mode + "-"):
-                return mode, param[len(mode) + 1 :]
+            if param.endswith("-" + mode):
+                return mode, param[: -len(mode) - 1]
     return None
 
 

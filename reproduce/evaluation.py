@@ -108,6 +108,7 @@ class Evaluator:
         row: dict[str, Any] = {
             "iter": iteration,
             "kind": kind,
+            "mode": self.cfg.mode,  # exact or fast numbers: never mixed silently
             "train_seconds": train_seconds,
             **scores,
             "diversity": metrics.diversity(images),
