@@ -133,6 +133,15 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+MODE_PRECISION = {"exact": "fp32", "fast": "tf32", "fast-bf16": "bf16"}
+
+
+def mode_precision(mode: str) -> str:
+    """The peak a mode's MFU is measured against: exact mode computes in fp32 without TF32,
+    --mode fast with TF32 matmuls, fast-bf16 with bf16 matmuls."""
+    return MODE_PRECISION[mode]
+
+
 def peak_tflops(device: torch.device, precision: str = "fp32") -> float | None:
     """The device's dense peak for ``precision``: $REPRODUCE_PEAK_TFLOPS, else the table by
     device name; None when unknown (CPUs, unlisted GPUs): MFU is then not reported."""

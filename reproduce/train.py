@@ -426,7 +426,7 @@ def _train_locked(
     env = environment(device)
     # before the Trainer: counting builds its own (CPU) trainer; the real one reseeds everything
     cost = flops.iteration_cost(cfg) if rt.count_flops else None
-    peak = flops.peak_tflops(device)
+    peak = flops.peak_tflops(device, flops.mode_precision(cfg.mode))
     trainer = Trainer(cfg, dataset, device, rt.data_placement, rt.cuda_graphs, rt.compile_mode)
     engine = trainer.steps.name
     ckpt_dir = run_dir.checkpoints_dir
@@ -468,7 +468,10 @@ def _train_locked(
 
     def status(state: str, **extra: Any) -> None:
         it_per_s = trainer.iteration / trainer.train_seconds if trainer.train_seconds else None
-        speed: dict[str, Any] = {"peak_tflops": peak}
+        speed: dict[str, Any] = {
+            "peak_tflops": peak,
+            "peak_precision": flops.mode_precision(cfg.mode),
+        }
         if cost is not None:
             speed |= cost.to_dict() | flops.utilisation(cost.flops, it_per_s, peak)
         run_dir.write_status(

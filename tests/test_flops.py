@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from reproduce import flops
+from reproduce.config import RunConfig
 from reproduce.results import RunDir
 from reproduce.train import train_run
 
@@ -53,6 +54,12 @@ def test_a_run_records_flops_throughput_and_mfu(small_demo, tmp_path, monkeypatc
     assert st["peak_tflops"] == 0.5
     assert st["tflops"] == st["flops_per_iter"] * st["it_per_s"] / 1e12
     assert st["mfu"] == st["tflops"] / 0.5
+    assert st["peak_precision"] == "fp32"  # exact mode: no TF32
+    assert [flops.mode_precision(m) for m in ("exact", "fast", "fast-bf16")] == [
+        "fp32", "tf32", "bf16"]  # fmt: skip
+    # the FLOPs are those of the computation, whatever the mode
+    fast = RunConfig(**{**cfg.to_dict(), "mode": "fast-bf16"})
+    assert flops.iteration_cost(fast) == flops.iteration_cost(cfg)
     monkeypatch.delenv(flops.ENV_PEAK)
     assert flops.peak_tflops(CPU) is None  # a CPU has no listed peak: MFU is not reported
 

@@ -59,10 +59,12 @@ def _time(benchmark, step, cfg: RunConfig, **info) -> None:
 
     benchmark.pedantic(iteration, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     cost = flops.iteration_cost(cfg)
-    peak = flops.peak_tflops(DEVICE)
+    precision = flops.mode_precision(cfg.mode)  # the reference computes like exact mode
+    peak = flops.peak_tflops(DEVICE, precision)
     use = flops.utilisation(cost.flops, 1.0 / benchmark.stats.stats.min, peak)
     benchmark.extra_info.update(
         device=flops.device_name(DEVICE), dim=DIM, batch=BATCH, peak_tflops=peak,
+        peak_precision=precision,
         torch=torch.__version__, arch=cfg.arch, procedure=cfg.procedure, **info,
         **cost.to_dict(), **use,
     )  # fmt: skip
