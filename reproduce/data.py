@@ -364,13 +364,18 @@ class EpochSampler:
             self._epoch_cached = epoch
         return self._perm
 
-    def next_indices(self) -> Tensor:
+    def next_slice(self) -> tuple[int, int]:
+        """Advance by one batch; returns (epoch, start) of its indices in that epoch's order."""
         pos = self.position
         if pos.offset + self.batch_size > self.n:
             pos.epoch, pos.offset = pos.epoch + 1, 0
-        idx = self.permutation(pos.epoch)[pos.offset : pos.offset + self.batch_size]
+        start = pos.offset
         pos.offset += self.batch_size
-        return idx
+        return pos.epoch, start
+
+    def next_indices(self) -> Tensor:
+        epoch, start = self.next_slice()
+        return self.permutation(epoch)[start : start + self.batch_size]
 
     def __iter__(self) -> Iterator[Tensor]:
         while True:
@@ -397,10 +402,11 @@ class BatchSource:
     """Real batches on the training device, scaled like the authors' code: 2 (x/255 - 0.5).
 
     With placement ``device`` the uint8 images are held on the device once (12 KiB per 64x64
-    image), so a batch is one index transfer and one gather. With ``host`` a batch is gathered
-    on the host into one of two pinned buffers and copied without blocking; an event per
-    buffer keeps a buffer from being refilled while its copy is in flight. Both placements
-    deliver identical batches, so a run may resume under the other.
+    image), and so is each epoch's order, so a batch is one slice and one gather. With
+    ``host`` a batch is gathered on the host into one of two pinned buffers and copied
+    without blocking; an event per buffer keeps a buffer from being refilled while its copy
+    is in flight. Both placements deliver identical batches, so a run may resume under the
+    other.
     """
 
     def __init__(
@@ -417,6 +423,8 @@ class BatchSource:
         self.placement = resolve_placement(placement, dataset, device)
         self.host = dataset.images
         if self.placement == "device":
+            self._device_epoch = -1
+            self._device_perm = torch.empty(0, dtype=torch.long)
             if isinstance(dataset.images, Tensor):
                 self.images = dataset.images.to(device)
             else:
@@ -436,9 +444,16 @@ class BatchSource:
         return self.sampler.position
 
     def next_uint8(self) -> Tensor:
-        idx = self.sampler.next_indices()
         if self.placement == "device":
-            return self.images.index_select(0, idx.to(self.device, non_blocking=True))
+            # the epoch's order goes to the device once per epoch; a batch is then a slice
+            # and a gather on the device, with no host-to-device transfer in the hot loop
+            epoch, start = self.sampler.next_slice()
+            if epoch != self._device_epoch:
+                self._device_perm = self.sampler.permutation(epoch).to(self.device)
+                self._device_epoch = epoch
+            idx = self._device_perm[start : start + self.sampler.batch_size]
+            return self.images.index_select(0, idx)
+        idx = self.sampler.next_indices()
         k = self._slot
         self._slot = (k + 1) % len(self._buffers)
         if self._events[k] is not None:
