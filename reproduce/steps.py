@@ -109,8 +109,9 @@ class GraphedSteps(EagerSteps):
     Each step is captured at its first use, after a few warm-up executions on a side stream
     (cuDNN and cuBLAS pick their kernels and workspaces; the allocator settles). Warm-up runs
     the forward and backward passes only, never the optimiser, and restores every buffer
-    afterwards, so it changes no state. Gradients then live in the graph's memory: they are
-    never set to None again, and every replay overwrites them.
+    afterwards, so it changes no state. The first replay is checked against the last warm-up
+    (eager) execution to the bit before the graph is used. Gradients then live in the graph's
+    memory: they are never set to None again, and every replay overwrites them.
     """
 
     name = "cuda-graphs"
@@ -130,19 +131,32 @@ class GraphedSteps(EagerSteps):
         self._generator: _Graph | None = None
 
     def _capture(self, body: Callable[[], Stats], opt: torch.optim.Optimizer) -> _Graph:
+        """Warm up, capture, and check the graph against eager execution.
+
+        The check: the last warm-up execution is an eager run of the step on the same inputs
+        and weights; the first replay must reproduce its gradients and statistics to the bit.
+        If it does not (a library choosing other kernels under capture, say), RuntimeError:
+        the caller falls back to eager execution, so exact mode stays exact on any GPU."""
         buffers = [b for m in (self.G, self.D) for b in m.buffers()]
         saved = [b.clone() for b in buffers]
+        params = [p for group in opt.param_groups for p in group["params"]]
+
+        def restore_buffers() -> None:
+            with torch.no_grad():
+                for b, s in zip(buffers, saved, strict=True):
+                    b.copy_(s)
+
         current = torch.cuda.current_stream(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP):
                 opt.zero_grad(set_to_none=True)
-                body()
+                stats = body()
+            eager_stats = torch.stack([stats[k].detach().float() for k in stats])
+            eager_grads = [None if p.grad is None else p.grad.clone() for p in params]
         current.wait_stream(side)
-        with torch.no_grad():
-            for b, s in zip(buffers, saved, strict=True):
-                b.copy_(s)
+        restore_buffers()
         opt.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph
         graph = torch.cuda.CUDAGraph()
         # thread_local: the lease heartbeat thread may touch CUDA state during the capture
@@ -150,6 +164,14 @@ class GraphedSteps(EagerSteps):
             stats = body()
             keys = list(stats)
             packed = torch.stack([stats[k].float() for k in keys])
+        graph.replay()
+        same = torch.equal(packed, eager_stats) and all(
+            (g is None) == (p.grad is None) and (g is None or torch.equal(g, p.grad))
+            for g, p in zip(eager_grads, params, strict=True)
+        )
+        restore_buffers()
+        if not same:
+            raise RuntimeError("the captured step does not reproduce eager execution bit for bit")
         return _Graph(graph, keys, packed)
 
     def _critic_body(self) -> Stats:
