@@ -213,19 +213,18 @@ class GraphedSteps(EagerSteps):
         if self.name == "eager":
             return super().generator(z)
         self.z_g.copy_(z)
-        self.D.requires_grad_(False)  # the critic's weights get no gradient in the graph
+        if self._generator is None:
+            self.D.requires_grad_(False)  # captured with the critic frozen
+            try:
+                self._generator = self._capture(self._generator_body, self.opt_g)
+            except RuntimeError as e:
+                self._fall_back("generator", e)
+                return super().generator(z)
+            finally:
+                self.D.requires_grad_(True)
+        self.D.requires_grad_(False)  # frozen through the update, as in EagerSteps
         try:
-            if self._generator is None:
-                try:
-                    self._generator = self._capture(self._generator_body, self.opt_g)
-                except RuntimeError as e:
-                    self._fall_back("generator", e)
-            if self._generator is None:
-                loss, stats = self.generator_forward(z)
-                self.opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-            else:
-                stats = self._generator.replay()
+            stats = self._generator.replay()
             self.opt_g.step()
         finally:
             self.D.requires_grad_(True)

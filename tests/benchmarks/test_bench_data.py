@@ -11,17 +11,14 @@ import os
 import time
 
 import pytest
-import torch
 
 from reproduce import prepare
 from reproduce.data import BatchSource, load_dataset
 
 from ..lsun import make_lmdb
+from .settings import DEVICE, sync
 
 N_IMAGES = int(os.environ.get("BENCH_CACHE_IMAGES", "4096"))
-DEVICE = torch.device(
-    os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-)
 BATCH = 64
 
 
@@ -49,11 +46,6 @@ def test_prepare_data_rate(benchmark, source, tmp_path):
     print(f"\nprepare-data: {rate:,.0f} images/s with {prepare.Options().workers} workers")
 
 
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-
-
 @pytest.mark.parametrize("placement", ["device", "host"])
 def test_loader_rate(benchmark, cache, placement):
     """Batches of 64 real images, scaled to [-1, 1] on the training device, 100 per round."""
@@ -63,7 +55,7 @@ def test_loader_rate(benchmark, cache, placement):
     def run():
         for _ in range(100):
             src.next()
-        _sync()
+        sync()
 
     run()  # warm: page cache, pinned buffers
     benchmark.pedantic(run, rounds=5, iterations=1)
@@ -87,11 +79,11 @@ def test_loader_outpaces_the_fastest_cell_tenfold(cache):
                                  dataset=ds.kind, data_fingerprint=ds.fingerprint)  # fmt: skip
         trainer = Trainer(cfg, ds, DEVICE)
         trainer.step()  # warm
-        _sync()
+        sync()
         t0 = time.perf_counter()
         for _ in range(3):
             trainer.step()
-        _sync()
+        sync()
         per_iter = (time.perf_counter() - t0) / 3
         best = max(best, cfg.n_critic * cfg.batch_size / per_iter)
     src = BatchSource(ds, BATCH, seed=0, device=DEVICE, placement="host")
@@ -99,7 +91,7 @@ def test_loader_outpaces_the_fastest_cell_tenfold(cache):
     t0 = time.perf_counter()
     for _ in range(200):
         src.next()
-    _sync()
+    sync()
     loader = 200 * BATCH / (time.perf_counter() - t0)
     print(
         f"\nfastest cell consumes {best:,.0f} real images/s on {DEVICE}; host loader delivers "

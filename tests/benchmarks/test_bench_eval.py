@@ -21,11 +21,8 @@ from reproduce import metrics
 from reproduce.data import load_demo
 
 from ..inception import make_random_inception_weights
+from .settings import DEVICE, ON_GPU, sync
 
-DEVICE = torch.device(
-    os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-)
-ON_GPU = DEVICE.type == "cuda"
 N = int(os.environ.get("BENCH_EVAL_SAMPLES", "5000" if ON_GPU else "500"))
 
 
@@ -35,11 +32,6 @@ def weights(tmp_path_factory) -> metrics.InceptionWeights:
     path = Path(given) if given else make_random_inception_weights(
         tmp_path_factory.mktemp("w") / "inception.pth")  # fmt: skip
     return metrics.InceptionWeights(str(path), metrics.sha256_file(path), staged=False)
-
-
-def _sync() -> None:
-    if ON_GPU:
-        torch.cuda.synchronize(DEVICE)
 
 
 def test_inception_score_evaluation(benchmark, weights):
@@ -52,10 +44,10 @@ def test_inception_score_evaluation(benchmark, weights):
     def evaluate():
         t0 = time.perf_counter()
         images = metrics.generate_uint8(G, N, 64, seed=1, device=DEVICE)
-        _sync()
+        sync()
         t1 = time.perf_counter()
         metrics.inception_metrics(images, weights, protocol, DEVICE, reference=reference)
-        _sync()
+        sync()
         parts.update(generate_s=t1 - t0, score_s=time.perf_counter() - t1)
 
     benchmark.pedantic(evaluate, rounds=2 if ON_GPU else 1, iterations=1,

@@ -15,17 +15,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from architectures import PAIRS
 
+from .settings import BATCH, DEVICE, DIM, ON_GPU
+
 REPO = Path(__file__).resolve().parents[2]
-DEVICE = torch.device(
-    os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-)
-ON_GPU = DEVICE.type == "cuda"
-DIM = int(os.environ.get("BENCH_DIM", "64" if ON_GPU else "16"))
-BATCH = int(os.environ.get("BENCH_BATCH", "64" if ON_GPU else "16"))
 ITERS = int(os.environ.get("BENCH_PACK_ITERS", "50" if ON_GPU else "4"))
 KS = [int(k) for k in os.environ.get("BENCH_PACK_K", "1,2,4").split(",")]
 

@@ -26,21 +26,11 @@ from reproduce.procedures import PROCEDURES
 from reproduce.train import Trainer, configure_numerics
 
 from ..reference import ReferenceCell
+from .settings import BATCH, DEVICE, DIM, ON_GPU, sync
 
-DEVICE = torch.device(
-    os.environ.get("BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu")
-)
-ON_GPU = DEVICE.type == "cuda"
-DIM = int(os.environ.get("BENCH_DIM", "64" if ON_GPU else "16"))
-BATCH = int(os.environ.get("BENCH_BATCH", "64" if ON_GPU else "16"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "20" if ON_GPU else "3"))
 FAST = os.environ.get("BENCH_FAST", "0") == "1"
 CELLS = [(a, p) for a in PAIRS for p in PROCEDURES]
-
-
-def _sync() -> None:
-    if ON_GPU:
-        torch.cuda.synchronize(DEVICE)
 
 
 def _config(arch: str, procedure: str, mode: str = "exact") -> RunConfig:
@@ -55,7 +45,7 @@ def _config(arch: str, procedure: str, mode: str = "exact") -> RunConfig:
 def _time(benchmark, step, cfg: RunConfig, **info) -> None:
     def iteration():
         step()
-        _sync()
+        sync()
 
     benchmark.pedantic(iteration, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     cost = flops.iteration_cost(cfg)
@@ -76,7 +66,7 @@ def test_generator_iteration(benchmark, arch, procedure):
     configure_numerics(DEVICE)
     trainer = Trainer(cfg, load_demo(), DEVICE)
     trainer.step()  # iteration 0 (no generator step) also warms the allocator and cuDNN
-    _sync()
+    sync()
     _time(benchmark, trainer.step, cfg, mode="exact", engine=trainer.steps.name)
 
 
@@ -86,7 +76,7 @@ def test_reference_iteration(benchmark, arch, procedure):
     configure_numerics(DEVICE)
     cell = ReferenceCell(cfg, load_demo(), DEVICE)
     cell.step()
-    _sync()
+    sync()
     _time(benchmark, cell.step, cfg, mode="reference", engine="plain eager port")
 
 
@@ -100,6 +90,6 @@ def test_generator_iteration_fast(benchmark, arch, procedure, mode):
                                                                             "default"))  # fmt: skip
     for _ in range(2):  # compiles the critic and the generator step
         trainer.step()
-    _sync()
+    sync()
     _time(benchmark, trainer.step, cfg, mode=mode, engine=trainer.steps.name)
     configure_numerics(DEVICE)
