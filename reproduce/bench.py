@@ -189,7 +189,7 @@ def paper_matrix_hours(results: dict[str, dict[str, Any]]) -> dict[str, float]:
         ex = r["extra"]
         if parsed is None or ex.get("dim") != 64 or ex.get("batch") != 64:
             continue
-        if not str(ex.get("device", "")).lower().startswith(("nvidia", "cuda", "amd")):
+        if not on_gpu(str(ex.get("device", ""))):
             continue
         per_kind.setdefault(parsed[0], []).append(r["min"])
     return {k: sum(v) * PAPER_ITERS / 3600 for k, v in per_kind.items() if len(v) == 28}
@@ -200,17 +200,34 @@ def packing_rows(results: dict[str, dict[str, Any]], gain: float = 0.10) -> list
     --cells-per-gpu: the k with the highest total, if it beats one cell by more than ``gain``
     (else 1: packing only adds memory pressure and makes every cell finish later)."""
     by_arch: dict[str, dict[int, float]] = {}
+    devices: dict[str, str] = {}
     for r in results.values():
         ex = r["extra"]
         if "cells" in ex and "it_per_s_total" in ex:
             by_arch.setdefault(ex["arch"], {})[int(ex["cells"])] = float(ex["it_per_s_total"])
+            devices[ex["arch"]] = str(ex.get("device", "?"))
     rows = []
     for arch, rates in by_arch.items():
         best = max(rates, key=lambda k: rates[k])
         one = rates.get(1)
         pick = best if one is not None and rates[best] > (1 + gain) * one else 1
-        rows.append({"arch": arch, "rates": dict(sorted(rates.items())), "recommended": pick})
+        rows.append({"arch": arch, "rates": dict(sorted(rates.items())), "recommended": pick,
+                     "device": devices[arch]})  # fmt: skip
     return rows
+
+
+def on_gpu(device: str) -> bool:
+    return device.lower().startswith(("nvidia", "cuda", "amd"))
+
+
+def recommended_packing(path: Path, flag: str) -> tuple[dict[str, int], str] | None:
+    """A saved benchmark's recommended cells per GPU per architecture and the GPU it was
+    measured on, or None if the file holds no packing measured on a GPU."""
+    rows = [r for r in packing_rows(load_results(path, flag)) if on_gpu(r["device"])]
+    devices = {r["device"] for r in rows}
+    if len(devices) != 1:
+        return None
+    return {r["arch"]: int(r["recommended"]) for r in rows}, devices.pop()
 
 
 def packing_table(rows: list[dict[str, Any]]) -> str:

@@ -139,10 +139,12 @@ def _add_dispatch_options(p: argparse.ArgumentParser) -> None:
     )
     disp.add_argument(
         "--cells-per-gpu",
-        type=int,
-        default=1,
-        metavar="N",
-        help="cells packed on each GPU at once (local executor) (default: 1)",
+        default="1",
+        metavar="K",
+        help="cells packed on each GPU at once (local executor): N for every architecture, "
+        "ARCH=N,... per architecture (a bare N sets the rest), 'auto' for the recommendation "
+        "of the newest packing benchmark of this GPU under RESULTS/benchmarks/, or a "
+        "benchmark FILE.json (default: 1)",
     )
     disp.add_argument(
         "--workers",
@@ -595,7 +597,7 @@ class MatrixPlan:
     dataset: ImageDataset
     executor: str
     results: Path
-    slots: list[Any]  # dispatch.Slot (local)
+    pool: Any  # dispatch.LocalPool (local)
     slurm: Any  # dispatch.SlurmProfile (slurm)
 
 
@@ -627,8 +629,79 @@ def _parse_gpus(text: str | None) -> list[int]:
     return gpus
 
 
+def parse_packing(text: str, gpus: Sequence[int], executor: str, results: Path) -> Any:
+    """--cells-per-gpu -> dispatch.Packing: N; ARCH=N,... (a bare N sets the rest); 'auto'
+    (the newest packing benchmark of this GPU under RESULTS/benchmarks/); or FILE.json."""
+    from .dispatch import Packing
+
+    flag = "--cells-per-gpu"
+    text = str(text).strip()
+    if text == "1":
+        return Packing()
+    if executor != "local":
+        raise UserError(f"{flag}: packs cells of the local executor, not the {executor} one")
+    if not gpus:
+        raise UserError(
+            f"{flag}: no GPU to pack cells on (none visible, or --gpus none); "
+            "on a CPU, --workers sets how many cells run at once"
+        )
+    if text == "auto" or text.endswith(".json"):
+        return _packing_from_benchmark(text, gpus, results)
+    default, per_arch = 1, {}
+    for item in (x.strip() for x in text.split(",")):
+        name, _, value = item.rpartition("=")
+        try:
+            k = int(value)
+        except ValueError:
+            raise UserError(
+                f"{flag}: expected N, ARCH=N,..., auto or a benchmark FILE.json, got {item!r}"
+            ) from None
+        if k < 1:
+            raise UserError(f"{flag}: must be at least 1, got {item}")
+        if not name:
+            default = k
+            continue
+        try:
+            get_pair(name)
+        except KeyError as e:
+            raise UserError(f"{flag}: {e.args[0]}") from None
+        per_arch[name] = k
+    return Packing(default, tuple(sorted(per_arch.items())))
+
+
+def _packing_from_benchmark(text: str, gpus: Sequence[int], results: Path) -> Any:
+    from .bench import recommended_packing
+    from .dispatch import Packing
+
+    flag = "--cells-per-gpu"
+    here = torch.cuda.get_device_name(gpus[0]) if torch.cuda.is_available() else None
+    if text != "auto":
+        found = recommended_packing(Path(text), flag)
+        if found is None:
+            raise UserError(f"{flag}: {text} holds no packing benchmark measured on a GPU")
+        if here is not None and found[1] != here:
+            raise UserError(
+                f"{flag}: {text} was measured on {found[1]}, not on this machine's {here}"
+            )
+        return Packing(1, tuple(sorted(found[0].items())), f"{text}, {found[1]}")
+    folder = results / "benchmarks"
+    files = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files:
+        try:
+            found = recommended_packing(f, flag)
+        except UserError:
+            continue  # not a benchmark file (or an unfinished one)
+        if found is not None and (here is None or found[1] == here):
+            return Packing(1, tuple(sorted(found[0].items())), f"{f}, {found[1]}")
+    gpu = f" of {here}" if here else ""
+    raise UserError(
+        f"{flag} auto: no packing benchmark{gpu} under {folder}; measure one with "
+        f"`python -m reproduce bench -k packing --results {results}`, or give N or ARCH=N,..."
+    )
+
+
 def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
-    from .dispatch import load_slurm_profile, local_slots
+    from .dispatch import LocalPool, load_slurm_profile
     from .experiments import Selection
     from .matrix import cell_state, expand, get_profile
 
@@ -655,8 +728,6 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
                 get_pair(name) if registry else get_procedure(name)
             except KeyError as e:
                 raise UserError(f"{flag}: {e.args[0]}") from None
-    if args.cells_per_gpu < 1:
-        raise UserError(f"--cells-per-gpu: must be at least 1, got {args.cells_per_gpu}")
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
     workers = args.workers or (
@@ -682,6 +753,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
             f"batch (--batch-size {small})"
         )
     results = Path(rt.results)
+    gpus = _parse_gpus(args.gpus)
+    pool = LocalPool(gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results), workers)
     run_dirs = [results / c.run_id for c in configs]
     for cfg, d in zip(configs, run_dirs, strict=True):
         rd = RunDir(d)
@@ -732,8 +805,6 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
             )
     if runnable and not args.dry_run:
         rt = with_weights(rt)
-    gpus = _parse_gpus(args.gpus)
-    slots = local_slots(gpus, args.cells_per_gpu, workers)
     return MatrixPlan(
         args.experiment,
         configs,
@@ -743,7 +814,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         dataset,
         args.executor,
         results,
-        slots,
+        pool,
         slurm,
     )
 
@@ -786,6 +857,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     skipped = len(plan.configs) - len(todo)
     print(f"{len(plan.configs)} cells: {len(todo)} to run, {skipped} skipped", end="")
     print(" (done, running or queued)")
+    _print_packing(plan)
     specs = [dispatch.CellSpec(c.to_dict(), _cell_runtime(plan), str(d)) for c, d in todo]
     folder = dispatch.submission_folder(plan.results)
     if plan.executor == "slurm":
@@ -796,7 +868,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         if not args.wait:
             return EXIT_OK
         _wait_slurm(specs)
-    elif specs and not _run_here(plan.executor, plan.slots, specs, folder):
+    elif specs and not _run_here(plan.executor, plan.pool, specs, folder):
         print(
             "interrupted: the running cells checkpointed; run the same command to resume",
             file=sys.stderr,
@@ -818,13 +890,22 @@ def _print_dry_run(plan: MatrixPlan) -> None:
     print(
         f"{len(plan.configs)} cells, {n} to run ({plan.executor} executor); dry run: nothing done"
     )
+    _print_packing(plan)
+
+
+def _print_packing(plan: MatrixPlan) -> None:
+    if plan.executor == "local" and not plan.pool.on_cpu:
+        from .dispatch import Packing
+
+        if plan.pool.packing != Packing():
+            print(plan.pool.packing.describe())
 
 
 def _cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
     """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
     threads = plan.rt.threads
-    if threads is None and plan.executor == "local" and all(s.gpu is None for s in plan.slots):
-        threads = max(1, (os.cpu_count() or 1) // len(plan.slots))
+    if threads is None and plan.executor == "local" and plan.pool.on_cpu:
+        threads = max(1, (os.cpu_count() or 1) // plan.pool.cpu_workers)
     if threads is None and plan.executor == "slurm":
         threads = plan.slurm.cpus_per_task
     return {**plan.rt.to_dict(), "threads": threads}
@@ -858,7 +939,7 @@ def _wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
         }
 
 
-def _run_here(executor: str, slots: Sequence[Any], specs: list[Any], folder: Path) -> bool:
+def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
     """Run cells with the local or debug executor, printing progress; False if interrupted."""
     from . import dispatch
 
@@ -867,7 +948,8 @@ def _run_here(executor: str, slots: Sequence[Any], specs: list[Any], folder: Pat
     def event(kind: str, spec: Any, info: Any) -> None:
         nonlocal done
         if kind == "started":
-            where = f"GPU {info.gpu}" if info.gpu is not None else "CPU"
+            where = "CPU" if info.gpu is None else f"GPU {info.gpu}" + (
+                f", {info.share} of it" if info.share < 1 else "")  # fmt: skip
             print(f"  start  {spec.run_id} ({where})", flush=True)
             return
         done += 1
@@ -884,7 +966,7 @@ def _run_here(executor: str, slots: Sequence[Any], specs: list[Any], folder: Pat
 
     signal.signal(signal.SIGTERM, on_term)  # like Ctrl-C: stop the cells, then exit
     try:
-        dispatch.run_local(specs, slots, folder, on_event=event)
+        dispatch.run_local(specs, pool, folder, on_event=event)
     except KeyboardInterrupt:
         return False
     return True
@@ -1084,11 +1166,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
         else:
             plans[name] = need
     workers = args.workers or os.cpu_count() or 1
-    slots = dispatch.local_slots(_parse_gpus(args.gpus), args.cells_per_gpu, workers)
+    gpus = _parse_gpus(args.gpus)
+    pool = dispatch.LocalPool(
+        gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results), workers
+    )
     specs: dict[str, Any] = {}
     gan_plans = [p for p in plans.values() if isinstance(p, MatrixPlan)]
-    toy_threads = max(1, (os.cpu_count() or 1) // len(slots)) if all(
-        s.gpu is None for s in slots) else None  # fmt: skip
+    toy_threads = max(1, (os.cpu_count() or 1) // workers) if pool.on_cpu else None
     for plan in plans.values():
         if isinstance(plan, MatrixPlan):
             rt = _cell_runtime(plan)
@@ -1123,7 +1207,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
             print("run the same command again when they are done to draw the figures")
             return EXIT_OK
         _wait_slurm(todo)
-    elif todo and not _run_here(args.executor, slots, todo, folder):
+    elif todo and not _run_here(args.executor, pool, todo, folder):
         print("interrupted: the runs checkpointed; run the same command to resume", file=sys.stderr)
         return EXIT_TEMPFAIL
     failed = []

@@ -18,9 +18,9 @@ import contextlib
 import os
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, cast
 
@@ -130,37 +130,123 @@ def record_submission(run_dir: Path, executor: str, job_id: str, folder: Path) -
 
 
 # --------------------------------------------------------------------------------------------
-# local: a pool of slots (one per visible GPU x cells-per-GPU, or CPU workers)
+# local: GPUs shared by packed cells, or CPU workers
 # --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Packing:
+    """How many cells share one GPU (``matrix --cells-per-gpu``): ``default`` for every
+    architecture, ``per_arch`` where given or measured (``source``: the benchmark file)."""
+
+    default: int = 1
+    per_arch: tuple[tuple[str, int], ...] = ()
+    source: str | None = None
+
+    def cells(self, arch: str | None) -> int:
+        return dict(self.per_arch).get(arch, self.default) if arch else self.default
+
+    @property
+    def uniform(self) -> bool:
+        return all(k == self.default for _, k in self.per_arch)
+
+    def describe(self) -> str:
+        groups: dict[int, list[str]] = {}
+        for arch, k in self.per_arch:
+            if k != self.default:
+                groups.setdefault(k, []).append(arch)
+        parts = [f"{k} per GPU for {', '.join(sorted(a))}" for k, a in sorted(groups.items())]
+        parts.append(f"{self.default} per GPU" + (" otherwise" if parts else ""))
+        source = f" (from {self.source})" if self.source else ""
+        return "cells packed " + "; ".join(parts) + source
+
+
 @dataclass(frozen=True)
 class Slot:
     gpu: int | None  # the device index this slot's cells see as CUDA_VISIBLE_DEVICES; None = CPU
+    share: Fraction = Fraction(1)  # of that GPU: 1/k for a cell packed k per GPU
 
 
-def local_slots(gpus: Sequence[int], cells_per_gpu: int, cpu_workers: int) -> list[Slot]:
-    if gpus:
-        return [Slot(g) for g in gpus for _ in range(cells_per_gpu)]
-    return [Slot(None) for _ in range(cpu_workers)]
+class LocalPool:
+    """Where cells may start. Each GPU takes cells whose shares (1/k for an architecture
+    packed k per GPU) add up to at most one; without GPUs, ``cpu_workers`` cells at a time.
+
+    Cells are taken largest share first, in matrix order within a share. A cell that does not
+    fit reserves the least-loaded GPU for itself until the next scheduling pass, so smaller
+    cells behind it cannot keep that GPU from ever emptying."""
+
+    def __init__(self, gpus: Sequence[int], packing: Packing, cpu_workers: int) -> None:
+        self.gpus = list(gpus)
+        self.packing = packing
+        self.cpu_workers = cpu_workers
+        self.load = {g: Fraction(0) for g in self.gpus}
+        self.cpu_busy = 0
+
+    @property
+    def on_cpu(self) -> bool:
+        return not self.gpus
+
+    def share(self, spec: CellSpec) -> Fraction:
+        arch = spec.config.get("arch") if spec.kind == "gan" else None
+        return Fraction(1, self.packing.cells(arch))
+
+    def order(self, specs: Sequence[CellSpec]) -> list[CellSpec]:
+        return sorted(specs, key=self.share, reverse=True) if self.gpus else list(specs)
+
+    def schedule(
+        self, pending: Sequence[CellSpec]
+    ) -> tuple[list[tuple[CellSpec, Slot]], list[CellSpec]]:
+        """One pass over the pending cells: (cells that start now with their slots, the rest)."""
+        start: list[tuple[CellSpec, Slot]] = []
+        wait: list[CellSpec] = []
+        reserved: set[int] = set()
+        for spec in pending:
+            slot = self._acquire(spec, reserved)
+            if slot is None:
+                wait.append(spec)
+                open_gpus = [g for g in self.gpus if g not in reserved]
+                if open_gpus:
+                    reserved.add(min(open_gpus, key=lambda g: self.load[g]))
+            else:
+                start.append((spec, slot))
+        return start, wait
+
+    def _acquire(self, spec: CellSpec, reserved: set[int]) -> Slot | None:
+        if self.on_cpu:
+            if self.cpu_busy >= self.cpu_workers:
+                return None
+            self.cpu_busy += 1
+            return Slot(None)
+        share = self.share(spec)
+        fits = [g for g in self.gpus if g not in reserved and self.load[g] + share <= 1]
+        if not fits:
+            return None
+        gpu = min(fits, key=lambda g: self.load[g])  # spread cells over the GPUs
+        self.load[gpu] += share
+        return Slot(gpu, share)
+
+    def release(self, slot: Slot) -> None:
+        if slot.gpu is None:
+            self.cpu_busy -= 1
+        else:
+            self.load[slot.gpu] -= slot.share
 
 
 def run_local(
     specs: Sequence[CellSpec],
-    slots: Sequence[Slot],
+    pool: LocalPool,
     folder: Path,
     on_event: Callable[[str, CellSpec, Any], None] | None = None,
     poll_s: float = 0.5,
 ) -> dict[str, dict[str, Any]]:
-    """Run cells as local submitit jobs, at most one per slot at a time; returns each run
-    id's result (or an error description). Interrupting this call cancels the running jobs,
-    which checkpoint at their next iteration boundary."""
-    pending = deque(specs)
-    free = list(slots)
+    """Run cells as local submitit jobs, as many at a time as ``pool`` holds; returns each
+    run id's result (or an error description). Interrupting this call cancels the running
+    jobs, which checkpoint at their next iteration boundary."""
+    pending = pool.order(specs)
     running: list[tuple[Any, CellSpec, Slot]] = []
     results: dict[str, dict[str, Any]] = {}
     try:
         while pending or running:
-            while pending and free:
-                spec, slot = pending.popleft(), free.pop(0)
+            start, pending = pool.schedule(pending)
+            for spec, slot in start:
                 ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
                 params: dict[str, Any] = {"timeout_min": 60 * 24 * 365}  # no local time limit
                 if slot.gpu is not None:
@@ -182,7 +268,7 @@ def run_local(
             for job, spec, slot in running:
                 if job.done():
                     results[spec.run_id] = _job_result(job)
-                    free.append(slot)
+                    pool.release(slot)
                     if on_event:
                         on_event("finished", spec, results[spec.run_id])
                 else:

@@ -97,6 +97,31 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
         ),
         (["--profile", "demo", "--workers", "0"], "--workers: must be at least 1"),
         (["--profile", "demo", "--gpus", "0,0"], "--gpus: indices must be distinct"),
+        (["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "0"], "must be at least 1"),
+        (
+            ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "2,resnet=2"],
+            "--cells-per-gpu: unknown architecture 'resnet' (did you mean 'resnet101'?)",
+        ),
+        (
+            ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "baseline=two"],
+            "--cells-per-gpu: expected N, ARCH=N,..., auto or a benchmark FILE.json",
+        ),
+        (
+            ["--profile", "demo", "--gpus", "none", "--cells-per-gpu", "2"],
+            "--cells-per-gpu: no GPU to pack cells on",
+        ),
+        (
+            ["--profile", "demo", "--executor", "slurm", "--cells-per-gpu", "2"],
+            "--cells-per-gpu: packs cells of the local executor, not the slurm one",
+        ),
+        (
+            ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "auto"],
+            "--cells-per-gpu auto: no packing benchmark under",
+        ),
+        (
+            ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "/nonexistent/gpu.json"],
+            "--cells-per-gpu: /nonexistent/gpu.json does not exist",
+        ),
         (
             ["--profile", "demo", "--executor", "slurm", "--slurm", "partiton=gpu"],
             "unknown SLURM profile key 'partiton' (did you mean 'partition'?)",
@@ -261,6 +286,123 @@ def test_local_executor_runs_one_cell_per_visible_gpu(tmp_path):
     # they ran at the same time: every start precedes every finish
     assert max(s["started_at"] for s in statuses) < min(s["finished_at"] for s in statuses)
     assert r.stdout.count("(GPU ") == 3
+
+
+def spec(arch: str, n: int = 0):
+    from reproduce.dispatch import CellSpec
+
+    return CellSpec({"arch": arch}, {}, f"/r/{arch}-{n}")
+
+
+def test_packed_gpus_take_largest_cells_first_and_spread_them():
+    from fractions import Fraction
+
+    from reproduce.dispatch import LocalPool, Packing
+
+    packing = Packing(1, (("mlp-generator", 4), ("baseline", 2)))
+    pool = LocalPool([0, 1], packing, cpu_workers=1)
+    cells = [spec("mlp-generator", i) for i in range(5)] + [spec("resnet101"), spec("baseline")]
+    order = pool.order(cells)
+    assert [c.config["arch"] for c in order[:2]] == ["resnet101", "baseline"]  # largest first
+    start, wait = pool.schedule(order)
+    placed = {s.run_dir: (slot.gpu, slot.share) for s, slot in start}
+    assert placed["/r/resnet101-0"] == (0, 1) and placed["/r/baseline-0"] == (1, Fraction(1, 2))
+    assert sum(1 for s, _ in start if s.config["arch"] == "mlp-generator") == 2  # fill GPU 1
+    assert pool.load == {0: 1, 1: 1} and len(wait) == 3
+    for s, slot in start:  # GPU 0 frees: the next cells spread over the room there is
+        if s.config["arch"] == "resnet101":
+            pool.release(slot)
+    start, wait = pool.schedule(wait)
+    assert [slot.gpu for _, slot in start] == [0, 0, 0] and wait == []
+    # uniform packing: cells spread over the GPUs before doubling up
+    pool = LocalPool([0, 1], Packing(2), cpu_workers=1)
+    start, _ = pool.schedule([spec("baseline", i) for i in range(3)])
+    assert [slot.gpu for _, slot in start] == [0, 1, 0]
+
+
+def test_a_cell_that_does_not_fit_keeps_smaller_cells_off_its_gpu():
+    from fractions import Fraction
+
+    from reproduce.dispatch import LocalPool, Packing
+
+    pool = LocalPool([0], Packing(4, (("baseline", 2),)), cpu_workers=1)
+    start, _ = pool.schedule([spec("baseline"), spec("mlp-generator")])
+    quarter = start[1][1]
+    assert pool.load[0] == Fraction(3, 4) and quarter.share == Fraction(1, 4)
+    pool.release(quarter)  # 1/2 busy: another 1/2-cell fits, and then nothing else
+    start, wait = pool.schedule([spec("baseline", 1), spec("mlp-generator", 1)])
+    assert [s.config["arch"] for s, _ in start] == ["baseline"]
+    assert [s.config["arch"] for s in wait] == ["mlp-generator"]
+    pool = LocalPool([0], Packing(4, (("baseline", 2),)), cpu_workers=1)
+    pool.schedule([spec("baseline"), spec("mlp-generator"), spec("mlp-generator", 1)])
+    # 3/4 busy; a 1/2-cell waits and the 1/4-cells behind it may not take its room
+    start, wait = pool.schedule([spec("baseline", 1), spec("mlp-generator", 2)])
+    assert start == [] and len(wait) == 2
+    cpu = LocalPool([], Packing(), cpu_workers=2)
+    start, wait = cpu.schedule([spec("baseline", i) for i in range(3)])
+    assert [slot.gpu for _, slot in start] == [None, None] and len(wait) == 1
+
+
+def packing_benchmark(path: Path, device: str, rates: dict[str, dict[int, float]]) -> Path:
+    """A pytest-benchmark JSON file of test_packing results (as `bench -k packing` saves)."""
+    rows = [
+        {"fullname": f"tests/benchmarks/test_bench_packing.py::test_packing[{arch}-{k}]",
+         "stats": {"min": k / rate}, "extra_info": {"arch": arch, "cells": k,
+         "it_per_s_total": rate, "device": device, "dim": 64, "batch": 64}}
+        for arch, by_k in rates.items() for k, rate in by_k.items()
+    ]  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmarks": rows}))
+    return path
+
+
+def test_cells_per_gpu_forms(tmp_path):
+    import os
+
+    from reproduce.cli import parse_packing
+
+    p = parse_packing("3", [0], "local", tmp_path)
+    assert p.cells("resnet101") == 3 and p.cells(None) == 3 and p.per_arch == ()
+    p = parse_packing("mlp-generator=4, baseline=2", [0], "local", tmp_path)
+    assert (p.cells("mlp-generator"), p.cells("baseline"), p.cells("gated")) == (4, 2, 1)
+    assert p.describe() == "cells packed 2 per GPU for baseline; 4 per GPU for mlp-generator; " \
+        "1 per GPU otherwise"  # fmt: skip
+    assert parse_packing("2,gated=1", [0], "local", tmp_path).cells("tanh") == 2
+    assert parse_packing("1", [], "slurm", tmp_path).per_arch == ()  # the default: no check
+    h100 = {"baseline": {1: 10.0, 2: 16.0, 4: 17.0}, "resnet101": {1: 3.0, 2: 3.2}}
+    bench = tmp_path / "benchmarks"
+    older = packing_benchmark(bench / "a.json", "NVIDIA H100 80GB HBM3", h100)
+    newest_cpu = packing_benchmark(bench / "b.json", "cpu", {"baseline": {1: 1.0, 2: 5.0}})
+    (bench / "partial.json").write_text("{")  # an unfinished save is skipped
+    os.utime(older, (1, 1))
+    p = parse_packing("auto", [0], "local", tmp_path)
+    assert dict(p.per_arch) == {"baseline": 4, "resnet101": 1} and p.cells("gated") == 1
+    assert p.source == f"{older}, NVIDIA H100 80GB HBM3"
+    assert parse_packing(str(older), [0], "local", tmp_path).per_arch == p.per_arch
+    with pytest.raises(UserError, match="holds no packing benchmark measured on a GPU"):
+        parse_packing(str(newest_cpu), [0], "local", tmp_path)
+
+
+def test_packing_by_architecture_on_one_gpu(tmp_path):
+    """One fake GPU, mlp-generator packed 2 per GPU: its two cells overlap, the two baseline
+    cells run alone (each before the mlp-generator cells: larger shares start first)."""
+    results = tmp_path / "r"
+    r = run_cli(
+        "matrix", *FAST, "--arch", "mlp-generator", "baseline", "--procedure", "dcgan", "lsgan",
+        "--iters", "8", "--gpus", "0", "--cells-per-gpu", "mlp-generator=2",
+        "--results", str(results), env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cells packed 2 per GPU for mlp-generator; 1 per GPU otherwise" in r.stdout
+    assert r.stdout.count("(GPU 0, 1/2 of it)") == 2 and r.stdout.count("(GPU 0)") == 2
+    spans = {}
+    for path in results.glob("*/status.json"):
+        s = json.loads(path.read_text())
+        arch = json.loads((path.parent / "config.json").read_text())["config"]["arch"]
+        spans.setdefault(arch, []).append((s["started_at"], s["finished_at"]))
+    (m1, m2), (b1, b2) = sorted(spans["mlp-generator"]), sorted(spans["baseline"])
+    assert m2[0] < m1[1]  # the packed cells ran at the same time
+    assert b1[1] <= b2[0] <= b2[1] <= m1[0]  # each baseline cell alone, and first
 
 
 def test_interrupted_local_matrix_resumes(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from architectures import PAIRS
+from reproduce import flops
 
 from .settings import BATCH, DEVICE, DIM, ON_GPU
 
@@ -74,5 +75,5 @@ def test_packing(benchmark, arch, k):
     rate = k * ITERS / benchmark.stats.stats.min
     benchmark.extra_info.update(
         arch=arch, procedure="wgan-gp", cells=k, iters_per_cell=ITERS, it_per_s_total=rate,
-        it_per_s_per_cell=rate / k, device=str(DEVICE), dim=DIM, batch=BATCH,
+        it_per_s_per_cell=rate / k, device=flops.device_name(DEVICE), dim=DIM, batch=BATCH,
     )  # fmt: skip
