@@ -626,6 +626,11 @@ def _parse_gpus(text: str | None) -> list[int]:
         ) from None
     if len(set(gpus)) != len(gpus) or min(gpus) < 0:
         raise UserError(f"--gpus: indices must be distinct and >= 0, got {text!r}")
+    if torch.cuda.is_available() and max(gpus) >= torch.cuda.device_count():
+        raise UserError(
+            f"--gpus: this machine shows {torch.cuda.device_count()} GPU(s) (indices from 0), "
+            f"got {text!r}"
+        )
     return gpus
 
 

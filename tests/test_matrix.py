@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from architectures import PAIRS
 from reproduce.errors import UserError
@@ -151,6 +152,13 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
 )
 def test_matrix_bad_inputs(tmp_path, argv, match):
     assert_matrix_rejected(tmp_path, *argv, match=match)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpus_beyond_the_visible_ones_are_refused(tmp_path):
+    n = torch.cuda.device_count()
+    assert_matrix_rejected(tmp_path, "--profile", "demo", "--gpus", str(n),
+                           match=f"--gpus: this machine shows {n} GPU(s)")  # fmt: skip
 
 
 def test_bad_slurm_profile_file(tmp_path):
