@@ -200,19 +200,20 @@ def packing_rows(results: dict[str, dict[str, Any]], gain: float = 0.10) -> list
     --cells-per-gpu: the k with the highest total, if it beats one cell by more than ``gain``
     (else 1: packing only adds memory pressure and makes every cell finish later)."""
     by_arch: dict[str, dict[int, float]] = {}
-    devices: dict[str, str] = {}
+    where: dict[str, tuple[str, Any, Any]] = {}
     for r in results.values():
         ex = r["extra"]
         if "cells" in ex and "it_per_s_total" in ex:
             by_arch.setdefault(ex["arch"], {})[int(ex["cells"])] = float(ex["it_per_s_total"])
-            devices[ex["arch"]] = str(ex.get("device", "?"))
+            where[ex["arch"]] = (str(ex.get("device", "?")), ex.get("dim"), ex.get("batch"))
     rows = []
     for arch, rates in by_arch.items():
         best = max(rates, key=lambda k: rates[k])
         one = rates.get(1)
         pick = best if one is not None and rates[best] > (1 + gain) * one else 1
+        device, dim, batch = where[arch]
         rows.append({"arch": arch, "rates": dict(sorted(rates.items())), "recommended": pick,
-                     "device": devices[arch]})  # fmt: skip
+                     "device": device, "dim": dim, "batch": batch})  # fmt: skip
     return rows
 
 
@@ -220,14 +221,26 @@ def on_gpu(device: str) -> bool:
     return device.lower().startswith(("nvidia", "cuda", "amd"))
 
 
-def recommended_packing(path: Path, flag: str) -> tuple[dict[str, int], str] | None:
-    """A saved benchmark's recommended cells per GPU per architecture and the GPU it was
-    measured on, or None if the file holds no packing measured on a GPU."""
+@dataclass(frozen=True)
+class PackingAdvice:
+    """A saved benchmark's recommended cells per GPU, and what it was measured on."""
+
+    cells: dict[str, int]  # architecture -> recommended k
+    device: str
+    dim: int
+    batch: int
+
+
+def recommended_packing(path: Path, flag: str) -> PackingAdvice | None:
+    """The packing recommendation of a saved benchmark, or None if it holds no packing
+    measured on a GPU (or measurements of several GPUs or sizes)."""
     rows = [r for r in packing_rows(load_results(path, flag)) if on_gpu(r["device"])]
-    devices = {r["device"] for r in rows}
-    if len(devices) != 1:
+    where = {(r["device"], r["dim"], r["batch"]) for r in rows}
+    if len(where) != 1:
         return None
-    return {r["arch"]: int(r["recommended"]) for r in rows}, devices.pop()
+    device, dim, batch = where.pop()
+    cells = {r["arch"]: int(r["recommended"]) for r in rows}
+    return PackingAdvice(cells, device, int(dim), int(batch))
 
 
 def packing_table(rows: list[dict[str, Any]]) -> str:

@@ -634,9 +634,12 @@ def _parse_gpus(text: str | None) -> list[int]:
     return gpus
 
 
-def parse_packing(text: str, gpus: Sequence[int], executor: str, results: Path) -> Any:
+def parse_packing(
+    text: str, gpus: Sequence[int], executor: str, results: Path, sizes: set[tuple[int, int]]
+) -> Any:
     """--cells-per-gpu -> dispatch.Packing: N; ARCH=N,... (a bare N sets the rest); 'auto'
-    (the newest packing benchmark of this GPU under RESULTS/benchmarks/); or FILE.json."""
+    (the newest packing benchmark of this GPU model under RESULTS/benchmarks/, measured at the
+    cells' width and batch size ``sizes``); or a benchmark FILE.json."""
     from .dispatch import Packing
 
     flag = "--cells-per-gpu"
@@ -651,7 +654,7 @@ def parse_packing(text: str, gpus: Sequence[int], executor: str, results: Path) 
             "on a CPU, --workers sets how many cells run at once"
         )
     if text == "auto" or text.endswith(".json"):
-        return _packing_from_benchmark(text, gpus, results)
+        return _packing_from_benchmark(text, gpus, results, sizes)
     default, per_arch = 1, {}
     for item in (x.strip() for x in text.split(",")):
         name, _, value = item.rpartition("=")
@@ -674,34 +677,52 @@ def parse_packing(text: str, gpus: Sequence[int], executor: str, results: Path) 
     return Packing(default, tuple(sorted(per_arch.items())))
 
 
-def _packing_from_benchmark(text: str, gpus: Sequence[int], results: Path) -> Any:
+def _packing_from_benchmark(
+    text: str, gpus: Sequence[int], results: Path, sizes: set[tuple[int, int]]
+) -> Any:
+    """The recommendation of a packing benchmark of this GPU model (the name CUDA reports; any
+    GPU where CUDA is absent) at the width and batch size of every cell."""
     from .bench import recommended_packing
     from .dispatch import Packing
 
     flag = "--cells-per-gpu"
     here = torch.cuda.get_device_name(gpus[0]) if torch.cuda.is_available() else None
+
+    def mismatch(advice: Any) -> str | None:
+        if here is not None and advice.device != here:
+            return f"was measured on {advice.device}, not on this machine's {here}"
+        if sizes and sizes != {(advice.dim, advice.batch)}:
+            want = ", ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
+            return f"was measured at width {advice.dim}, batch {advice.batch}; the cells: {want}"
+        return None
+
+    def packing(advice: Any, path: Path) -> Any:
+        source = f"{path}: {advice.device}, width {advice.dim}, batch {advice.batch}"
+        return Packing(1, tuple(sorted(advice.cells.items())), source)
+
     if text != "auto":
-        found = recommended_packing(Path(text), flag)
-        if found is None:
-            raise UserError(f"{flag}: {text} holds no packing benchmark measured on a GPU")
-        if here is not None and found[1] != here:
-            raise UserError(
-                f"{flag}: {text} was measured on {found[1]}, not on this machine's {here}"
-            )
-        return Packing(1, tuple(sorted(found[0].items())), f"{text}, {found[1]}")
+        advice = recommended_packing(Path(text), flag)
+        if advice is None:
+            raise UserError(f"{flag}: {text} holds no packing benchmark of one GPU and size")
+        why = mismatch(advice)
+        if why:
+            raise UserError(f"{flag}: {text} {why}")
+        return packing(advice, Path(text))
     folder = results / "benchmarks"
     files = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files:
         try:
-            found = recommended_packing(f, flag)
+            advice = recommended_packing(f, flag)
         except UserError:
             continue  # not a benchmark file (or an unfinished one)
-        if found is not None and (here is None or found[1] == here):
-            return Packing(1, tuple(sorted(found[0].items())), f"{f}, {found[1]}")
-    gpu = f" of {here}" if here else ""
+        if advice is not None and mismatch(advice) is None:
+            return packing(advice, f)
+    of = f" of {here}" if here else " of a GPU"
+    at = " and ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
     raise UserError(
-        f"{flag} auto: no packing benchmark{gpu} under {folder}; measure one with "
-        f"`python -m reproduce bench -k packing --results {results}`, or give N or ARCH=N,..."
+        f"{flag} auto: no packing benchmark{of}{' at ' + at if at else ''} under {folder}; "
+        f"measure one with `BENCH_DIM=.. BENCH_BATCH=.. python -m reproduce bench -k packing "
+        f"--results {results}`, or give N or ARCH=N,..."
     )
 
 
@@ -759,7 +780,9 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         )
     results = Path(rt.results)
     gpus = _parse_gpus(args.gpus)
-    pool = LocalPool(gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results), workers)
+    sizes = {(c.dim, c.batch_size) for c in configs}
+    packing = parse_packing(args.cells_per_gpu, gpus, args.executor, results, sizes)
+    pool = LocalPool(gpus, packing, workers)
     run_dirs = [results / c.run_id for c in configs]
     for cfg, d in zip(configs, run_dirs, strict=True):
         rd = RunDir(d)
@@ -1172,8 +1195,10 @@ def cmd_figures(args: argparse.Namespace) -> int:
             plans[name] = need
     workers = args.workers or os.cpu_count() or 1
     gpus = _parse_gpus(args.gpus)
+    sizes = {(c.dim, c.batch_size) for p in plans.values() if isinstance(p, MatrixPlan)
+             for c in p.configs}  # fmt: skip
     pool = dispatch.LocalPool(
-        gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results), workers
+        gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results, sizes), workers
     )
     specs: dict[str, Any] = {}
     gan_plans = [p for p in plans.values() if isinstance(p, MatrixPlan)]

@@ -369,26 +369,34 @@ def test_cells_per_gpu_forms(tmp_path):
 
     from reproduce.cli import parse_packing
 
-    p = parse_packing("3", [0], "local", tmp_path)
+    def parse(text, sizes=((64, 64),), gpus=(0,), executor="local"):
+        return parse_packing(text, list(gpus), executor, tmp_path, set(sizes))
+
+    p = parse("3")
     assert p.cells("resnet101") == 3 and p.cells(None) == 3 and p.per_arch == ()
-    p = parse_packing("mlp-generator=4, baseline=2", [0], "local", tmp_path)
+    p = parse("mlp-generator=4, baseline=2")
     assert (p.cells("mlp-generator"), p.cells("baseline"), p.cells("gated")) == (4, 2, 1)
     assert p.describe() == "cells packed 2 per GPU for baseline; 4 per GPU for mlp-generator; " \
         "1 per GPU otherwise"  # fmt: skip
-    assert parse_packing("2,gated=1", [0], "local", tmp_path).cells("tanh") == 2
-    assert parse_packing("1", [], "slurm", tmp_path).per_arch == ()  # the default: no check
+    assert parse("2,gated=1").cells("tanh") == 2
+    assert parse("1", gpus=(), executor="slurm").per_arch == ()  # the default: no check
     h100 = {"baseline": {1: 10.0, 2: 16.0, 4: 17.0}, "resnet101": {1: 3.0, 2: 3.2}}
     bench = tmp_path / "benchmarks"
     older = packing_benchmark(bench / "a.json", "NVIDIA H100 80GB HBM3", h100)
     newest_cpu = packing_benchmark(bench / "b.json", "cpu", {"baseline": {1: 1.0, 2: 5.0}})
     (bench / "partial.json").write_text("{")  # an unfinished save is skipped
     os.utime(older, (1, 1))
-    p = parse_packing("auto", [0], "local", tmp_path)
+    p = parse("auto")  # the newest file of a GPU at the cells' size
     assert dict(p.per_arch) == {"baseline": 4, "resnet101": 1} and p.cells("gated") == 1
-    assert p.source == f"{older}, NVIDIA H100 80GB HBM3"
-    assert parse_packing(str(older), [0], "local", tmp_path).per_arch == p.per_arch
-    with pytest.raises(UserError, match="holds no packing benchmark measured on a GPU"):
-        parse_packing(str(newest_cpu), [0], "local", tmp_path)
+    assert p.source == f"{older}: NVIDIA H100 80GB HBM3, width 64, batch 64"
+    assert parse(str(older)).per_arch == p.per_arch
+    assert p.describe().endswith(f"(from {p.source})")
+    with pytest.raises(UserError, match="holds no packing benchmark of one GPU and size"):
+        parse(str(newest_cpu))
+    with pytest.raises(UserError, match="was measured at width 64, batch 64; the cells: width 32"):
+        parse(str(older), sizes=((32, 64),))
+    with pytest.raises(UserError, match="auto: no packing benchmark of a GPU at width 16, batch 8"):
+        parse("auto", sizes=((16, 8),))
 
 
 def test_packing_by_architecture_on_one_gpu(tmp_path):
