@@ -719,9 +719,11 @@ def _packing_from_benchmark(
             return packing(advice, f)
     of = f" of {here}" if here else " of a GPU"
     at = " and ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
+    (d, b), *more = sorted(sizes) or [(64, 64)]
+    env = f"BENCH_DIM={d} BENCH_BATCH={b} " if not more else "BENCH_DIM=.. BENCH_BATCH=.. "
     raise UserError(
         f"{flag} auto: no packing benchmark{of}{' at ' + at if at else ''} under {folder}; "
-        f"measure one with `BENCH_DIM=.. BENCH_BATCH=.. python -m reproduce bench -k packing "
+        f"measure one with `{env}python -m reproduce bench -k packing "
         f"--results {results}`, or give N or ARCH=N,..."
     )
 

@@ -117,7 +117,7 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
         ),
         (
             ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "auto"],
-            "--cells-per-gpu auto: no packing benchmark under",
+            "--cells-per-gpu auto: no packing benchmark of a GPU at width 8, batch 16 under",
         ),
         (
             ["--profile", "demo", "--gpus", "0", "--cells-per-gpu", "/nonexistent/gpu.json"],
