@@ -719,8 +719,11 @@ def _packing_from_benchmark(
             return packing(advice, f)
     of = f" of {here}" if here else " of a GPU"
     at = " and ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
-    (d, b), *more = sorted(sizes) or [(64, 64)]
-    env = f"BENCH_DIM={d} BENCH_BATCH={b} " if not more else "BENCH_DIM=.. BENCH_BATCH=.. "
+    if len(sizes) == 1:  # the size to measure at; no size known: the benchmark's own default
+        [(d, b)] = sizes
+        env = f"BENCH_DIM={d} BENCH_BATCH={b} "
+    else:
+        env = "BENCH_DIM=.. BENCH_BATCH=.. " if sizes else ""
     raise UserError(
         f"{flag} auto: no packing benchmark{of}{' at ' + at if at else ''} under {folder}; "
         f"measure one with `{env}python -m reproduce bench -k packing "

@@ -397,6 +397,8 @@ def test_cells_per_gpu_forms(tmp_path):
         parse(str(older), sizes=((32, 64),))
     with pytest.raises(UserError, match="auto: no packing benchmark of a GPU at width 16, batch 8"):
         parse("auto", sizes=((16, 8),))
+    with pytest.raises(UserError, match="measure one with `BENCH_DIM=16 BENCH_BATCH=8 python"):
+        parse("auto", sizes=((16, 8),))
 
 
 def test_packing_by_architecture_on_one_gpu(tmp_path):
