@@ -106,8 +106,8 @@ class Collected:
 SUMMARY_COLUMNS = [
     "arch", "procedure", "seed", "status", "verdict", "final_is", "final_is_std", "best_is",
     "best_is_iter", "fid", "kid", "iterations", "iters", "it_per_s", "images_per_s",
-    "train_seconds", "gpu_hours", "tflops", "mfu", "device", "mode", "dim", "batch_size",
-    "dataset", "run_id",
+    "train_seconds", "setup_seconds", "gpu_hours", "tflops", "mfu", "device", "mode", "dim",
+    "batch_size", "dataset", "run_id",
 ]  # fmt: skip
 
 
@@ -171,6 +171,7 @@ def collect(results: Path, strict: bool = False) -> Collected:
             "it_per_s": it_s,
             "images_per_s": it_s * cfg["n_critic"] * cfg["batch_size"] if it_s else None,
             "train_seconds": secs,
+            "setup_seconds": _num(status.get("setup_seconds")),
             "gpu_hours": secs / 3600 if secs is not None and on_gpu else None,
             "tflops": status.get("tflops"),
             "mfu": status.get("mfu"),
@@ -286,8 +287,8 @@ def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
 
 
 THROUGHPUT_COLUMNS = ["arch", "procedure", "seed", "status", "iterations", "it_per_s",
-                      "images_per_s", "train_seconds", "gpu_hours", "tflops", "mfu", "device",
-                      "mode"]  # fmt: skip
+                      "images_per_s", "train_seconds", "setup_seconds", "gpu_hours", "tflops",
+                      "mfu", "device", "mode"]  # fmt: skip
 
 
 def throughput_table(summary: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,12 @@ work reaches the device:
 
 Inputs (real batch, noise, interpolation weights) are always drawn by the trainer, outside
 the engine, in the same order, so every engine consumes the same random streams.
+
+Every engine counts its one-off set-up work in ``setups``: a CUDA graph capture (warm-up,
+capture and check, failed attempts included) and the first call of a compiled step (which
+traces and compiles it). The training loop counts the iterations in which ``setups`` moved as
+set-up iterations, so steady-state throughput and MFU leave compilation out while the
+training time (and so GPU-hours) keeps it.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class EagerSteps:
         self.G, self.D, self.proc, self.hp = G, D, proc, hp
         self.opt_g, self.opt_d = opt_g, opt_d
         self.note = ""  # why this engine runs instead of the one asked for, if so
+        self.setups = 0  # one-off set-up steps so far (graph captures, compilations)
 
     # -- the forward computations (what graphs capture and torch.compile traces) --------------
     def critic_forward(self, real: Tensor, z: Tensor, alpha: Tensor | None) -> tuple[Tensor, Stats]:
@@ -137,6 +144,7 @@ class GraphedSteps(EagerSteps):
         and weights; the first replay must reproduce its gradients and statistics to the bit.
         If it does not (a library choosing other kernels under capture, say), RuntimeError:
         the caller falls back to eager execution, so exact mode stays exact on any GPU."""
+        self.setups += 1
         buffers = [b for m in (self.G, self.D) for b in m.buffers()]
         saved = [b.clone() for b in buffers]
         params = [p for group in opt.param_groups for p in group["params"]]
@@ -286,9 +294,17 @@ class CompiledSteps(EagerSteps):
 
         self._critic_fn = torch.compile(critic_forward, mode=mode, dynamic=False)
         self._generator_fn = torch.compile(generator_forward, mode=mode, dynamic=False)
+        self._called: set[str] = set()  # compiled functions already called (so compiled)
+
+    def _first_call(self, name: str) -> None:
+        if name not in self._called:
+            self._called.add(name)
+            self.setups += 1
 
     def critic_forward(self, real: Tensor, z: Tensor, alpha: Tensor | None) -> tuple[Tensor, Stats]:
+        self._first_call("critic")
         return self._critic_fn(real, z, alpha)
 
     def generator_forward(self, z: Tensor) -> tuple[Tensor, Stats]:
+        self._first_call("generator")
         return self._generator_fn(z)

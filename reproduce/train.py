@@ -237,6 +237,9 @@ class Trainer:
         )
         self.iteration = 0  # generator iterations done
         self.train_seconds = 0.0  # cumulative training time, excluding checkpoints and samples
+        # the part of it spent in iterations that compiled or captured a step (all processes)
+        self.setup_seconds = 0.0
+        self.setup_iterations = 0
         self.stat_keys = ["critic_loss", "wdist", "d_real", "d_fake"]
         if self.proc.uses_penalty:
             self.stat_keys.append("gp")
@@ -255,6 +258,8 @@ class Trainer:
             "rng": rng_state(),
             "fixed_noise": self.fixed_noise.cpu(),
             "train_seconds": self.train_seconds,
+            "setup_seconds": self.setup_seconds,
+            "setup_iterations": self.setup_iterations,
             "config_hash": self.cfg.hash(),
             "config": self.cfg.to_dict(),
             "env": env,
@@ -273,6 +278,8 @@ class Trainer:
         self.fixed_noise = state["fixed_noise"].to(self.device)
         self.iteration = int(state["iteration"])
         self.train_seconds = float(state["train_seconds"])
+        self.setup_seconds = float(state.get("setup_seconds", 0.0))  # absent before they were kept
+        self.setup_iterations = int(state.get("setup_iterations", 0))
 
     # -- one generator iteration ---------------------------------------------------------------
     def step(self) -> dict[str, Tensor]:
@@ -328,6 +335,15 @@ class Trainer:
 # --------------------------------------------------------------------------------------------
 # the run
 # --------------------------------------------------------------------------------------------
+def steady_rate(trainer: Trainer) -> float | None:
+    """Generator iterations per second of training, leaving out the iterations that compiled
+    or captured a step (a one-off cost, kept in ``train_seconds`` and so in GPU-hours): the
+    rate the run settles at, which MFU and time estimates use. None until it is measurable."""
+    iters = trainer.iteration - trainer.setup_iterations
+    secs = trainer.train_seconds - trainer.setup_seconds
+    return iters / secs if iters > 0 and secs > 0 else None
+
+
 def run_config_document(
     cfg: RunConfig, rt: RuntimeConfig, dataset: ImageDataset, run_id: str
 ) -> dict[str, Any]:
@@ -467,7 +483,7 @@ def _train_locked(
     start_iteration = trainer.iteration
 
     def status(state: str, **extra: Any) -> None:
-        it_per_s = trainer.iteration / trainer.train_seconds if trainer.train_seconds else None
+        it_per_s = steady_rate(trainer)
         speed: dict[str, Any] = {
             "peak_tflops": peak,
             "peak_precision": flops.mode_precision(cfg.mode),
@@ -479,6 +495,8 @@ def _train_locked(
             iteration=trainer.iteration,
             iters=cfg.iters,
             train_seconds=trainer.train_seconds,
+            setup_seconds=trainer.setup_seconds,
+            setup_iterations=trainer.setup_iterations,
             it_per_s=it_per_s,
             **speed,
             device=env["device"],
@@ -530,7 +548,8 @@ def _loop(
     evaluator: Evaluator | None,
     val: ImageDataset | None = None,
 ) -> Outcome:
-    pending: list[tuple[int, dict[str, Tensor], float]] = []  # (iteration, stats, seconds)
+    # (iteration, stats, seconds, set-up), timings counted once the window is flushed
+    pending: list[tuple[int, dict[str, Tensor], float, bool]] = []
     noted: list[str] = []  # engine notes already logged
     thresholds = metrics.VerdictThresholds(rt.is_threshold, rt.diversity_threshold)
     nan = torch.tensor(float("nan"), device=trainer.device)
@@ -557,13 +576,17 @@ def _loop(
             return None
         keys = [*trainer.stat_keys, "generator_loss"]
         values = torch.stack(
-            [torch.stack([s.get(k, nan) for k in keys]) for _, s, _ in pending]
+            [torch.stack([s.get(k, nan) for k in keys]) for _, s, _, _ in pending]
         ).tolist()  # (n, len(keys)): the only device->host read of the statistics
         now = time.perf_counter()
         trainer.train_seconds += now - window_start - window_excluded
+        for _, _, secs, setup in pending:
+            if setup:
+                trainer.setup_seconds += secs
+                trainer.setup_iterations += 1
         window_start, window_excluded = now, 0.0
         rows, diverged_at = [], None
-        for (it, _, secs), vals in zip(pending, values, strict=True):
+        for (it, _, secs, _), vals in zip(pending, values, strict=True):
             row: dict[str, Any] = {"iter": it, "time": secs}
             row.update(zip(keys, vals, strict=True))
             if it == 0:
@@ -652,9 +675,12 @@ def _loop(
                     "lost", trainer.iteration, "another process took over the run", run_dir.path
                 )
             it = trainer.iteration
+            setups = trainer.steps.setups
             t0 = time.perf_counter()
             stats = trainer.step()
-            pending.append((it, stats, time.perf_counter() - t0))
+            secs = time.perf_counter() - t0
+            # set-up: this iteration compiled or captured a step
+            pending.append((it, stats, secs, trainer.steps.setups != setups))
             bar.update(1)
             if step_sleep:
                 time.sleep(step_sleep)
@@ -697,7 +723,15 @@ def _loop(
         verdict=v["verdict"],
         eval_seconds=evaluator.seconds if evaluator else 0.0,
     )
-    run_dir.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s of training")
+    setup = (
+        f" ({trainer.setup_seconds:.1f} s of it in {trainer.setup_iterations} iterations that "
+        "compiled or captured a step)"
+        if trainer.setup_iterations
+        else ""
+    )
+    run_dir.log(
+        f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s of training{setup}"
+    )
     return Outcome(
         "completed",
         trainer.iteration,

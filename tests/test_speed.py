@@ -225,7 +225,7 @@ def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
     assert exact.run_id == "baseline-wgan-gp-s0-213a90e257"
 
     args = ["train", "--arch", "mlp-generator", "--procedure", "lsgan", "--dim", "4",
-            "--batch-size", "4", "--iters", "2", "--results", str(tmp_path), "--no-progress",
+            "--batch-size", "4", "--iters", "5", "--results", str(tmp_path), "--no-progress",
             "--no-count-flops"]  # fmt: skip
     r = run_cli(*args, "--fast")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -234,8 +234,41 @@ def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
     status = json.loads((run / "status.json").read_text())
     assert doc["config"]["mode"] == "fast" and status["mode"] == "fast"
     assert status["engine"] == "compiled"
-    assert "mode fast, engine compiled" in (run / "log.txt").read_text()
-    assert load_final_state(run)["config"]["mode"] == "fast"
+    log = (run / "log.txt").read_text()
+    assert "mode fast, engine compiled" in log
+    state = load_final_state(run)
+    assert state["config"]["mode"] == "fast"
+
+    # Compilation is training time (GPU-hours) but not throughput: iteration 0 compiled the
+    # critic step and iteration 1 the generator step; it/s (and so MFU) counts the other 3.
+    secs, setup = status["train_seconds"], status["setup_seconds"]
+    assert status["setup_iterations"] == 2 and 0 < setup < secs
+    assert status["it_per_s"] == pytest.approx(3 / (secs - setup), rel=1e-12)
+    assert (state["setup_iterations"], state["setup_seconds"]) == (2, setup)  # kept on resume
+    assert f"{setup:.1f} s of it in 2 iterations that compiled or captured a step" in log
+
+    r = run_cli(*args)  # exact mode on the CPU: eager, nothing to set up
+    assert r.returncode == 0, r.stderr[-2000:]
+    (run,) = (d for d in tmp_path.iterdir() if d.name != run.name)
+    status = json.loads((run / "status.json").read_text())
+    assert status["engine"] == "eager" and status["mode"] == "exact"
+    assert status["setup_iterations"] == 0 and status["setup_seconds"] == 0
+    assert status["it_per_s"] == pytest.approx(5 / status["train_seconds"], rel=1e-12)
+
+
+def test_set_up_time_survives_a_resume(small_demo):
+    """The set-up time of every process of a run adds up through its checkpoints; a checkpoint
+    written before it was kept resumes with none."""
+    cpu = torch.device("cpu")
+    a = Trainer(small_config(small_demo), small_demo, cpu)
+    a.setup_seconds, a.setup_iterations = 1.5, 2
+    state = a.state_dict({})
+    b = Trainer(small_config(small_demo), small_demo, cpu)
+    b.load_state_dict(state)
+    assert (b.setup_seconds, b.setup_iterations) == (1.5, 2)
+    old = {k: v for k, v in state.items() if not k.startswith("setup_")}
+    b.load_state_dict(old)
+    assert (b.setup_seconds, b.setup_iterations) == (0.0, 0)
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
@@ -258,6 +291,7 @@ def test_cuda_graphs_are_bit_identical_to_eager(arch, procedure, small_demo):
         assert t.steps.name == ("cuda-graphs" if graphs else "eager")
         rows = [{k: v.item() for k, v in t.step().items()} for _ in range(cfg.iters)]
         assert t.steps.name == ("cuda-graphs" if graphs else "eager"), t.steps.note
+        assert t.steps.setups == (2 if graphs else 0)  # one capture per step, once
         runs[graphs] = (t, rows)
     (e, e_rows), (g, g_rows) = runs[False], runs[True]
     assert g_rows == e_rows
