@@ -631,6 +631,14 @@ def _parse_gpus(text: str | None) -> list[int]:
             f"--gpus: this machine shows {torch.cuda.device_count()} GPU(s) (indices from 0), "
             f"got {text!r}"
         )
+    from .dispatch import visible_entries
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and max(gpus) >= len(visible_entries(visible)):
+        raise UserError(
+            f"--gpus: indices count the GPUs of CUDA_VISIBLE_DEVICES={visible!r} "
+            f"({len(visible_entries(visible))} of them, from 0), got {text!r}"
+        )
     return gpus
 
 

@@ -15,6 +15,7 @@ of a preemption grace time) checkpoints and exits; SLURM decides whether the job
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import time
@@ -41,6 +42,9 @@ class CellSpec:
     runtime: dict[str, Any]  # RuntimeConfig fields (gan) or {checkpoint_every, threads} (toy)
     run_dir: str
     kind: str = "gan"  # gan: an image GAN run (train.py); toy: a 2-D toy run (toy.py, Figure 1)
+    # local GPU cells: the CUDA_VISIBLE_DEVICES entry of the cell's GPU (an index, a GPU-... or
+    # MIG-... UUID), set in the job's process before CUDA starts
+    cuda_device: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -57,6 +61,8 @@ class CellJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from .train import StopFlag
 
+        if self.spec.cuda_device is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.cuda_device
         stop = StopFlag()
         # submitit's handler for USR2 checkpoints *inside* the signal handler; keep it for
         # the hand-over after our own clean stop at an iteration boundary.
@@ -159,6 +165,21 @@ class Packing:
         return "cells packed " + "; ".join(parts) + source
 
 
+def visible_device(index: int) -> str:
+    """The CUDA_VISIBLE_DEVICES entry of the GPU this process sees as ``index`` (GPU indices
+    are this process's, as torch numbers them): with ``CUDA_VISIBLE_DEVICES=2,3``, GPU 1 is
+    device ``3``. submitit's own ``visible_gpus`` would hand the cell physical GPU ``1``."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return str(index)
+    return visible_entries(visible)[index]
+
+
+def visible_entries(visible: str) -> list[str]:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value names ("" names none)."""
+    return [e.strip() for e in visible.split(",")] if visible.strip() else []
+
+
 @dataclass(frozen=True)
 class Slot:
     gpu: int | None  # the device index this slot's cells see as CUDA_VISIBLE_DEVICES; None = CPU
@@ -249,15 +270,19 @@ def run_local(
             for spec, slot in start:
                 ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
                 params: dict[str, Any] = {"timeout_min": 60 * 24 * 365}  # no local time limit
+                job_spec = spec  # CPU cells: submitit sets CUDA_VISIBLE_DEVICES="" (no GPU)
                 if slot.gpu is not None:
-                    params.update(gpus_per_node=1, visible_gpus=[slot.gpu])
+                    device = visible_device(slot.gpu)
+                    job_spec = dataclasses.replace(spec, cuda_device=device)
+                    if device.isdigit():  # else (a UUID) the job sets it before CUDA starts
+                        params.update(gpus_per_node=1, visible_gpus=[int(device)])
                 ex.update_parameters(**params)
                 # The controller starts with SIGINT ignored, so a terminal Ctrl-C reaches only
                 # the cell (which checkpoints and exits) instead of making the controller
                 # SIGKILL it; the cell installs its own SIGINT handler.
                 previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
                 try:
-                    job = ex.submit(CellJob(spec))
+                    job = ex.submit(CellJob(job_spec))
                 finally:
                     signal.signal(signal.SIGINT, previous)
                 record_submission(Path(spec.run_dir), "local", job.job_id, folder)

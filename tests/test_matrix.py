@@ -423,6 +423,31 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
     assert b1[1] <= b2[0] <= b2[1] <= m1[0]  # each baseline cell alone, and first
 
 
+def test_gpu_indices_count_the_gpus_of_cuda_visible_devices(tmp_path):
+    """Under CUDA_VISIBLE_DEVICES=7,GPU-..., fake GPU 0 is device 7 and GPU 1 the UUID: each
+    cell runs with its own entry, never with the bare index (someone else's GPU)."""
+    results = tmp_path / "r"
+    uuid = "GPU-0b1d5e2a-6c1f-4f3e-9a7d-2b8c4e6f1a30"
+    env = cli_env(CUDA_VISIBLE_DEVICES=f"7,{uuid}")
+    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "dcgan", "lsgan",
+            "--results", str(results)]  # fmt: skip
+    r = run_cli(*args, "--gpus", "2", env=env)
+    assert r.returncode == 2 and not results.exists(), r.stdout + r.stderr
+    assert r.stderr.strip().splitlines() == [
+        "reproduce matrix: error: --gpus: indices count the GPUs of "
+        f"CUDA_VISIBLE_DEVICES='7,{uuid}' (2 of them, from 0), got '2'"
+    ]
+    r = run_cli(*args, "--gpus", "0,1", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    seen = {
+        json.loads((p.parent / "config.json").read_text())["config"]["procedure"]: json.loads(
+            p.read_text()
+        )["cuda_visible_devices"]
+        for p in results.glob("*/status.json")
+    }
+    assert sorted(seen.values()) == ["7", uuid], seen
+
+
 def test_interrupted_local_matrix_resumes(tmp_path):
     results = tmp_path / "r"
     args = [
