@@ -634,10 +634,11 @@ def _parse_gpus(text: str | None) -> list[int]:
     from .dispatch import visible_entries
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and max(gpus) >= len(visible_entries(visible)):
+    count = len(visible_entries(visible)) if visible is not None else None
+    if count is not None and max(gpus) >= count:
         raise UserError(
             f"--gpus: indices count the GPUs of CUDA_VISIBLE_DEVICES={visible!r} "
-            f"({len(visible_entries(visible))} of them, from 0), got {text!r}"
+            f"({count} of them, from 0), got {text!r}"
         )
     return gpus
 

@@ -270,12 +270,12 @@ def run_local(
             for spec, slot in start:
                 ex = submitit.LocalExecutor(folder=folder, max_num_timeout=0)
                 params: dict[str, Any] = {"timeout_min": 60 * 24 * 365}  # no local time limit
-                job_spec = spec  # CPU cells: submitit sets CUDA_VISIBLE_DEVICES="" (no GPU)
+                # submitit starts every job with CUDA_VISIBLE_DEVICES="" (no GPU: CPU cells);
+                # a GPU cell sets its GPU's entry itself, before CUDA starts. (submitit's
+                # visible_gpus would pass a bare index, and takes no UUIDs.)
+                job_spec = spec
                 if slot.gpu is not None:
-                    device = visible_device(slot.gpu)
-                    job_spec = dataclasses.replace(spec, cuda_device=device)
-                    if device.isdigit():  # else (a UUID) the job sets it before CUDA starts
-                        params.update(gpus_per_node=1, visible_gpus=[int(device)])
+                    job_spec = dataclasses.replace(spec, cuda_device=visible_device(slot.gpu))
                 ex.update_parameters(**params)
                 # The controller starts with SIGINT ignored, so a terminal Ctrl-C reaches only
                 # the cell (which checkpoints and exits) instead of making the controller
