@@ -1017,7 +1017,7 @@ def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
 def cmd_status(args: argparse.Namespace) -> int:
     from .dispatch import slurm_queue
     from .evaluation import latest_metrics
-    from .matrix import cell_state, grid_text, load_manifests
+    from .matrix import cell_state, grid_text, load_manifests, waits_on_slurm
     from .metrics import IS_MEAN
 
     results = Path(args.results)
@@ -1027,9 +1027,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not manifests:
         print(f"no matrix in {results} (start one with: python -m reproduce matrix ...)")
         return EXIT_OK
-    uses_slurm = any(
-        (results / c["run_id"] / "submission.json").exists() for m in manifests for c in m["cells"]
-    )
+    uses_slurm = any(waits_on_slurm(results / c["run_id"]) for m in manifests for c in m["cells"])
     queue = slurm_queue() if uses_slurm else None
     for m in manifests:
         shared = m.get("shared", {})

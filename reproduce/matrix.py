@@ -179,6 +179,22 @@ SLURM_ACTIVE = {
 }
 
 
+def read_submission(run_dir: Path) -> dict[str, Any]:
+    """How the run was last dispatched (``submission.json``: executor, job id), or {}."""
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return dict(read_json(run_dir / "submission.json"))
+    return {}
+
+
+def waits_on_slurm(run_dir: Path) -> bool:
+    """Whether the run's state may depend on the SLURM queue: submitted to SLURM and not
+    finished. Local and debug cells, and finished ones, never ask squeue."""
+    if read_submission(run_dir).get("executor") != "slurm":
+        return False
+    status = RunDir(run_dir).read_status() or {}
+    return status.get("state") not in ("completed", "diverged")
+
+
 def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellState:
     """The state of one run from its directory (and the SLURM queue, when given)."""
     rd = RunDir(run_dir)
@@ -189,9 +205,7 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
         iters=int(status.get("iters", 0) or 0),
         it_per_s=status.get("it_per_s"),
     )
-    submission: dict[str, Any] = {}
-    with contextlib.suppress(OSError, ValueError):
-        submission = dict(read_json(run_dir / "submission.json"))
+    submission = read_submission(run_dir)
     st.job_id = submission.get("job_id")
     state = status.get("state")
     if state in ("completed", "diverged"):

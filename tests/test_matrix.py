@@ -4,6 +4,7 @@ the local executor's GPU slots, interruption and the status grid."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -511,3 +512,44 @@ def test_status_shows_the_grid(tmp_path):
         len([line for line in lines[header + 2 :] if line[:2] in {f"{i}." for i in range(1, 8)}])
         == 7
     )
+
+
+def test_status_asks_squeue_only_about_unfinished_slurm_cells(tmp_path, monkeypatch):
+    """A workstation's matrix never touches SLURM: `status` does not run squeue for local cells
+    or for finished SLURM cells, and says so only when an unfinished SLURM cell's state depends
+    on a queue that does not answer (here an squeue that cannot reach its controller)."""
+    from reproduce.dispatch import record_submission
+    from reproduce.results import atomic_write_json
+
+    results = tmp_path / "r"
+    argv = ["--arch", "tanh", "--procedure", "dcgan", "--executor", "local", "--workers", "1"]
+    code, out, err = run_main("matrix", *FAST, *argv, "--results", str(results))
+    assert code == 0, out + err
+    (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
+    assert json.loads((run / "submission.json").read_text())["executor"] == "local"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "squeue-calls"
+    squeue = bin_dir / "squeue"
+    squeue.write_text(
+        f"#!/bin/sh\necho called >> {calls}\n"
+        "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n"
+    )
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+    def status() -> str:
+        code, out, err = run_main("status", "--results", str(results))
+        assert code == 0, err
+        return out
+
+    out = status()
+    assert "seed 0: 1 completed" in out and "squeue" not in out and not calls.exists()
+    record_submission(run, "slurm", "4242", results / ".submitit" / "x")  # as a cluster run's
+    out = status()
+    assert "seed 0: 1 completed" in out and "squeue" not in out and not calls.exists()
+    st = json.loads((run / "status.json").read_text())
+    atomic_write_json(run / "status.json", {**st, "state": "interrupted"})
+    out = status()
+    assert calls.read_text().count("called") == 1
+    assert "note: squeue did not answer; queued SLURM cells may show as pending" in out
