@@ -28,7 +28,7 @@ import torch
 from architectures import get_pair
 from reproduce.procedures import get_procedure
 
-from . import checkpoint
+from . import checkpoint, faults
 from .config import (
     OPTIONS,
     OPTIONS_BY_KEY,
@@ -626,6 +626,11 @@ def _parse_gpus(text: str | None) -> list[int]:
         ) from None
     if len(set(gpus)) != len(gpus) or min(gpus) < 0:
         raise UserError(f"--gpus: indices must be distinct and >= 0, got {text!r}")
+    if not torch.cuda.is_available() and not faults.active("fake-gpus"):
+        raise UserError(
+            f"--gpus: torch sees no CUDA GPU on this machine, got {text!r}; leave --gpus out "
+            "(or give 'none') to train on the CPU"
+        )
     if torch.cuda.is_available() and max(gpus) >= torch.cuda.device_count():
         raise UserError(
             f"--gpus: this machine shows {torch.cuda.device_count()} GPU(s) (indices from 0), "

@@ -13,6 +13,9 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      so that tests can interrupt it)
     prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
                      preparation's workers)
+    fake-gpus        let --gpus name GPUs on a machine without CUDA (the cells run on the
+                     CPU, scheduled as if on those GPUs): the local executor's GPU scheduling,
+                     packing and CUDA_VISIBLE_DEVICES tests on CPU-only machines
 
 Unset in normal use; every check is a dictionary lookup.
 """

@@ -151,8 +151,26 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
         ),
     ],
 )
-def test_matrix_bad_inputs(tmp_path, argv, match):
+def test_matrix_bad_inputs(tmp_path, monkeypatch, argv, match):
+    monkeypatch.setenv("REPRODUCE_FAULTS", "fake-gpus")  # --gpus 0 on a CPU-only machine
     assert_matrix_rejected(tmp_path, *argv, match=match)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["matrix", "figures"])
+def test_gpus_on_a_machine_without_cuda_are_refused(tmp_path, monkeypatch, command):
+    """--gpus 0 where torch sees no GPU is a mistake, not a CPU run labelled 'GPU 0'."""
+    monkeypatch.delenv("REPRODUCE_FAULTS", raising=False)
+    before = tree(tmp_path)
+    argv = ["fig2", "--profile", "quick"] if command == "figures" else ["--profile", "demo"]
+    code, out, err = run_main(command, *argv, "--gpus", "0",
+                              "--results", str(tmp_path / "results"))  # fmt: skip
+    assert code == 2, out + err
+    assert err.strip().splitlines() == [
+        f"reproduce {command}: error: --gpus: torch sees no CUDA GPU on this machine, got "
+        "'0'; leave --gpus out (or give 'none') to train on the CPU"
+    ]
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -285,7 +303,7 @@ def test_local_executor_runs_one_cell_per_visible_gpu(tmp_path):
         "0,1,2",
         "--results",
         str(results),
-        env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4"),
+        env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4,fake-gpus"),
     )
     assert r.returncode == 0, r.stdout + r.stderr
     statuses = [json.loads(p.read_text()) for p in results.glob("*/status.json")]
@@ -409,7 +427,7 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
     r = run_cli(
         "matrix", *FAST, "--arch", "mlp-generator", "baseline", "--procedure", "dcgan", "lsgan",
         "--iters", "8", "--gpus", "0", "--cells-per-gpu", "mlp-generator=2",
-        "--results", str(results), env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"),
+        "--results", str(results), env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3,fake-gpus"),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cells packed 2 per GPU for mlp-generator; 1 per GPU otherwise" in r.stdout
@@ -429,7 +447,7 @@ def test_gpu_indices_count_the_gpus_of_cuda_visible_devices(tmp_path):
     cell runs with its own entry, never with the bare index (someone else's GPU)."""
     results = tmp_path / "r"
     uuid = "GPU-0b1d5e2a-6c1f-4f3e-9a7d-2b8c4e6f1a30"
-    env = cli_env(CUDA_VISIBLE_DEVICES=f"7,{uuid}")
+    env = cli_env(CUDA_VISIBLE_DEVICES=f"7,{uuid}", REPRODUCE_FAULTS="fake-gpus")
     args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "dcgan", "lsgan",
             "--results", str(results)]  # fmt: skip
     r = run_cli(*args, "--gpus", "2", env=env)
