@@ -61,6 +61,7 @@ def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None
         (["--data", "dmeo"], "--data: 'dmeo' is neither a built-in dataset (demo)"),
         (["--hparams", "papr"], "--hparams: unknown value 'papr' (did you mean 'paper'?)"),
         (["--iter", "3"], "unrecognized arguments: --iter 3 (did you mean --iters?)"),
+        (["--batch", "3"], "unrecognized arguments: --batch 3 (did you mean --batch-size?)"),
         (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
         (["--lr", "0"], "--lr: must be positive"),
         (["--lr=-1e-4"], "--lr: must be positive"),

@@ -90,6 +90,12 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
         ),
         (["--profile", "demo", "--arch", "tanh", "tanh"], "duplicate cells"),
         (["--profile", "demo", "--seeds", "3", "3"], "duplicate cells"),
+        (["--profile", "demo", "--seeds", "0", "-1"], "--seeds: must be >= 0, got -1"),
+        (
+            ["--profile", "demo", "--executor", "slurm", "--partition", "gpu"],
+            "--partition gpu (a SLURM profile key: --slurm partition=gpu)",
+        ),
+        (["--profile", "demo", "--qos=high"], "(a SLURM profile key: --slurm qos=high)"),
         (["--profile", "paper"], "--data: profile 'paper' trains on LSUN bedrooms"),
         (["--profile", "paper", "--data", "/nonexistent/lsun"], "is neither a built-in dataset"),
         (["--profile", "demo", "--iters", "0"], "--iters: must be at least 1"),
