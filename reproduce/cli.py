@@ -1144,7 +1144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if out.exists():
         raise UserError(f"--name: {out} exists; choose another name")
     out_dir.mkdir(parents=True, exist_ok=True)
-    code = bench.run_suite(out, args.select)
+    code = bench.run_suite(out.absolute(), args.select)  # pytest runs in the checkout
     if not out.is_file():
         print(f"bench: pytest exited {code} without results", file=sys.stderr)
         return EXIT_FAILED

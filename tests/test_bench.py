@@ -96,9 +96,10 @@ def test_bad_inputs_fail_before_running(tmp_path):
 def test_a_real_benchmark_run_saves_reports_and_fails_a_faster_baseline(tmp_path):
     env = cli_env(BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="2")
     sel = "test_generator_iteration and baseline-dcgan"
-    r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "first", env=env)
+    # a relative --results, from a directory other than the checkout (where pytest runs)
+    r = run_cli("bench", "-k", sel, "--results", "res", "--name", "first", env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    saved = tmp_path / "benchmarks" / "first.json"
+    saved = tmp_path / "res" / "benchmarks" / "first.json"
     results = bench.load_results(saved, "x")
     (name,) = results
     assert name == "test_generator_iteration[baseline-dcgan]"
