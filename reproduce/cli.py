@@ -50,29 +50,21 @@ class Parser(argparse.ArgumentParser):
     """argparse with one-line errors (and a suggestion for a misspelt flag)."""
 
     def error(self, message: str) -> NoReturn:
-        m = re.match(r"unrecognized arguments: (\S+)", message)
+        m = re.match(r"unrecognized arguments: ([^\s=]+)(?:=(\S+)| (?!-)(\S+))?", message)
         if m:
+            from .dispatch import SLURM_PROFILE_TYPES
+
+            typed, key = m.group(1), m.group(1).lstrip("-").replace("-", "_")
             flags = [s for a in self._actions for s in a.option_strings]
-            typed = m.group(1).split("=")[0]
-            key = typed.lstrip("-").replace("-", "_")
             # a flag the typed one begins (--batch: --batch-size) before a look-alike (--arch)
             close = sorted((f for f in flags if f.startswith(typed)), key=len)[:1]
             close = close or difflib.get_close_matches(typed, flags, n=1)
-            if "--slurm" in flags and key in _slurm_keys():
-                words = message.split(": ", 1)[1].split()
-                value = m.group(1).partition("=")[2] or (
-                    words[1] if len(words) > 1 and not words[1].startswith("-") else "VALUE"
-                )
+            if "--slurm" in flags and key in SLURM_PROFILE_TYPES:
+                value = m.group(2) or m.group(3) or "VALUE"
                 message += f" (a SLURM profile key: --slurm {key}={value})"
             elif close:
                 message += f" (did you mean {close[0]}?)"
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _slurm_keys() -> set[str]:
-    from .dispatch import SlurmProfile
-
-    return {f.name for f in dataclasses.fields(SlurmProfile)}
 
 
 PROFILE_KEYS = {
@@ -789,7 +781,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
                 get_pair(name) if registry else get_procedure(name)
             except KeyError as e:
                 raise UserError(f"{flag}: {e.args[0]}") from None
-    for seed in getattr(args, "seeds", None) or ():
+    for seed in args.seeds:
         if seed < 0:
             raise UserError(f"--seeds: must be >= 0, got {seed}")
     if args.workers is not None and args.workers < 1:

@@ -443,7 +443,7 @@ def _parse_time_limit(value: Any) -> int:
     return days * 24 * 60 + h * 60 + m + (1 if s else 0)
 
 
-_PROFILE_TYPES: dict[str, tuple[type, ...]] = {
+SLURM_PROFILE_TYPES: dict[str, tuple[type, ...]] = {
     "partition": (str,),
     "account": (str,),
     "qos": (str,),
@@ -500,10 +500,10 @@ def load_slurm_profile(name: str, overrides: Sequence[str] = ()) -> tuple[SlurmP
     values: dict[str, Any] = {}
     value: Any
     for key, value in raw.items():
-        if key not in _PROFILE_TYPES:
-            hint = did_you_mean(key, _PROFILE_TYPES)
+        if key not in SLURM_PROFILE_TYPES:
+            hint = did_you_mean(key, SLURM_PROFILE_TYPES)
             raise UserError(f"{sources[key]}: unknown SLURM profile key {key!r}{hint}")
-        types = _PROFILE_TYPES[key]
+        types = SLURM_PROFILE_TYPES[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise UserError(
                 f"{sources[key]}: SLURM profile key {key!r} must be "

@@ -96,6 +96,14 @@ def assert_matrix_rejected(tmp_path: Path, *argv: str, match: str) -> None:
             "--partition gpu (a SLURM profile key: --slurm partition=gpu)",
         ),
         (["--profile", "demo", "--qos=high"], "(a SLURM profile key: --slurm qos=high)"),
+        (
+            ["--profile", "demo", "--time-limit", "90"],
+            "(a SLURM profile key: --slurm time_limit=90)",
+        ),
+        (
+            ["--profile", "demo", "--exclude"],
+            "--exclude (a SLURM profile key: --slurm exclude=VALUE)",
+        ),
         (["--profile", "paper"], "--data: profile 'paper' trains on LSUN bedrooms"),
         (["--profile", "paper", "--data", "/nonexistent/lsun"], "is neither a built-in dataset"),
         (["--profile", "demo", "--iters", "0"], "--iters: must be at least 1"),
