@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import json
 import os
 import re
 import shutil
@@ -515,6 +516,13 @@ def with_weights(rt: RuntimeConfig) -> RuntimeConfig:
     the checksum goes with the run so that each job checks it again when it starts."""
     if not rt.eval_enabled:
         return rt
+    if rt.judge_kind == "demo":  # built here once (offline), not by every cell at once
+        from .judge import resolve_judge
+
+        judge, how = resolve_judge(lambda msg: print(msg, file=sys.stderr, flush=True))
+        if how != "cached":
+            print(f"demo judge {how}: {judge.path}", file=sys.stderr, flush=True)
+        return rt
     from .metrics import resolve_weights
 
     weights = resolve_weights(rt.inception_weights, allow_download=True)
@@ -949,6 +957,44 @@ def _print_dry_run(plan: MatrixPlan) -> None:
         f"{len(plan.configs)} cells, {n} to run ({plan.executor} executor); dry run: nothing done"
     )
     _print_packing(plan)
+    if plan.executor == "local" and plan.pool.on_cpu and n:
+        print(_cpu_estimate(plan))
+
+
+def _cpu_estimate(plan: MatrixPlan) -> str:
+    """Wall time of the runnable cells on this many CPU workers, largest first, from the
+    per-cell costs measured on the reference machine (costs.py), plus evaluation."""
+    from . import costs
+
+    cells = []
+    for cfg, st in zip(plan.configs, plan.states, strict=True):
+        if not st.runnable:
+            continue
+        seconds = costs.STARTUP_SECONDS + costs.cell_seconds(cfg.to_dict())
+        if plan.rt.eval_enabled:
+            periodic = (cfg.iters - 1) // plan.rt.eval_interval(cfg.iters)
+            seconds += costs.EVAL_SECONDS * periodic + costs.FINAL_EVAL_SECONDS
+        cells.append(seconds)
+    wall = costs.makespan(cells, plan.pool.cpu_workers)
+    exact = all(
+        c.dim == costs.REFERENCE_DIM and c.batch_size == costs.REFERENCE_BATCH for c in plan.configs
+    )
+    how = (
+        "measured per cell"
+        if exact
+        else f"scaled from width {costs.REFERENCE_DIM}, batch {costs.REFERENCE_BATCH}: rough"
+    )
+    return (
+        f"estimated wall time: {_hms(wall)} on {plan.pool.cpu_workers} CPU worker(s), largest "
+        f"cells first ({sum(cells) / 3600:.2f} core-hours; {how} on the reference "
+        f"{costs.REFERENCE_MACHINE}, costs.py)"
+    )
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
 def _print_packing(plan: MatrixPlan) -> None:
@@ -1032,9 +1078,7 @@ def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from .dispatch import slurm_queue
-    from .evaluation import latest_metrics
     from .matrix import cell_state, grid_text, load_manifests, waits_on_slurm
-    from .metrics import IS_MEAN
 
     results = Path(args.results)
     if not results.is_dir():
@@ -1059,10 +1103,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if c["seed"] != seed:
                     continue
                 st = cell_state(results / c["run_id"], queue)
-                latest = latest_metrics(results / c["run_id"])
-                has_is = latest is not None and latest.get(IS_MEAN) is not None
-                score = f"IS {latest[IS_MEAN]:.2f}" if latest and has_is else None
-                cells[(c["arch"], c["procedure"])] = (st, score)
+                cells[(c["arch"], c["procedure"])] = (st, _status_score(results / c["run_id"]))
                 counts[st.state] = counts.get(st.state, 0) + 1
             summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             print(f"matrix {m['matrix_id']} ({m['experiment']}; {desc}), seed {seed}: {summary}")
@@ -1071,6 +1112,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     if uses_slurm and queue is None:
         print("note: squeue did not answer; queued SLURM cells may show as pending")
     return EXIT_OK
+
+
+def _status_score(run_dir: Path) -> str | None:
+    """The newest score of a cell for the status grid (``IS 6.12`` or ``judge 5.43 7/8``),
+    and its verdict once it has one."""
+    from .evaluation import latest_metrics
+    from .metrics import IS_MEAN
+
+    latest = latest_metrics(run_dir) or {}
+    bits = []
+    if isinstance(latest.get(IS_MEAN), int | float):
+        name = "judge" if latest.get("judge") == "demo-judge" else "IS"
+        bits.append(f"{name} {latest[IS_MEAN]:.2f}")
+        if "modes_covered" in latest:
+            bits.append(f"{latest['modes_covered']}/{latest['modes_total']}")
+    try:
+        verdict = json.loads((run_dir / "verdict.json").read_text()).get("verdict")
+    except (OSError, ValueError, AttributeError):
+        verdict = None
+    if isinstance(verdict, str) and verdict not in ("incomplete", "diverged", "failed"):
+        bits.append(verdict)
+    return " ".join(bits) or None
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> int:

@@ -103,6 +103,13 @@ class RunConfig:
         return f"{self.arch}-{self.procedure}-s{self.seed}-{self.hash()}"
 
 
+JUDGES = ("auto", "demo", "inception")
+# default (periodic, final) evaluation sizes per judge: Inception as the paper (Table 3: 50,000
+# samples, 10 splits); the demo judge scores 10,000 samples in seconds, but 2,000 (200 per
+# split) already put its score within about 0.05 of the full set's on the demo data
+JUDGE_SAMPLES = {"inception": (5_000, 50_000), "demo": (500, 2_000)}
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How a run is executed; changing these never changes the numbers (on one device and
@@ -124,10 +131,12 @@ class RuntimeConfig:
     cuda_graphs: bool | None = None  # None: on for exact-mode runs on a CUDA device
     compile_mode: str = "default"  # torch.compile mode of --mode fast / fast-bf16
     # evaluation (Inception score, FID, KID; SPEC.md D): never changes the training numbers
-    eval: bool | None = None  # None: on, except on the built-in demo data
+    eval: bool | None = None  # None: on
+    # the network that scores samples: auto = the demo judge on the demo data, Inception else
+    judge: str = "auto"
     eval_every: int = 0  # 0: iters // 20 (20 periodic evaluations)
-    eval_samples: int = 5_000  # samples per periodic evaluation
-    final_eval_samples: int = 50_000  # samples of the final evaluation (Table 3: 50k)
+    eval_samples: int | None = None  # samples per periodic evaluation (None: the judge's)
+    final_eval_samples: int | None = None  # samples of the final evaluation (None: the judge's)
     reference_samples: int = 50_000  # training images for FID/KID and the real-data scores
     inception_weights: str | None = None
     inception_sha256: str | None = None  # set after verification; checked again at job start
@@ -142,10 +151,34 @@ class RuntimeConfig:
 
     @property
     def eval_enabled(self) -> bool:
-        return self.eval if self.eval is not None else self.data != "demo"
+        return self.eval if self.eval is not None else True
+
+    @property
+    def judge_kind(self) -> str:
+        """``demo`` (the demo judge) or ``inception``: what --judge auto means for the data
+        (the demo judge on the demo data, unless --inception-weights asks for Inception)."""
+        if self.judge != "auto":
+            return self.judge
+        return "demo" if self.data == "demo" and not self.inception_weights else "inception"
+
+    def samples(self, kind: str) -> int:
+        """Generated samples of a ``periodic`` or ``final`` evaluation: the option when given,
+        else the judge's default (JUDGE_SAMPLES)."""
+        given = self.final_eval_samples if kind == "final" else self.eval_samples
+        if given is not None:
+            return given
+        periodic, final = JUDGE_SAMPLES[self.judge_kind]
+        return final if kind == "final" else periodic
 
     def eval_interval(self, iters: int) -> int:
-        return self.eval_every or max(1, iters // 20)
+        """--eval-every, else 20 periodic evaluations (Inception), or 5 with the demo judge,
+        whose runs are short: a run of under 50 iterations is judged at its end only."""
+        if self.eval_every:
+            return self.eval_every
+        if self.judge_kind == "demo":
+            every = iters // 5
+            return every if every >= 10 else iters
+        return max(1, iters // 20)
 
     def heldout_interval(self, iters: int) -> int:
         return self.heldout_every or max(1, iters // 100)
@@ -232,14 +265,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("compile_mode", str, "default", "torch.compile mode under --mode fast/fast-bf16 "
            "(reduce-overhead adds CUDA graphs of the compiled code)", COMPILE_MODES,
            section="runtime"),
-    Option("eval", bool, None, "Inception score, FID and KID during training and at the end "
-           "(default: on, except on the built-in demo data)", section="runtime"),
-    Option("eval_every", int, 0, "iterations between periodic evaluations (0: iters // 20)",
+    Option("eval", bool, None, "score samples during training and at the end: Inception "
+           "score, FID and KID with the --judge network, and a verdict (default: on)",
            section="runtime"),
-    Option("eval_samples", int, 5_000, "generated samples per periodic evaluation (1000: the "
-           "protocol of Figure 3)", section="runtime"),
-    Option("final_eval_samples", int, 50_000, "generated samples of the final evaluation "
-           "(50,000 and 10 splits: the protocol of Table 3)", section="runtime"),
+    Option("judge", str, "auto", "the network that scores samples: demo (a small classifier of "
+           "the demo data's 8 modes, built offline in under a minute; adds modes covered and "
+           "confident fraction), inception (torch-fidelity's TF-compatible Inception, as the "
+           "paper) or auto (demo on the demo data unless --inception-weights is given, inception "
+           "otherwise)", JUDGES,
+           section="runtime"),
+    Option("eval_every", int, 0, "iterations between periodic evaluations (0: iters // 20; "
+           "with the demo judge iters // 5, and none in runs of under 50 iterations)",
+           section="runtime"),
+    Option("eval_samples", int, None, "generated samples per periodic evaluation; default: "
+           "5,000 with Inception (1000: the protocol of Figure 3), 500 with the demo judge",
+           section="runtime"),
+    Option("final_eval_samples", int, None, "generated samples of the final evaluation; "
+           "default: 50,000 with Inception (and 10 splits: the protocol of Table 3), 2,000 "
+           "with the demo judge", section="runtime"),
     Option("reference_samples", int, 50_000, "training images for FID/KID and the real-data "
            "Inception score (all of them if fewer)", section="runtime"),
     Option("inception_weights", str, None, "Inception weights file (torch-fidelity's "
@@ -450,7 +493,7 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
     if rt.heldout_every < 0:
         raise UserError(f"--heldout-every: must be >= 0, got {rt.heldout_every}")
     for key in ("eval_samples", "final_eval_samples", "reference_samples"):
-        if getattr(rt, key) < 20:  # 10 splits of at least 2 samples
+        if getattr(rt, key) is not None and getattr(rt, key) < 20:  # 10 splits of >= 2 samples
             raise UserError(
                 f"--{key.replace('_', '-')}: must be at least 20, got {getattr(rt, key)}"
             )
@@ -458,6 +501,11 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         v = getattr(rt, key)
         if not (math.isfinite(v) and v > 0):
             raise UserError(f"--{key.replace('_', '-')}: must be positive, got {v}")
+    if rt.judge == "demo" and rt.data != "demo" and rt.eval_enabled:
+        raise UserError(
+            f"--judge: the demo judge knows only the demo data's eight modes, but --data is "
+            f"{rt.data}; use --judge inception (or auto)"
+        )
     if rt.cuda_graphs and rt.device == "cpu":
         raise UserError("--cuda-graphs: needs a CUDA device, but --device is cpu")
     if rt.cuda_graphs and choices.get("mode", "exact") != "exact":

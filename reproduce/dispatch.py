@@ -28,6 +28,7 @@ from typing import Any, cast
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
+from . import costs
 from .config import RunConfig, RuntimeConfig
 from .results import RunDir, atomic_write_json, now_iso
 
@@ -210,7 +211,11 @@ class LocalPool:
         return Fraction(1, self.packing.cells(arch))
 
     def order(self, specs: Sequence[CellSpec]) -> list[CellSpec]:
-        return sorted(specs, key=self.share, reverse=True) if self.gpus else list(specs)
+        if self.gpus:
+            return sorted(specs, key=self.share, reverse=True)
+        # on CPUs the longest cells first (measured costs, costs.py), so that the last cells
+        # to finish are short ones and no core idles while one long cell runs alone
+        return sorted(specs, key=lambda s: costs.cell_seconds(s.config), reverse=True)
 
     def schedule(
         self, pending: Sequence[CellSpec]

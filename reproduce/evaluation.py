@@ -1,6 +1,11 @@
 """Evaluation of one run: periodic and final Inception score / FID / KID, written to the run's
 ``metrics.jsonl``, plus the run's verdict.
 
+The scores come from one of two judges, both through torch-fidelity's metric code: the
+Inception network (the paper's protocol) or, on the demo data, the demo judge (judge.py), which
+also counts the modes covered and the confident fraction. Every row records which judge, its
+checksum and its thresholds.
+
 Each evaluation is keyed by (iteration, kind); one already recorded is never computed again
 (a resumed run reproduces the same weights, so it would give the same numbers). Samples come
 from a noise stream seeded by (run seed, iteration), and every global RNG is restored
@@ -19,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import judge as demo_judge
 from . import metrics
 from .config import RunConfig, RuntimeConfig
 from .data import ImageDataset, derive_seed
@@ -35,7 +41,7 @@ class Evaluator:
         dataset: ImageDataset,
         run_dir: RunDir,
         device: torch.device,
-        weights: metrics.InceptionWeights,
+        weights: metrics.InceptionWeights | demo_judge.Judge,
     ) -> None:
         self.cfg, self.rt, self.run_dir, self.device, self.weights = (
             cfg,
@@ -44,6 +50,11 @@ class Evaluator:
             device,
             weights,
         )
+        self.judge = weights if isinstance(weights, demo_judge.Judge) else None
+        if self.judge is not None:
+            demo_judge.register()
+            self.judge_net = self.judge.load(device)
+        self.extractor = demo_judge.NAME if self.judge else metrics.FEATURE_EXTRACTOR
         self.every = rt.eval_interval(cfg.iters)
         self.cache_root = Path(rt.results) / CACHE_DIR
         n_ref = min(rt.reference_samples, len(dataset))
@@ -76,15 +87,35 @@ class Evaluator:
         ref_protocol = metrics.Protocol(**{**protocol.to_dict(), "fid": False, "kid": False})
         scores = metrics.inception_metrics(
             self.reference, self.weights, ref_protocol, self.device,
-            images_name=self.reference_name, cache_root=self.cache_root,
+            feature_extractor=self.extractor, images_name=self.reference_name,
+            cache_root=self.cache_root,
         )  # fmt: skip
         stats = {
             "real_" + metrics.IS_MEAN: scores[metrics.IS_MEAN],
             "real_" + metrics.IS_STD: scores[metrics.IS_STD],
             "real_diversity": metrics.diversity(self.reference),
         }
+        stats |= {f"real_{k}": v for k, v in self.mode_stats(self.reference).items()}
         atomic_write_json(path, stats)
         return stats
+
+    def mode_stats(self, images: torch.Tensor) -> dict[str, Any]:
+        """Modes covered and confident fraction (the demo judge only; {} for Inception)."""
+        if self.judge is None:
+            return {}
+        _, logits = demo_judge.predict(self.judge_net, images.to(self.device))
+        return demo_judge.mode_stats(logits.cpu(), self.judge.thresholds)
+
+    def provenance(self, protocol: metrics.Protocol) -> dict[str, Any]:
+        if self.judge is None:
+            assert isinstance(self.weights, metrics.InceptionWeights)
+            return metrics.provenance(self.weights, protocol)
+        return {
+            **self.judge.provenance(),
+            "feature_extractor": demo_judge.NAME,
+            "torch_fidelity": metrics.torch_fidelity_version(),
+            "protocol": protocol.to_dict(),
+        }
 
     def evaluate(
         self, generator: nn.Module, iteration: int, kind: str, train_seconds: float | None = None
@@ -94,7 +125,7 @@ class Evaluator:
         if any(r.get("iter") == iteration and r.get("kind") == kind for r in self.recorded()):
             return None
         t = time.perf_counter()
-        n = self.rt.final_eval_samples if kind == "final" else self.rt.eval_samples
+        n = self.rt.samples(kind)
         protocol = self.protocol(n)
         with metrics.preserved_rng():
             images = metrics.generate_uint8(
@@ -102,8 +133,9 @@ class Evaluator:
                 self.device,
             )  # fmt: skip
         scores = metrics.inception_metrics(
-            images, self.weights, protocol, self.device, reference=self.reference,
-            reference_name=self.reference_name, cache_root=self.cache_root,
+            images, self.weights, protocol, self.device, feature_extractor=self.extractor,
+            reference=self.reference, reference_name=self.reference_name,
+            cache_root=self.cache_root,
         )  # fmt: skip
         row: dict[str, Any] = {
             "iter": iteration,
@@ -112,11 +144,12 @@ class Evaluator:
             "train_seconds": train_seconds,
             **scores,
             "diversity": metrics.diversity(images),
+            **self.mode_stats(images),
             **self.real_stats(protocol),
             "seconds": time.perf_counter() - t,
             "sample_seed": derive_seed(self.cfg.seed, "eval", iteration),
             "reference": self.reference_name,
-            **metrics.provenance(self.weights, protocol),
+            **self.provenance(protocol),
         }
         rows = [*self.recorded(), row]
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())

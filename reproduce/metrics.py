@@ -273,12 +273,22 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+class Scorer(typing.Protocol):
+    """A verified network file for torch-fidelity: the Inception weights or the demo judge."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+
+
 def inception_metrics(
     images: Tensor,
-    weights: InceptionWeights,
+    weights: Scorer,
     protocol: Protocol,
     device: torch.device,
     *,
+    feature_extractor: str = FEATURE_EXTRACTOR,
     reference: Tensor | None = None,
     reference_name: str | None = None,
     images_name: str | None = None,
@@ -286,6 +296,8 @@ def inception_metrics(
 ) -> dict[str, Any]:
     """IS (and FID/KID against ``reference``) of uint8 images (N, 3, H, W).
 
+    ``feature_extractor``: a name registered with torch-fidelity, whose weights are
+    ``weights.path`` (Inception's ``inception-v3-compat``, or the demo judge, judge.NAME).
     ``reference_name`` names the cached Inception features of the reference images (it must
     identify their content, e.g. the dataset fingerprint and subset size, and the weights);
     ``images_name`` likewise for ``images`` (None: never cached).
@@ -298,7 +310,7 @@ def inception_metrics(
         "isc": True,
         "fid": binary and protocol.fid,
         "kid": binary and protocol.kid,
-        "feature_extractor": FEATURE_EXTRACTOR,
+        "feature_extractor": feature_extractor,
         "feature_extractor_weights_path": weights.path,
         "isc_splits": protocol.splits,
         "samples_shuffle": protocol.shuffle,
@@ -335,6 +347,7 @@ def inception_metrics(
 
 def provenance(weights: InceptionWeights, protocol: Protocol) -> dict[str, Any]:
     return {
+        "judge": "inception",
         "feature_extractor": FEATURE_EXTRACTOR,
         "torch_fidelity": torch_fidelity_version(),
         "weights_sha256": weights.sha256,
@@ -366,6 +379,10 @@ class VerdictThresholds:
 
     is_ratio: float = 0.5
     diversity_ratio: float = 0.5
+    # judges that know the data's modes (the demo judge): a cell whose samples are mostly
+    # recognisable (confident fraction at least half the data's) but cover fewer than this
+    # fraction of the modes the data covers has collapsed onto a few modes
+    modes_ratio: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -388,14 +405,34 @@ def verdict(
         div_ratio = (
             final["diversity"] / final["real_diversity"] if final.get("real_diversity") else None
         )
-        out.update(is_ratio=is_ratio, diversity_ratio=div_ratio)
+        out.update(is_ratio=is_ratio, diversity_ratio=div_ratio, judge=final.get("judge"))
         if div_ratio is not None and div_ratio < thresholds.diversity_ratio:
             out["verdict"] = "collapsed"
             out["reasons"].append(
                 f"diversity {div_ratio:.2f} of the data's < {thresholds.diversity_ratio}"
             )
+        few = _few_modes(final, thresholds)
+        if few:
+            out["verdict"] = "collapsed"
+            out["reasons"].append(few)
         if is_ratio < thresholds.is_ratio:
             out["verdict"] = out.get("verdict", "low-quality")
             out["reasons"].append(f"IS {is_ratio:.2f} of the data's < {thresholds.is_ratio}")
         out.setdefault("verdict", "trained")
     return out
+
+
+def _few_modes(final: Mapping[str, Any], thresholds: VerdictThresholds) -> str | None:
+    """Why the samples count as collapsed onto few modes, or None (also when the judge does
+    not know the data's modes)."""
+    keys = ("modes_covered", "real_modes_covered", "confident_fraction", "real_confident_fraction")
+    if any(not isinstance(final.get(k), int | float) for k in keys):
+        return None
+    modes, real_modes = final["modes_covered"], final["real_modes_covered"]
+    recognisable = final["confident_fraction"] >= 0.5 * final["real_confident_fraction"]
+    if recognisable and real_modes > 0 and modes < thresholds.modes_ratio * real_modes:
+        return (
+            f"{modes} of the data's {real_modes} modes covered < {thresholds.modes_ratio} "
+            f"(confident fraction {final['confident_fraction']:.2f})"
+        )
+    return None

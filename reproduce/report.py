@@ -104,8 +104,9 @@ class Collected:
 
 
 SUMMARY_COLUMNS = [
-    "arch", "procedure", "seed", "status", "verdict", "final_is", "final_is_std", "best_is",
-    "best_is_iter", "fid", "kid", "iterations", "iters", "it_per_s", "images_per_s",
+    "arch", "procedure", "seed", "status", "verdict", "judge", "final_is", "final_is_std",
+    "best_is", "best_is_iter", "fid", "kid", "modes_covered", "modes_total",
+    "confident_fraction", "iterations", "iters", "it_per_s", "images_per_s",
     "train_seconds", "setup_seconds", "gpu_hours", "tflops", "mfu", "device", "mode", "dim",
     "batch_size", "dataset", "run_id",
 ]  # fmt: skip
@@ -166,6 +167,10 @@ def collect(results: Path, strict: bool = False) -> Collected:
             "best_is_iter": best["iter"] if best else None,
             "fid": final.get(FID) if final else None,
             "kid": final.get(KID_MEAN) if final else None,
+            "judge": _judge_name(final),
+            "modes_covered": _num(final.get("modes_covered")) if final else None,
+            "modes_total": _num(final.get("modes_total")) if final else None,
+            "confident_fraction": _num(final.get("confident_fraction")) if final else None,
             "iterations": status.get("iteration", 0),
             "iters": cfg.get("iters"),
             "it_per_s": it_s,
@@ -202,6 +207,15 @@ def collect(results: Path, strict: bool = False) -> Collected:
     tidy_cols = ["run_id", "arch", "procedure", "seed", "step", "metric", "value", "split",
                  "train_seconds"]  # fmt: skip
     return Collected(summary, pd.DataFrame(tidy, columns=tidy_cols), samples, loader.warnings)
+
+
+def _judge_name(row: dict[str, Any] | None) -> str | None:
+    """Which network scored a row: ``demo-judge`` or ``inception`` (rows written before the
+    demo judge existed carry no ``judge`` key: they are Inception's)."""
+    if not row:
+        return None
+    judge = row.get("judge")
+    return judge if isinstance(judge, str) else "inception"
 
 
 def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
@@ -250,6 +264,10 @@ def _cell_text(part: pd.DataFrame, marks: dict[str, str], mode: str) -> str:
         text = _is_text(r["final_is"], r["final_is_std"])
     else:
         text = ""
+    modes = part["modes_covered"].dropna() if "modes_covered" in part else pd.Series()
+    if len(modes) == 1 and len(scores) == 1:
+        r = part.loc[modes.index[0]]
+        text += f", {int(r['modes_covered'])}/{int(r['modes_total'])} modes"
     verdicts = {v for v in part["verdict"] if isinstance(v, str)}
     states = sorted({str(s) for s in part["status"]})
     completed = all(s == "completed" for s in states)
@@ -366,28 +384,48 @@ def plot_all(c: Collected, every_run: pd.DataFrame, out: Path) -> dict[str, list
 
     args = _grid_args(c.summary)
     tidy = c.tidy
+    # a figure whose data no run recorded is not drawn (an empty list; the page says why)
     plotted: dict[str, list[Path]] = {}
     is_rows = tidy[tidy["metric"] == "is"].copy()
-    is_empty = {k: f"{v}: no Inception scores (evaluation off?)" for k, v in args["empty"].items()}
-    fig = plots.faceted_lines(is_rows, x="step", y="value", hue=None, xlabel="generator iteration",
-                              ylabel="Inception score", **{**args, "empty": is_empty})  # fmt: skip
-    plotted["is_vs_iteration"] = plots.save(fig, out, "is_vs_iteration")
+    is_empty = {k: f"{v}: no scores" for k, v in args["empty"].items()}
+    label = score_label(c.summary)
+    plotted["is_vs_iteration"] = []
+    if len(is_rows):
+        fig = plots.faceted_lines(is_rows, x="step", y="value", hue=None,
+                                  xlabel="generator iteration", ylabel=label,
+                                  **{**args, "empty": is_empty})  # fmt: skip
+        plotted["is_vs_iteration"] = plots.save(fig, out, "is_vs_iteration")
     wall = is_rows.dropna(subset=["train_seconds"]).copy()
     wall["train_seconds"] = wall["train_seconds"].astype(float)
-    fig = plots.faceted_lines(wall, x="train_seconds", y="value", hue=None,
-                              xlabel="training seconds", ylabel="Inception score",
-                              **{**args, "empty": is_empty})  # fmt: skip
-    plotted["is_vs_wallclock"] = plots.save(fig, out, "is_vs_wallclock")
+    plotted["is_vs_wallclock"] = []
+    if len(wall):
+        fig = plots.faceted_lines(wall, x="train_seconds", y="value", hue=None,
+                                  xlabel="training seconds", ylabel=label,
+                                  **{**args, "empty": is_empty})  # fmt: skip
+        plotted["is_vs_wallclock"] = plots.save(fig, out, "is_vs_wallclock")
     loss = tidy[tidy["metric"] == "critic_loss"].copy()
     loss["negative critic loss"] = -loss["value"].astype(float)
-    fig = plots.faceted_lines(loss, x="step", y="negative critic loss", hue="split",
-                              xlabel="generator iteration", ylabel="-critic loss",
-                              **args)  # fmt: skip
-    plotted["critic_loss"] = plots.save(fig, out, "critic_loss")
+    plotted["critic_loss"] = []
+    if len(loss):
+        fig = plots.faceted_lines(loss, x="step", y="negative critic loss", hue="split",
+                                  xlabel="generator iteration", ylabel="-critic loss",
+                                  **args)  # fmt: skip
+        plotted["critic_loss"] = plots.save(fig, out, "critic_loss")
     fig = plots.throughput_bars(every_run, "images_per_s", "real images / s")
     plotted["throughput"] = plots.save(fig, out, "throughput")
     plotted["samples_grid"] = plots.save(sample_grid(c), out, "samples_grid")
     return plotted
+
+
+def score_label(summary: pd.DataFrame) -> str:
+    """The y label of score plots: which judge(s) produced the scores."""
+    column = summary.get("judge", [])
+    judges = sorted({j for j in column if isinstance(j, str)})
+    if judges == ["demo-judge"]:
+        return "demo-judge score (IS analogue)"
+    if judges == ["inception"]:
+        return "Inception score"
+    return "score (Inception or demo judge)"
 
 
 def sample_grid(c: Collected, seed: int | None = None) -> Any:
@@ -414,7 +452,10 @@ def sample_grid(c: Collected, seed: int | None = None) -> Any:
         if isinstance(r.get("verdict"), str) and r["status"] == "completed":
             bits.append(str(r["verdict"]))
         if _num(r.get("final_is")) is not None and not math.isnan(r["final_is"]):
-            bits.append(f"IS {r['final_is']:.2f}")
+            name = "judge IS" if r.get("judge") == "demo-judge" else "IS"
+            bits.append(f"{name} {r['final_is']:.2f}")
+            if _num(r.get("modes_covered")) is not None and not math.isnan(r["modes_covered"]):
+                bits.append(f"{int(r['modes_covered'])}/{int(r['modes_total'])} modes")
         notes[key] = ", ".join(bits) or "completed"
     return plots.sample_grid_figure(images, args["rows"], args["cols"], args["row_titles"],
                                     args["col_titles"], notes)  # fmt: skip
@@ -485,8 +526,8 @@ def build(results: Path, out: Path, strict: bool = False, matrix: str | None = N
     tex_grid = lsun_grid(g.summary, tex=True)
     tex_grid.index.name = "architecture"
     files += write_table(out, "lsun_is_table", grid,
-                         "Final Inception score on 64x64 LSUN bedrooms (mean $\\pm$ std over 10 "
-                         "splits; verdict marked)", index=True, tex_df=tex_grid)  # fmt: skip
+                         f"Final {score_label(g.summary)} (mean $\\pm$ std over 10 splits; "
+                         "verdict marked)", index=True, tex_df=tex_grid)  # fmt: skip
     files += write_table(out, "throughput_table", throughput_table(c.summary),
                          "Throughput and cost per cell")  # fmt: skip
     progress("plots")
@@ -511,6 +552,20 @@ PLOT_TITLES = {
 }
 
 
+EMPTY_NOTES = {
+    "is_vs_iteration": "No run recorded a score (evaluation was off in every run).",
+    "is_vs_wallclock": "No run recorded a score with its training time.",
+    "critic_loss": "No run recorded training statistics yet.",
+}
+JUDGE_NOTE = (
+    "Scores come from the run's judge: Inception (torch-fidelity's TF-compatible network, the "
+    "paper's protocol) or, on the built-in demo data, the demo judge (a classifier of its 8 "
+    "modes; its score is the Inception score's analogue over 8 classes, at most 8), with the "
+    "modes its confident samples cover. Verdicts compare each cell with the real data's own "
+    "scores under the same judge."
+)
+
+
 def render_html(c: Collected, grid: pd.DataFrame, plotted: dict[str, list[Path]],
                 out: Path, matrix: str | None) -> str:  # fmt: skip
     def table(df: pd.DataFrame, index: bool) -> str:
@@ -533,12 +588,19 @@ def render_html(c: Collected, grid: pd.DataFrame, plotted: dict[str, list[Path]]
         parts += [f"<li>{html.escape(w)}</li>" for w in c.warnings]
         parts.append("</ul>")
     source = f"matrix {html.escape(matrix)}" if matrix else "every run"
-    parts += [f"<h2>Final Inception score (7x4; {source})</h2>", table(grid, True)]
+    label = score_label(c.summary)
+    parts += [f"<h2>Final {html.escape(label)} and verdict (7x4; {source})</h2>",
+              f"<p>{html.escape(JUDGE_NOTE)}</p>", table(grid, True)]  # fmt: skip
     for name in ("samples_grid", "is_vs_iteration", "is_vs_wallclock", "critic_loss",
                  "throughput"):  # fmt: skip
+        title = PLOT_TITLES[name].replace("Inception score", label)
+        if not plotted[name]:
+            parts += [f"<h2>{html.escape(title)}</h2>",
+                      f"<p>{html.escape(EMPTY_NOTES[name])}</p>"]  # fmt: skip
+            continue
         png = next(p for p in plotted[name] if p.suffix == ".png")
         pdf = next(p for p in plotted[name] if p.suffix == ".pdf")
-        parts += [f"<h2>{html.escape(PLOT_TITLES[name])}</h2>",
+        parts += [f"<h2>{html.escape(title)}</h2>",
                   f"<p><img src='{png.relative_to(out)}' alt='{name}'>"
                   f"<br><a href='{pdf.relative_to(out)}'>PDF</a></p>"]  # fmt: skip
     parts += ["<h2>Throughput and cost</h2>", table(throughput_table(c.summary), False)]

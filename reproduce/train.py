@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from architectures import Z_DIM, get_pair
 
-from . import checkpoint, faults, flops, metrics, steps
+from . import checkpoint, faults, flops, judge, metrics, steps
 from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
 from .data import (
     BatchSource,
@@ -430,7 +430,12 @@ def _train_locked(
     evaluator = None
     if rt.eval_enabled:
         try:
-            weights = _job_weights(rt)
+            weights: metrics.InceptionWeights | judge.Judge
+            if rt.judge_kind == "demo":
+                weights, how = judge.resolve_judge(run_dir.log)
+                run_dir.log(f"demo judge {how}: {weights.path} (sha256 {weights.sha256[:16]}...)")
+            else:
+                weights = _job_weights(rt)
         except WeightsError as e:
             run_dir.write_status("failed", message=str(e), reason="inception-weights", iteration=0)
             run_dir.log(f"failed: {e}")
@@ -642,10 +647,16 @@ def _loop(
         row = evaluator.evaluate(trainer.G, trainer.iteration, kind, train_seconds=so_far)
         window_excluded += time.perf_counter() - t
         if row is not None:
+            name = "IS" if row["judge"] == "inception" else "judge IS"
+            modes = (
+                f", {row['modes_covered']}/{row['modes_total']} modes"
+                if "modes_covered" in row
+                else ""
+            )
             run_dir.log(
-                f"{kind} evaluation at iteration {trainer.iteration}: IS "
+                f"{kind} evaluation at iteration {trainer.iteration}: {name} "
                 f"{row[metrics.IS_MEAN]:.3f} ± {row[metrics.IS_STD]:.3f}, FID "
-                f"{row.get(metrics.FID, float('nan')):.2f} ({row['seconds']:.1f} s)"
+                f"{row.get(metrics.FID, float('nan')):.2f}{modes} ({row['seconds']:.1f} s)"
             )
 
     heldout_every = rt.heldout_interval(cfg.iters)

@@ -16,6 +16,24 @@ from reproduce.data import ImageDataset, fingerprint, load_demo
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def judge_cache(tmp_path_factory) -> Path:
+    """One demo-judge cache for the whole run, shared by the xdist workers (the first to need
+    the judge builds it under a file lock; the others wait and load it), never the user's."""
+    from reproduce import judge
+
+    root = tmp_path_factory.getbasetemp().parent / "judge-cache"
+    os.environ[judge.ENV_DIR] = str(root)  # inherited by every CLI subprocess
+    return root
+
+
+@pytest.fixture(scope="session")
+def demo_judge(judge_cache):
+    from reproduce import judge
+
+    return judge.resolve_judge()[0]
+
+
 @pytest.fixture(scope="session")
 def demo() -> ImageDataset:
     return load_demo()

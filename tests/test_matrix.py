@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -221,9 +222,38 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
     code, out, err = run_main("matrix", *FAST, "--results", str(tmp_path / "r"), "--dry-run")
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert len(lines) == 29 and lines[-1].startswith("28 cells, 28 to run")
-    assert all(line.split()[1] == "pending" for line in lines[:-1])
+    assert len(lines) == 30 and lines[-2].startswith("28 cells, 28 to run")
+    assert all(line.split()[1] == "pending" for line in lines[:-2])
+    # on CPUs: the wall-time estimate from the measured per-cell costs (costs.py)
+    assert lines[-1].startswith("estimated wall time: ") and "largest cells first" in lines[-1]
     assert tree(tmp_path) == before
+
+
+def test_the_claims_estimate_is_the_measured_costs_on_the_workers(tmp_path):
+    from reproduce import costs
+
+    code, out, err = run_main("matrix", "--profile", "claims", "--results", str(tmp_path),
+                              "--workers", "2", "--dry-run")  # fmt: skip
+    assert code == 0, err
+    per_cell = [costs.STARTUP_SECONDS + v * 400 + 3 * costs.EVAL_SECONDS
+                + costs.FINAL_EVAL_SECONDS for v in costs.SECONDS_PER_ITER.values()]  # fmt: skip
+    wall = costs.makespan(per_cell, 2)
+    line = out.strip().splitlines()[-1]
+    assert f"{int(wall // 3600)} h {int(wall % 3600 // 60):02d} min on 2 CPU worker(s)" in line
+    assert "measured per cell" in line, line
+    # the longest cell alone bounds it from below; perfect balance from below too
+    assert wall >= max(per_cell) and wall >= sum(per_cell) / 2
+
+
+def test_cpu_cells_start_largest_first():
+    from reproduce.dispatch import LocalPool, Packing
+
+    pool = LocalPool([], Packing(), cpu_workers=2)
+    cells = [spec("baseline"), spec("resnet101"), spec("gated"), spec("mlp-generator")]
+    for c in cells:
+        c.config.update(procedure="wgan-gp", dim=8, batch_size=16, iters=100)
+    order = [c.config["arch"] for c in pool.order(cells)]
+    assert order == ["resnet101", "gated", "baseline", "mlp-generator"]
 
 
 def test_second_invocation_trains_nothing(tmp_path):
@@ -246,6 +276,13 @@ def test_second_invocation_trains_nothing(tmp_path):
     assert out.splitlines()[0] == "4 cells: 4 to run, 0 skipped (done, running or queued)"
     summary = list((tmp_path / "r" / "matrices").glob("*-summary.md"))
     assert len(summary) == 1 and summary[0].read_text().count("| completed |") == 4
+    # every cell is scored by the demo judge and has a verdict (no Inception weights here)
+    import pandas as pd
+
+    rows = pd.read_csv(next((tmp_path / "r" / "matrices").glob("*-summary.csv")))
+    assert (rows["judge"] == "demo-judge").all() and rows["is_mean"].notna().all()
+    assert rows["modes"].str.fullmatch(r"[0-8]/8").all()
+    assert rows["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
     assert len(list((tmp_path / "r" / "matrices").glob("*-summary.csv"))) == 1
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("ckpt-*/state.pt")}
     code, out, err = run_main(*args)
@@ -540,6 +577,9 @@ def test_status_shows_the_grid(tmp_path):
     assert "DCGAN" in lines[header] and "WGAN-GP" in lines[header]
     tanh = next(line for line in lines if line.startswith("6. tanh"))
     assert tanh.count("completed") == 2
+    # the judge's score, its modes and the verdict of each finished cell
+    assert len(re.findall(r"completed judge \d+\.\d\d [0-8]/8 (trained|low-quality|collapsed)",
+                          tanh)) == 2, tanh  # fmt: skip
     assert (
         len([line for line in lines[header + 2 :] if line[:2] in {f"{i}." for i in range(1, 8)}])
         == 7

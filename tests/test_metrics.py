@@ -200,7 +200,8 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_offline_run_without_weights_fails_before_training(tmp_path):
-    r = run_cli("train", "--eval", "--results", str(tmp_path / "r"), env=offline_env(tmp_path))
+    r = run_cli("train", "--eval", "--judge", "inception", "--results", str(tmp_path / "r"),
+                env=offline_env(tmp_path))  # fmt: skip
     assert r.returncode == 2
     (line,) = r.stderr.strip().splitlines()
     assert "Inception weights are not cached and cannot be downloaded" in line
@@ -226,7 +227,8 @@ def test_corrupt_weights_fail_before_training(weights_file, tmp_path, monkeypatc
     assert code == 2 and "is corrupt" in err and "fetch-weights" in err
     assert not (tmp_path / "r").exists()
     monkeypatch.setenv(metrics.ENV_WEIGHTS, str(tmp_path / "missing.pth"))
-    code, _, err = run_main("train", "--eval", "--results", str(tmp_path / "r"))
+    code, _, err = run_main("train", "--eval", "--judge", "inception", "--results",
+                            str(tmp_path / "r"))  # fmt: skip
     assert code == 2 and f"{metrics.ENV_WEIGHTS}: Inception weights not found" in err
     assert set(tree(tmp_path)) == set(before) | {"staged", f"staged/{staged.name}",
                                                   f"staged/{staged.name}.sha256"}  # fmt: skip
@@ -266,7 +268,7 @@ def test_default_evaluation_cadence_costs_under_ten_percent_of_training(weights_
     from architectures import PAIRS
     from reproduce.train import Trainer
 
-    rt = RuntimeConfig()
+    rt = RuntimeConfig(judge="inception")
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                      feature_extractor_weights_path=str(weights_file))  # fmt: skip
     with FlopCounterMode(display=False) as fc, torch.no_grad():
@@ -274,7 +276,7 @@ def test_default_evaluation_cadence_costs_under_ten_percent_of_training(weights_
     inception = fc.get_total_flops()
     assert 10e9 < inception < 13e9  # InceptionV3 at 299x299: 11.4 GFLOP per image
     evals = rt.eval_interval(200_000)
-    n_eval = (200_000 // evals - 1) * rt.eval_samples + rt.final_eval_samples
+    n_eval = (200_000 // evals - 1) * rt.samples("periodic") + rt.samples("final")
     for arch in PAIRS:
         cfg = small_config(demo, arch=arch, procedure="dcgan", dim=64, batch_size=2)
         trainer = Trainer(cfg, demo, CPU)

@@ -62,9 +62,14 @@ def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
     assert tex.count("\\\\") == 8  # header and seven rows
     grid = pd.read_csv(out / "lsun_is_table.csv", index_col=0)
     assert grid.shape == (7, 4)
-    assert grid.loc["1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"] == "completed, not evaluated"
+    # every completed cell is scored by the demo judge, with its modes and a verdict
+    for arch, proc in (("1. Baseline (G: DCGAN, D: DCGAN)", "WGAN-GP"),
+                       ("1. Baseline (G: DCGAN, D: DCGAN)", "DCGAN")):  # fmt: skip
+        assert re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d, [0-8]/8 modes (✓|✗ low IS|✗ collapsed)",
+                            grid.loc[arch, proc]), grid.loc[arch, proc]  # fmt: skip
     assert grid.loc["6. tanh nonlinearities everywhere in G and D", "DCGAN"] == "pending"
-    assert grid.loc["6. tanh nonlinearities everywhere in G and D", "WGAN-GP"] == "failed"
+    # marked failed after it completed and was scored: its score, and its state
+    assert grid.loc["6. tanh nonlinearities everywhere in G and D", "WGAN-GP"].endswith("(failed)")
     assert grid.loc["7. 101-layer ResNet G and D", "DCGAN"] == "no run"
     summary = pd.read_csv(out / "summary.csv")
     states = dict(zip(summary["arch"] + "/" + summary["procedure"], summary["status"],
@@ -77,6 +82,8 @@ def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
     assert {"train", "heldout"} <= set(tidy["split"])  # demo data has a held-out split
     done = summary[summary["status"] == "completed"]
     assert (done["images_per_s"] > 0).all() and (done["iterations"] == 4).all()
+    assert (done["judge"] == "demo-judge").all() and done["final_is"].notna().all()
+    assert done["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
 
 
 def test_corrupt_files_are_skipped_with_a_warning_or_fail_under_strict(results, tmp_path):
@@ -161,8 +168,26 @@ def test_the_page_renders_in_headless_chromium(results, tmp_path):
                    capture_output=True, timeout=120)  # fmt: skip
     dom = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], check=True,
                          capture_output=True, text=True, timeout=120).stdout  # fmt: skip
-    assert dom.count("<img") == len(PLOTS) and "Final Inception score" in dom
+    assert dom.count("<img") == len(PLOTS) and "Final demo-judge score" in dom
     with Image.open(shot) as im:
         assert im.size == (1400, 2400)
         colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and images, not blank
+
+
+def test_a_metric_no_run_recorded_is_one_sentence_not_empty_axes(results, tmp_path):
+    """Without any evaluation (scores removed), the score figures are not drawn: the page says
+    so in one sentence each, and every image it references exists."""
+    bare = tmp_path / "results"
+    shutil.copytree(results, bare)
+    for m in bare.glob("*/metrics.jsonl"):
+        m.unlink()
+    out = tmp_path / "report"
+    r = run_cli("report", "--results", str(bare), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert not (out / "is_vs_iteration.png").exists()
+    assert not (out / "is_vs_wallclock.png").exists()
+    text = (out / "index.html").read_text()
+    assert "No run recorded a score (evaluation was off in every run)." in text
+    srcs = re.findall(r"<img src='([^']+)'", text)
+    assert len(srcs) == len(PLOTS) - 2 and all((out / s).exists() for s in srcs)
