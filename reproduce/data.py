@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import itertools
 import math
 import os
@@ -288,6 +289,38 @@ CIFAR_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST = "test_batch"
 
 
+# what the CIFAR-10 python archive's pickles may name: numpy's array and scalar reconstructors
+# (numpy 1 and 2 paths) and codecs.encode (bytes under pickle protocol 2). Anything else, e.g.
+# os.system in a crafted test_batch, is refused before it is called.
+_CIFAR_GLOBALS = frozenset(
+    {
+        *((m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
+        *((m, "scalar") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
+        *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+def _load_cifar_batch(blob: bytes) -> Any:
+    """Unpickle one CIFAR-10 batch (dicts of bytes, lists and numpy arrays) allowing only
+    ``_CIFAR_GLOBALS``: a dataset directory can never run code."""
+    import pickle
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) not in _CIFAR_GLOBALS:
+                raise pickle.UnpicklingError(
+                    f"refused {module}.{name}: a CIFAR-10 batch holds only bytes, lists and "
+                    "numpy arrays"
+                )
+            return super().find_class(module, name)
+
+    return Restricted(io.BytesIO(blob), encoding="bytes").load()
+
+
 def is_cifar(path: Path) -> bool:
     if path.is_dir():
         return (path / CIFAR_TEST).is_file() or (path / CIFAR_DIR / CIFAR_TEST).is_file()
@@ -318,12 +351,15 @@ def load_cifar(path: Path, split: str = "train") -> ImageDataset:
                     blobs[n] = member.read()
         arrays = []
         for n in names:
-            batch = pickle.loads(blobs[n], encoding="bytes")
+            batch = _load_cifar_batch(blobs[n])
+            if not isinstance(batch, dict):
+                raise ValueError(f"{n}: a {type(batch).__name__}, not a dict")
             data = np.asarray(batch[b"data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
                 raise ValueError(f"{n}: data of shape {data.shape}, expected (N, 3072)")
             arrays.append(data.reshape(-1, 3, 32, 32))
-    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, tarfile.TarError) as e:
+    except (OSError, KeyError, ValueError, TypeError, AttributeError, ImportError, IndexError,
+            EOFError, pickle.UnpicklingError, tarfile.TarError) as e:  # fmt: skip
         raise UserError(
             f"--data: {path} is not a readable CIFAR-10 python archive ({type(e).__name__}: {e})"
         ) from None

@@ -261,3 +261,44 @@ def test_config_file_and_run_config_roundtrip(tmp_path):
         "train", "--config", str(run / "config.json"), "--results", str(results)
     )
     assert code == 0 and out.startswith("already-completed"), out + err
+
+
+class _Payload:
+    """Unpickling this runs ``touch MARKER``: what a crafted CIFAR batch would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("where", ["data_batch_1", "test_batch", "inside"])
+def test_a_crafted_cifar_directory_never_runs_code(tmp_path, where):
+    """A CIFAR-10 directory whose pickles call os.system is refused in one line, exit 2,
+    nothing written, and the payload never runs (train and figures load it the same way;
+    the held-out split, test_batch, goes through the same loader)."""
+    import pickle
+
+    import numpy as np
+
+    from reproduce.data import load_cifar
+    from reproduce.errors import UserError
+
+    marker = tmp_path / "PWNED"
+    data = tmp_path / "cifar"
+    data.mkdir()
+    for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
+        batch: object = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+        if name == where:
+            batch = _Payload(marker)
+        elif where == "inside" and name == "data_batch_1":
+            batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [_Payload(marker)]}
+        (data / name).write_bytes(pickle.dumps(batch, protocol=2))
+    split = "val" if where == "test_batch" else "train"
+    with pytest.raises(UserError, match=r"refused posix\.system"):
+        load_cifar(data, split)
+    if split == "train":
+        line = assert_rejected(tmp_path, "--arch", "cifar", "--data", str(data), match="--data")
+        assert "refused posix.system" in line and "not a readable CIFAR-10 python archive" in line
+    assert not marker.exists()
