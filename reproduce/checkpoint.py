@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,14 @@ def save_checkpoint(
     return final
 
 
+def set_aside(path: Path) -> Path:
+    """Move an unusable checkpoint out of the way (kept for inspection, never loaded or
+    pruned, and no longer blocking a new checkpoint of the same iteration)."""
+    aside = path.with_name(f".unusable-{path.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(path, aside)
+    return aside
+
+
 def _discard(path: Path) -> None:
     """Delete a checkpoint folder without ever leaving a half-deleted folder under a valid name."""
     trash = path.with_name(f"{TMP_PREFIX}del-{path.name}-{uuid.uuid4().hex[:8]}")
@@ -145,16 +154,42 @@ def verify(path: Path) -> bytes | None:
     return data
 
 
-def load_latest(
+def reason(e: BaseException) -> str:
+    """One line for a load failure (torch's own message suggests weights_only=False: cut)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text.split(" Please file an issue")[0].split(" In PyTorch 2.6")[0]
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def candidates(
     ckpt_dir: Path, map_location: str | torch.device = "cpu"
-) -> tuple[Checkpoint, dict[str, Any], list[Path]] | None:
-    """Newest checkpoint that verifies, its state, and the paths skipped as invalid."""
-    skipped = []
+) -> Iterator[tuple[Checkpoint, dict[str, Any] | None, str | None]]:
+    """Every checkpoint, newest first: (checkpoint, its state, None) when it verifies and
+    loads (``weights_only``: never code), else (checkpoint, None, why it cannot be used)."""
     for ckpt in list_checkpoints(ckpt_dir):
         data = verify(ckpt.path)
         if data is None:
+            yield ckpt, None, "its size or sha256 does not match meta.json, or a file is missing"
+            continue
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as e:  # refused globals, truncated zip, wrong format: all skipped
+            yield ckpt, None, f"does not load ({reason(e)})"
+            continue
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            yield ckpt, None, "does not hold a training state of this format"
+            continue
+        yield ckpt, state, None
+
+
+def load_latest(
+    ckpt_dir: Path, map_location: str | torch.device = "cpu"
+) -> tuple[Checkpoint, dict[str, Any], list[Path]] | None:
+    """Newest checkpoint that verifies and loads, its state, and the paths skipped."""
+    skipped = []
+    for ckpt, state, _ in candidates(ckpt_dir, map_location):
+        if state is None:
             skipped.append(ckpt.path)
             continue
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         return ckpt, state, skipped
     return None

@@ -143,6 +143,7 @@ class RuntimeConfig:
     # held-out critic loss (Figure 5a): on when the data has a held-out split
     heldout: bool | None = None
     heldout_every: int = 0  # 0: iters // 100
+    restart_invalid_checkpoints: bool = False  # train from 0 when no checkpoint is usable
     is_threshold: float = 0.5  # verdict: final IS >= this fraction of the data's IS
     diversity_threshold: float = 0.5  # verdict: sample diversity >= this fraction of the data's
 
@@ -293,6 +294,10 @@ OPTIONS: tuple[Option, ...] = (
            "prepared with --val-fraction)", section="runtime"),
     Option("heldout_every", int, 0, "iterations between held-out critic losses (0: iters // "
            "100)", section="runtime"),
+    Option("restart_invalid_checkpoints", bool, False, "when a run has checkpoints but none "
+           "of them can be used (corrupt, unloadable, from other code), train it again from "
+           "iteration 0 instead of failing (the log names each checkpoint and why)",
+           section="runtime"),
     Option("is_threshold", float, 0.5, "verdict: a completed cell trained if its final IS is at "
            "least this fraction of the data's", section="runtime"),
     Option("diversity_threshold", float, 0.5, "verdict: ... and its samples at least this "

@@ -453,18 +453,35 @@ def _train_locked(
     ckpt_dir = run_dir.checkpoints_dir
     for orphan in checkpoint.remove_orphans(ckpt_dir):
         run_dir.log(f"removed incomplete checkpoint write {orphan.name}")
-    loaded = checkpoint.load_latest(ckpt_dir, map_location=device)
-    if loaded is not None:
-        ckpt, state, skipped = loaded
-        for path in skipped:
-            run_dir.log(f"skipped invalid checkpoint {path.name}")
-        if state["config_hash"] != cfg.hash():
-            diff = "; ".join(config_diff(state["config"], cfg.to_dict()))
-            return Outcome(
-                "failed", 0, f"checkpoint {ckpt.path} has another config: {diff}", run_dir.path
-            )
-        trainer.load_state_dict(state)
-        old_env = state["env"]
+    resumed: tuple[checkpoint.Checkpoint, dict[str, Any]] | None = None
+    skipped: list[dict[str, str | None]] = []
+    unusable: list[Path] = []
+    for ckpt, state, why in checkpoint.candidates(ckpt_dir, map_location=device):
+        if state is not None and state.get("config_hash") != cfg.hash():
+            if isinstance(state.get("config"), dict):
+                diff = "; ".join(config_diff(state["config"], cfg.to_dict()))
+                msg = f"checkpoint {ckpt.path} has another config: {diff}"
+                return Outcome("failed", 0, msg, run_dir.path)
+            why, state = "holds no config", None
+        if state is not None:
+            try:
+                trainer.load_state_dict(state)
+                resumed = (ckpt, state)
+                break
+            except Exception as e:  # wrong keys or shapes: the trainer may be half-loaded
+                why = f"does not fit this run ({checkpoint.reason(e)})"
+                trainer = Trainer(
+                    cfg, dataset, device, rt.data_placement, rt.cuda_graphs, rt.compile_mode
+                )
+        skipped.append({"checkpoint": ckpt.path.name, "reason": why})
+        unusable.append(ckpt.path)
+        run_dir.log(f"skipped checkpoint {ckpt.path.name}: {why}")
+    if resumed is not None or rt.restart_invalid_checkpoints:
+        for path in unusable:  # out of the way of the checkpoints this run will write
+            run_dir.log(f"moved {path.name} aside to {checkpoint.set_aside(path).name}")
+    if resumed is not None:
+        ckpt, loaded = resumed
+        old_env = loaded["env"] if isinstance(loaded.get("env"), dict) else {}
         moved = [k for k in ("device", "threads", "torch") if old_env.get(k) != env.get(k)]
         run_dir.log(f"resumed from {ckpt.path.name} at iteration {trainer.iteration}")
         if moved:
@@ -473,9 +490,28 @@ def _train_locked(
                 + ", ".join(moved)
                 + "; results are bit-exact only on the same device, thread count and torch"
             )
+    elif skipped and not rt.restart_invalid_checkpoints:
+        # a run that had progress never starts over silently
+        msg = (
+            f"none of its {len(skipped)} checkpoints can be used (see log.txt); move the run "
+            "away, or rerun with --restart-invalid-checkpoints to train it again from "
+            "iteration 0"
+        )
+        run_dir.write_status(
+            "failed", message=msg, reason="no-valid-checkpoint", iteration=0,
+            skipped_checkpoints=skipped,
+        )  # fmt: skip
+        run_dir.log(f"failed: {msg}")
+        return Outcome("failed", 0, msg, run_dir.path)
     else:
+        again = (
+            f" again from iteration 0 over {len(skipped)} unusable checkpoints "
+            "(--restart-invalid-checkpoints)"
+            if skipped
+            else ""
+        )
         run_dir.log(
-            f"started {run_dir.path.name} on {env['device']} ({env['threads']} threads), "
+            f"started {run_dir.path.name}{again} on {env['device']} ({env['threads']} threads), "
             f"mode {cfg.mode}, engine {engine}"
         )
     run_dir.truncate_stats(trainer.iteration)
@@ -513,6 +549,7 @@ def _train_locked(
             slurm_job=env["slurm_job"],
             started_at=started_at,  # this process's start (epoch seconds)
             start_iteration=start_iteration,  # where this process started (resumed) from
+            skipped_checkpoints=skipped,  # unusable checkpoints this process passed over
             **extra,
         )
 

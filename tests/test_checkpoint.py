@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
 import torch
 
 from reproduce import checkpoint
@@ -35,7 +41,8 @@ def test_newest_corrupt_checkpoint_falls_back_and_the_run_resumes_from_it(small_
     train_run(cfg, rt, small_demo, ref_dir, torch.device("cpu"))
     assert train_run(cfg, rt, small_demo, rd, torch.device("cpu")).state == "completed"
     log = rd.log_file.read_text()
-    assert "skipped invalid checkpoint" in log and "resumed from ckpt-00000002" in log
+    assert "skipped checkpoint ckpt-00000006: its size or sha256 does not match" in log
+    assert "resumed from ckpt-00000002" in log
     a = checkpoint.load_latest(rd.checkpoints_dir)[1]
     b = checkpoint.load_latest(ref_dir.checkpoints_dir)[1]
     assert states_equal(a["generator"], b["generator"]) and states_equal(a["opt_d"], b["opt_d"])
@@ -79,3 +86,83 @@ def test_different_seeds_give_different_weights(small_demo):
     assert torch.equal(a.fixed_noise, c.fixed_noise) and not torch.equal(
         a.fixed_noise, b.fixed_noise
     )
+
+
+class _Payload:
+    """Unpickling this would run ``touch MARKER``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def tamper(ckpt: Path, state: object) -> None:
+    """Replace a checkpoint's state and update meta.json to match: it passes its checksum."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    (ckpt / "state.pt").write_bytes(data)
+    meta = json.loads((ckpt / "meta.json").read_text())
+    meta.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (ckpt / "meta.json").write_text(json.dumps(meta))
+
+
+def three_checkpoints(small_demo, tmp_path, name="run"):
+    cfg = small_config(small_demo, iters=6)
+    rt = quiet_runtime(tmp_path, checkpoint_every_iters=2, keep_checkpoints=3, eval=False)
+    rd = RunDir(tmp_path / name)
+    assert train_run(cfg, rt, small_demo, rd, torch.device("cpu")).state == "completed"
+    rd.write_status("interrupted", iteration=6)  # as if killed after its last checkpoint
+    ckpts = {c.iteration: c.path for c in checkpoint.list_checkpoints(rd.checkpoints_dir)}
+    return cfg, rt, rd, ckpts
+
+
+def test_checkpoints_that_pass_their_checksum_but_do_not_load_are_skipped(small_demo, tmp_path):
+    """A refused pickle (code in it) and a state with wrong keys: each skipped with its reason
+    in the log and the status; the run resumes from the older good one and ends identical to
+    an untouched run; the payload never runs."""
+    cfg, rt, rd, ckpts = three_checkpoints(small_demo, tmp_path)
+    marker = tmp_path / "PWNED"
+    good = torch.load(ckpts[4] / "state.pt", weights_only=True)
+    tamper(ckpts[6], {"format": 1, "x": _Payload(marker)})
+    tamper(ckpts[4], {k: v for k, v in good.items() if k != "generator"})
+    out = train_run(cfg, rt, small_demo, rd, torch.device("cpu"))
+    assert out.state == "completed", out.message
+    assert not marker.exists()
+    log = rd.log_file.read_text()
+    assert "skipped checkpoint ckpt-00000006: does not load (UnpicklingError" in log
+    assert "weights_only=False" not in log  # torch's advice to load code is not passed on
+    assert "skipped checkpoint ckpt-00000004: does not fit this run (KeyError" in log
+    assert "resumed from ckpt-00000002" in log
+    skipped = rd.read_status()["skipped_checkpoints"]
+    assert [s["checkpoint"] for s in skipped] == ["ckpt-00000006", "ckpt-00000004"]
+    ref = RunDir(tmp_path / "ref")
+    train_run(cfg, rt, small_demo, ref, torch.device("cpu"))
+    a = checkpoint.load_latest(rd.checkpoints_dir)[1]
+    b = checkpoint.load_latest(ref.checkpoints_dir)[1]
+    assert states_equal(a["generator"], b["generator"]) and states_equal(a["opt_g"], b["opt_g"])
+
+
+def test_a_run_whose_checkpoints_are_all_unusable_never_restarts_silently(small_demo, tmp_path):
+    cfg, rt, rd, ckpts = three_checkpoints(small_demo, tmp_path)
+    for path in ckpts.values():
+        state = torch.load(path / "state.pt", weights_only=True)
+        state["generator"] = {k: v[:1] for k, v in state["generator"].items()}  # wrong shapes
+        tamper(path, state)
+    stats = rd.stats_file.read_bytes()
+    out = train_run(cfg, rt, small_demo, rd, torch.device("cpu"))
+    assert out.state == "failed" and "none of its 3 checkpoints can be used" in out.message
+    assert "--restart-invalid-checkpoints" in out.message
+    status = rd.read_status()
+    assert status["state"] == "failed" and status["reason"] == "no-valid-checkpoint"
+    assert len(status["skipped_checkpoints"]) == 3
+    assert rd.stats_file.read_bytes() == stats  # nothing trained, nothing cut
+    log = rd.log_file.read_text()
+    assert log.count("does not fit this run (RuntimeError") == 3
+    # asked for explicitly: trained again from iteration 0, and the log says so
+    again = train_run(cfg, rt.__class__(**{**rt.to_dict(), "restart_invalid_checkpoints": True}),
+                      small_demo, rd, torch.device("cpu"))  # fmt: skip
+    assert again.state == "completed"
+    assert "again from iteration 0 over 3 unusable checkpoints" in rd.log_file.read_text()
