@@ -108,6 +108,10 @@ def run_suite(out: Path, select: str | None) -> int:
     # a clean pytest environment: inherited xdist variables (when bench itself runs under a
     # pytest-xdist worker) would make pytest-benchmark disable itself
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    # the benchmarks use the user's demo judge (built once, cached), not a test-run copy
+    from .judge import ENV_DIR, cache_dir
+
+    env.setdefault(ENV_DIR, str(cache_dir()))
     return subprocess.run(cmd, cwd=REPO, env=env).returncode
 
 

@@ -19,9 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session", autouse=True)
 def judge_cache(tmp_path_factory) -> Path:
     """One demo-judge cache for the whole run, shared by the xdist workers (the first to need
-    the judge builds it under a file lock; the others wait and load it), never the user's."""
+    the judge builds it under a file lock; the others wait and load it), never the user's
+    default one (unless $REPRODUCE_JUDGE_DIR names a cache, as `reproduce bench` does)."""
     from reproduce import judge
 
+    if os.environ.get(judge.ENV_DIR):
+        return Path(os.environ[judge.ENV_DIR])
     root = tmp_path_factory.getbasetemp().parent / "judge-cache"
     os.environ[judge.ENV_DIR] = str(root)  # inherited by every CLI subprocess
     return root

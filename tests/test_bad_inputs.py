@@ -206,7 +206,7 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     results = tmp_path / "results"
     code, _, err = run_main("train", "--results", str(results), *SMALL)
     assert code == 0, err
-    (run,) = results.iterdir()
+    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
     # a changed config under the same --name is refused, listing the differences
     code, _, err = run_main(
         "train",
@@ -252,7 +252,7 @@ def test_config_file_and_run_config_roundtrip(tmp_path):
     cfg.write_text('procedure = "wgan"\nseed = 4\nclip = 0.02\n')
     code, out, err = run_main("train", "--config", str(cfg), "--results", str(results), *SMALL)
     assert code == 0, err
-    (run,) = results.iterdir()
+    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
     doc = json.loads((run / "config.json").read_text())
     assert doc["config"]["clip"] == 0.02 and doc["config"]["seed"] == 4
     assert run.name == doc["run_id"] and run.name.startswith("baseline-wgan-s4-")

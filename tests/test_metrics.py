@@ -107,6 +107,7 @@ def test_verdicts():
     assert v["verdict"] == "collapsed" and v["thresholds"] == {
         "is_ratio": 0.5,
         "diversity_ratio": 0.5,
+        "modes_ratio": 0.5,
     }
     assert metrics.verdict("diverged", None, t)["verdict"] == "diverged"
     assert metrics.verdict("running", base, t)["verdict"] == "incomplete"
