@@ -161,6 +161,15 @@ def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     return read_jsonl(run_dir / "metrics.jsonl")
 
 
+def judge_name(row: dict[str, Any] | None) -> str | None:
+    """Which network scored an evaluation row: ``demo-judge`` or ``inception`` (rows written
+    before the demo judge existed carry no ``judge`` key: they are Inception's)."""
+    if not row:
+        return None
+    judge = row.get("judge")
+    return judge if isinstance(judge, str) else "inception"
+
+
 def final_metrics(run_dir: Path) -> dict[str, Any] | None:
     finals = [r for r in metrics_rows(run_dir) if r.get("kind") == "final"]
     return finals[-1] if finals else None

@@ -12,7 +12,7 @@ It plugs into torch-fidelity as a registered feature extractor (``demo-judge``):
 over the 8 modes play the role of Inception's logits for the Inception-score analogue
 (10 splits, as for IS), and its penultimate features the role of the 2048-d pool features for
 a Fréchet distance and KID. All three run through torch-fidelity's own metric code, exactly as
-the Inception path does (``metrics.fidelity_metrics``).
+the Inception path does (``metrics.inception_metrics`` with ``feature_extractor=NAME``).
 
 Two further numbers, the ones the mode-collapse literature reports for labelled toy data
 (Metz et al. 2017, Srivastava et al. 2017, Lin et al. 2018), come from the same logits:
@@ -29,7 +29,6 @@ Both thresholds are recorded in every evaluation row (``judge_thresholds``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import itertools
@@ -46,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import DEMO_MODES, DEMO_SEED, load_demo, make_demo_images
+from .metrics import file_lock
 from .results import atomic_write_bytes, atomic_write_json
 
 NAME = "demo-judge"  # torch-fidelity feature-extractor name
@@ -72,9 +72,10 @@ class JudgeThresholds:
 
 
 class JudgeNet(nn.Module):
-    """uint8 (N, 3, 64, 64) -> (features (N, 64), logits (N, 8)). Four stride-2 3x3
-    convolutions with ReLU, global average pooling, one hidden layer, a linear classifier.
-    No normalisation layers: a sample's numbers never depend on its batch."""
+    """uint8 (N, 3, 64, 64) -> (features (N, 128), logits (N, 8)). Per-image normalised input,
+    four stride-2 3x3 convolutions with ReLU, the last 4x4 map and its spatial maximum, one
+    hidden layer (the features), a linear classifier. No batch-dependent layers: a sample's
+    numbers never depend on its batch."""
 
     def __init__(self, n_classes: int = len(DEMO_MODES), features: int = FEATURES) -> None:
         super().__init__()
@@ -92,7 +93,6 @@ class JudgeNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = x.float()
         # per image and channel: zero mean, unit variance. The modes' colours are random; their
-        # shapes are what tells them apart
         # shapes are what tells them apart. The floor (16 grey levels, above the data's pixel
         # noise) keeps a near-flat image near zero instead of blowing its faint texture up
         h = (h - h.mean(dim=(2, 3), keepdim=True)) / (h.std(dim=(2, 3), keepdim=True) + 16.0)
@@ -289,9 +289,7 @@ def resolve_judge(log: Any = None) -> tuple[Judge, str]:
     judge, why = _cached(root, fps)
     if judge is not None:
         return judge, why
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(root / ".lock"):
         judge, why = _cached(root, fps)  # another process may have built it meanwhile
         if judge is not None:
             return judge, why

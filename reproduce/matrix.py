@@ -21,7 +21,7 @@ from architectures import PAIRS
 
 from .config import RunConfig, resolve_run_config
 from .errors import UserError, did_you_mean
-from .evaluation import latest_metrics
+from .evaluation import judge_name, latest_metrics
 from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
 from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
@@ -322,7 +322,7 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
                 "generator_loss": last.get("generator_loss"),
                 # which network scored is_mean/fid/kid: inception, or the demo judge (whose
                 # score is the Inception score's analogue over the demo data's 8 modes)
-                "judge": (m.get("judge") or "inception") if m else None,
+                "judge": judge_name(m),
                 "is_mean": m.get(IS_MEAN),
                 "is_std": m.get(IS_STD),
                 "fid": m.get(FID),

@@ -262,7 +262,7 @@ class Protocol:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Serialise the computation of one cached reference across processes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
@@ -335,7 +335,7 @@ def inception_metrics(
         )
     with preserved_rng():
         if binary and cache_root is not None and reference_name is not None:
-            with _file_lock(cache_root / f"{reference_name}.lock"):
+            with file_lock(cache_root / f"{reference_name}.lock"):
                 result = torch_fidelity.calculate_metrics(**kwargs)
         else:
             result = torch_fidelity.calculate_metrics(**kwargs)

@@ -29,6 +29,7 @@ import pandas as pd
 from architectures import PAIRS
 
 from .errors import UserError
+from .evaluation import judge_name
 from .matrix import cell_state, format_value, load_manifests, markdown_table
 from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
@@ -167,7 +168,7 @@ def collect(results: Path, strict: bool = False) -> Collected:
             "best_is_iter": best["iter"] if best else None,
             "fid": final.get(FID) if final else None,
             "kid": final.get(KID_MEAN) if final else None,
-            "judge": _judge_name(final),
+            "judge": judge_name(final),
             "modes_covered": _num(final.get("modes_covered")) if final else None,
             "modes_total": _num(final.get("modes_total")) if final else None,
             "confident_fraction": _num(final.get("confident_fraction")) if final else None,
@@ -207,15 +208,6 @@ def collect(results: Path, strict: bool = False) -> Collected:
     tidy_cols = ["run_id", "arch", "procedure", "seed", "step", "metric", "value", "split",
                  "train_seconds"]  # fmt: skip
     return Collected(summary, pd.DataFrame(tidy, columns=tidy_cols), samples, loader.warnings)
-
-
-def _judge_name(row: dict[str, Any] | None) -> str | None:
-    """Which network scored a row: ``demo-judge`` or ``inception`` (rows written before the
-    demo judge existed carry no ``judge`` key: they are Inception's)."""
-    if not row:
-        return None
-    judge = row.get("judge")
-    return judge if isinstance(judge, str) else "inception"
 
 
 def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
