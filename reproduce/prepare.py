@@ -33,6 +33,7 @@ This module imports no torch: its worker processes start in a fraction of a seco
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import hashlib
 import io
 import multiprocessing
@@ -392,7 +393,9 @@ def prepare(source_path: Path, out: Path, opts: Options) -> Prepared:
     plan = _plan(source, opts)
     state = _check_out(out, plan)
     if state == "done":
-        return Prepared(out, read_json(out / MANIFEST), -1)
+        manifest = read_manifest(out, "--out")
+        verify(out, manifest, "--out")  # the same verification as train's --data
+        return Prepared(out, manifest, -1)
     rows = plan["rows"]
     _check_space(out, rows)
 
@@ -510,13 +513,9 @@ def _finish(
         for s in sorted(records)
     ]
     splits_sha = hashlib.sha256((out / SPLITS).read_bytes()).hexdigest()
-    h = hashlib.sha256(f"{FORMAT}:{PREPROCESSING_VERSION}:{RESIZE}".encode())
-    for s in shards:
-        h.update(s["sha256"].encode())
-    h.update(splits_sha.encode())
     manifest = {
         "format": FORMAT,
-        "fingerprint": f"cache-{h.hexdigest()[:16]}",
+        "fingerprint": cache_fingerprint(shards, splits_sha),
         "created": now_iso(),
         "plan": plan,
         "rows": rows,
@@ -532,6 +531,16 @@ def _finish(
     atomic_write_json(out / MANIFEST, manifest)
     shutil.rmtree(out / WORKDIR, ignore_errors=True)
     return manifest
+
+
+def cache_fingerprint(shards: list[dict[str, Any]], splits_sha256: str) -> str:
+    """The fingerprint that enters every run id: a function of every shard's content hash and
+    of the splits, recomputed whenever a cache is verified (never trusted from the manifest)."""
+    h = hashlib.sha256(f"{FORMAT}:{PREPROCESSING_VERSION}:{RESIZE}".encode())
+    for s in shards:
+        h.update(s["sha256"].encode())
+    h.update(splits_sha256.encode())
+    return f"cache-{h.hexdigest()[:16]}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,17 +561,60 @@ def read_manifest(path: Path, flag: str = "--data") -> dict[str, Any]:
         raise UserError(f"{flag}: {path / MANIFEST} is unreadable ({e})") from None
 
 
-def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> None:
-    """The data matches the manifest: shape, size, every shard's sha256 and the splits'.
-    Shards are hashed on a thread pool (hashlib releases the GIL)."""
+VERIFIED = ".verified.json"  # the stamp of the last full verification (see verify)
+SAMPLED_SHARDS = 4  # shards re-hashed on every later use of a cache the stamp vouches for
+
+
+def _file_state(path: Path) -> dict[str, int]:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+
+
+def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> str:
+    """The cache's data is what its manifest says, and its fingerprint is the one its content
+    gives: the one verification behind ``train``/``matrix`` (``--data``) and ``prepare-data``
+    (``--out``). Raises a one-line UserError ("prepare it again") naming what is wrong.
+
+    Always (milliseconds even for 3 million images): the manifest's structure; a non-empty
+    shard list that covers every row exactly once; ``splits.npz`` against its sha256; split
+    indices in range, sorted, unique and disjoint, as many as the manifest counts; and the
+    fingerprint recomputed from the shard hashes and the splits.
+
+    The images' content: on first use every shard's sha256 (hashlib releases the GIL; a
+    thread pool), after which a stamp (``.verified.json``, beside the manifest) records the
+    files' size, mtime and inode. A later use whose files still match the stamp re-hashes
+    ``SAMPLED_SHARDS`` shards drawn at random from the OS entropy pool; any change to the
+    files' size, mtime or inode means a full verification again. A read-only cache is fully
+    verified on every use. Returns "full" or "sampled"."""
 
     def fail(what: str) -> UserError:
         return UserError(
             f"{flag}: the cache {path} does not match its manifest ({what}); prepare it again"
         )
 
+    try:
+        rows = int(manifest["rows"])
+        shape = tuple(int(d) for d in manifest["images"]["shape"])
+        shards = list(manifest["images"]["shards"])
+        splits_expected = str(manifest["splits"]["sha256"])
+        counts = {k: int(manifest["count"][k]) for k in ("train", "val")}
+        fingerprint = str(manifest["fingerprint"])
+        spans = [(int(s["start"]), int(s["rows"]), str(s["sha256"])) for s in shards]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise fail(f"{MANIFEST} is missing or has a malformed field: {e}") from None
+    if shape != (rows, 3, RESOLUTION, RESOLUTION):
+        raise fail(f"images shape {list(shape)} for {rows} rows")
+    if not spans:
+        raise fail("it lists no shards, so nothing of the images could be checked")
+    covered = 0
+    for start, n, _ in spans:
+        if start != covered or n < 1:
+            raise fail(f"its shards do not cover rows 0..{rows - 1} in order (at row {covered})")
+        covered += n
+    if covered != rows:
+        raise fail(f"its shards cover {covered} rows, the images have {rows}")
+
     images = path / IMAGES
-    shape = tuple(manifest["images"]["shape"])
     try:
         arr = np.load(images, mmap_mode="r")
     except (OSError, ValueError) as e:
@@ -570,21 +622,59 @@ def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> None:
     if arr.shape != shape or arr.dtype != np.uint8:
         raise fail(f"{IMAGES} has shape {arr.shape} {arr.dtype}, manifest says {shape} uint8")
     try:
-        splits_sha = hashlib.sha256((path / SPLITS).read_bytes()).hexdigest()
+        blob = (path / SPLITS).read_bytes()
     except OSError as e:
         raise fail(f"{SPLITS}: {e.strerror}") from None
-    if splits_sha != manifest["splits"]["sha256"]:
+    splits_sha = hashlib.sha256(blob).hexdigest()
+    if splits_sha != splits_expected:
         raise fail(f"{SPLITS} sha256 {splits_sha[:12]}...")
+    try:
+        with np.load(io.BytesIO(blob)) as z:
+            split = {k: np.asarray(z[k]) for k in ("train", "val")}
+    except (KeyError, ValueError, OSError) as e:
+        raise fail(f"{SPLITS}: {e}") from None
+    for name, idx in split.items():
+        if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(idx) != counts[name]:
+            raise fail(f"split {name!r} has {idx.size} {idx.dtype} indices, manifest counts "
+                       f"{counts[name]}")  # fmt: skip
+        if len(idx) and (idx.min() < 0 or idx.max() >= rows):
+            raise fail(f"split {name!r} has indices outside rows 0..{rows - 1}")
+        if len(idx) > 1 and not (np.diff(idx) > 0).all():
+            raise fail(f"split {name!r} is not sorted and unique")
+    in_train = np.zeros(rows, dtype=bool)
+    in_train[split["train"]] = True
+    if in_train[split["val"]].any():
+        raise fail("the train and val splits share images")
+    if cache_fingerprint(shards, splits_sha) != fingerprint:
+        raise fail(f"fingerprint {fingerprint} is not the one its shard hashes give")
 
-    def digest(shard: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        block = arr[shard["start"] : shard["start"] + shard["rows"]]
-        return shard, hashlib.sha256(np.ascontiguousarray(block).data).hexdigest()
+    state = {"manifest_sha256": hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest(),
+             "images": _file_state(images), "splits": _file_state(path / SPLITS)}  # fmt: skip
+    try:
+        stamp = read_json(path / VERIFIED)
+    except (OSError, ValueError):
+        stamp = None
+    if isinstance(stamp, dict) and {k: stamp.get(k) for k in state} == state:
+        picks = sorted({int.from_bytes(os.urandom(8), "little") % len(spans)
+                        for _ in range(SAMPLED_SHARDS)})  # fmt: skip
+        todo, kind = [spans[i] for i in picks], "sampled"
+    else:
+        todo, kind = spans, "full"
+
+    def digest(span: tuple[int, int, str]) -> tuple[tuple[int, int, str], str]:
+        start, n, _ = span
+        return span, hashlib.sha256(np.ascontiguousarray(arr[start : start + n]).data).hexdigest()
 
     with cf.ThreadPoolExecutor(min(8, len(os.sched_getaffinity(0)))) as pool:
-        for shard, got in pool.map(digest, manifest["images"]["shards"]):
-            if got != shard["sha256"]:
-                end = shard["start"] + shard["rows"]
-                raise fail(f"rows {shard['start']}..{end - 1} have sha256 {got[:12]}...")
+        for (start, n, expected), got in pool.map(digest, todo):
+            if got != expected:
+                with contextlib.suppress(OSError):
+                    (path / VERIFIED).unlink(missing_ok=True)  # the next use verifies fully
+                raise fail(f"rows {start}..{start + n - 1} have sha256 {got[:12]}...")
+    if kind == "full" and os.access(path, os.W_OK):
+        with contextlib.suppress(OSError):  # unrecorded: a full verification next time
+            atomic_write_json(path / VERIFIED, {**state, "verified": now_iso()})
+    return kind
 
 
 def load_splits(path: Path) -> dict[str, np.ndarray]:

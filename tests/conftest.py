@@ -55,8 +55,10 @@ def small_config(dataset: ImageDataset, **overrides):
 
 
 def quiet_runtime(results: Path, **overrides) -> RuntimeConfig:
+    """In-process training without progress bars, FLOP counting or evaluation (a test that
+    evaluates says so: ``eval=True``)."""
     return RuntimeConfig(**{"results": str(results), "progress": False, "count_flops": False,
-                            **overrides})  # fmt: skip
+                            "eval": False, **overrides})  # fmt: skip
 
 
 def cli_env(**extra: str) -> dict[str, str]:

@@ -18,8 +18,16 @@ KILL_SEED = 20171204  # the random kill points are reproducible
 
 
 def train_args(
-    results: Path, procedure: str, arch: str = "baseline", iters: int = ITERS
+    results: Path,
+    procedure: str,
+    arch: str = "baseline",
+    iters: int = ITERS,
+    evaluate: bool = False,
 ) -> list[str]:
+    """A short real training run. Evaluation is off unless asked for: these runs test
+    training state, and the demo judge's periodic evaluations would triple their time
+    (``test_resume`` has its own test of resuming with evaluation on)."""
+    judged = ["--eval", "--eval-every", "4", "--eval-samples", "64", "--final-eval-samples", "128"]
     return [
         "train",
         "--arch",
@@ -46,6 +54,7 @@ def train_args(
         "--no-count-flops",
         "--results",
         str(results),
+        *(judged if evaluate else ["--no-eval"]),
     ]
 
 
@@ -99,13 +108,13 @@ def trajectory(run: Path) -> list[dict]:
 
 def make_reference(tmp_path_factory: pytest.TempPathFactory):
     """Uninterrupted runs, computed once per (arch, procedure) for the calling module."""
-    cache: dict[tuple[str, str], Path] = {}
+    cache: dict[tuple[str, str, bool], Path] = {}
 
-    def get(procedure: str, arch: str = "baseline") -> Path:
-        key = (arch, procedure)
+    def get(procedure: str, arch: str = "baseline", evaluate: bool = False) -> Path:
+        key = (arch, procedure, evaluate)
         if key not in cache:
             results = tmp_path_factory.mktemp(f"ref-{arch}-{procedure}")
-            finish(train_args(results, procedure, arch))
+            finish(train_args(results, procedure, arch, evaluate=evaluate))
             cache[key] = the_run(results)
         return cache[key]
 

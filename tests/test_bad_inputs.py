@@ -19,7 +19,7 @@ from reproduce.prepare import Options, prepare
 from .conftest import run_cli
 from .lsun import make_folder, make_lmdb
 
-SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress"]
+SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress", "--no-eval"]
 
 
 def run_main(*argv: str) -> tuple[int, str, str]:

@@ -111,7 +111,7 @@ def tamper(ckpt: Path, state: object) -> None:
 
 def three_checkpoints(small_demo, tmp_path, name="run"):
     cfg = small_config(small_demo, iters=6)
-    rt = quiet_runtime(tmp_path, checkpoint_every_iters=2, keep_checkpoints=3, eval=False)
+    rt = quiet_runtime(tmp_path, checkpoint_every_iters=2, keep_checkpoints=3)
     rd = RunDir(tmp_path / name)
     assert train_run(cfg, rt, small_demo, rd, torch.device("cpu")).state == "completed"
     rd.write_status("interrupted", iteration=6)  # as if killed after its last checkpoint

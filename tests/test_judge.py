@@ -108,7 +108,7 @@ class FixedImage(nn.Module):
 
 def evaluator(tmp_path, demo_judge, dataset) -> Evaluator:
     cfg = small_config(dataset, batch_size=16)
-    rt = quiet_runtime(tmp_path, final_eval_samples=400)
+    rt = quiet_runtime(tmp_path, eval=True, final_eval_samples=400)
     run_dir = RunDir(tmp_path / "run")
     run_dir.path.mkdir()
     return Evaluator(cfg, rt, dataset, run_dir, CPU, demo_judge)
@@ -154,7 +154,7 @@ def test_training_makes_the_generator_better(demo_judge, demo, tmp_path):
     torch.set_num_threads(1)
     cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp")
     trainer = Trainer(cfg, demo, CPU)
-    rt = quiet_runtime(tmp_path, final_eval_samples=1000)
+    rt = quiet_runtime(tmp_path, eval=True, final_eval_samples=1000)
     run_dir = RunDir(tmp_path / "run")
     run_dir.path.mkdir()
     ev = Evaluator(cfg, rt, demo, run_dir, CPU, demo_judge)

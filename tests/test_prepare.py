@@ -18,6 +18,7 @@ import torch
 
 from reproduce import prepare
 from reproduce.data import load_dataset
+from reproduce.errors import UserError
 from reproduce.prepare import Options, held_out
 from reproduce.results import read_json
 
@@ -280,3 +281,126 @@ def test_a_cache_that_does_not_match_its_manifest_is_refused(cache, tmp_path):
         f.truncate(size - 12288)
     code, _, err = run_main("train", "--data", str(bad), "--results", str(tmp_path / "r"))
     assert code == 2 and "does not match its manifest" in err
+
+
+def tampered_copy(cache, tmp_path: Path) -> Path:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(cache.path, bad)
+    (bad / prepare.VERIFIED).unlink(missing_ok=True)
+    return bad
+
+
+def forge(bad: Path, **changes) -> dict:
+    """Rewrite the manifest as a forger would (the copy's files stay as they are)."""
+    m = read_json(bad / prepare.MANIFEST)
+    for key, value in changes.items():
+        m = value(m) if callable(value) else {**m, key: value}
+    (bad / prepare.MANIFEST).write_text(json.dumps(m))
+    return m
+
+
+def shard_sha(bad: Path, shard: dict) -> str:
+    import hashlib
+
+    arr = np.load(bad / prepare.IMAGES, mmap_mode="r")
+    block = arr[shard["start"] : shard["start"] + shard["rows"]]
+    return hashlib.sha256(np.ascontiguousarray(block).data).hexdigest()
+
+
+def refused(bad: Path, tmp_path: Path, match: str) -> None:
+    """Refused alike by train (--data) and prepare-data (--out), one line, exit 2, nothing
+    written."""
+    before = tree(tmp_path)
+    code, _, err = run_main("train", "--data", str(bad), "--results", str(tmp_path / "r"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--data: the cache {bad} does not match its manifest" in err and match in err, err
+    assert tree(tmp_path) == before
+
+
+def test_changed_images_with_their_shard_hash_forged_change_nothing_silently(cache, tmp_path):
+    """Issue 18.4: swapped bytes plus a forged shard hash but the old fingerprint trained
+    under the original run id; the fingerprint is now recomputed from the shard hashes."""
+    bad = tampered_copy(cache, tmp_path)
+    arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
+    arr[[10, 11]] = arr[[11, 10]]  # two images swapped
+    arr.flush()
+    del arr
+
+    def fix_hash(m):
+        m["images"]["shards"][0]["sha256"] = shard_sha(bad, m["images"]["shards"][0])
+        return m
+
+    forge(bad, images=fix_hash)
+    refused(bad, tmp_path, f"fingerprint {cache.manifest['fingerprint']} is not the one its")
+    # prepare-data on the same --out says the same, instead of "already prepared"
+    r = run_cli("prepare-data", "--source", str(cache.manifest["source"]["path"]), "--out",
+                str(bad), "--workers", "1", *LSUN_ARGS)  # fmt: skip
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stdout + r.stderr
+    assert f"--out: the cache {bad} does not match its manifest (fingerprint" in r.stderr
+    assert "already prepared" not in r.stdout
+
+
+@pytest.mark.parametrize(
+    "forgery,match",
+    [
+        (lambda m: {**m, "images": {**m["images"], "shards": []}}, "it lists no shards"),
+        (
+            lambda m: {**m, "images": {**m["images"], "shards": m["images"]["shards"][1:]}},
+            "do not cover rows 0..244 in order (at row 0)",
+        ),
+        (
+            lambda m: {**m, "images": {**m["images"], "shards": m["images"]["shards"][:-1]}},
+            "its shards cover 192 rows, the images have 245",
+        ),
+        (lambda m: {**m, "images": {**m["images"], "shards": "all"}}, "malformed field"),
+        (lambda m: {k: v for k, v in m.items() if k != "count"}, "malformed field: 'count'"),
+    ],
+)
+def test_a_manifest_must_account_for_every_row(cache, tmp_path, forgery, match):
+    bad = tampered_copy(cache, tmp_path)
+    forge(bad, images=forgery)
+    refused(bad, tmp_path, match)
+
+
+def test_split_indices_out_of_range_are_refused_not_clipped(cache, tmp_path):
+    """A splits.npz with an index past the last row (its sha256 and the fingerprint forged to
+    match) was clipped silently to the last row; now it is refused."""
+    import hashlib
+    import io
+
+    bad = tampered_copy(cache, tmp_path)
+    splits = prepare.load_splits(bad)
+    splits["train"] = np.append(splits["train"][:-1], 10_000)
+    buf = io.BytesIO()
+    np.savez(buf, **splits)
+    (bad / prepare.SPLITS).write_bytes(buf.getvalue())
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+
+    def consistent(m):
+        m["splits"]["sha256"] = sha
+        m["fingerprint"] = prepare.cache_fingerprint(m["images"]["shards"], sha)
+        return m
+
+    forge(bad, splits=consistent)
+    refused(bad, tmp_path, "split 'train' has indices outside rows 0..244")
+
+
+def test_full_verification_once_then_sampled_until_the_files_change(cache, tmp_path):
+    bad = tampered_copy(cache, tmp_path)
+    m = read_json(bad / prepare.MANIFEST)
+    assert prepare.verify(bad, m) == "full" and (bad / prepare.VERIFIED).is_file()
+    assert prepare.verify(bad, m) == "sampled"
+    arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
+    arr[200, 0, 0, 0] ^= 1  # the file's mtime moves: the stamp no longer vouches for it
+    arr.flush()
+    del arr
+    with pytest.raises(UserError, match=r"rows 192\.\.244 have sha256"):
+        prepare.verify(bad, m)
+    assert not (bad / prepare.VERIFIED).exists()
+    # where no stamp can be recorded (a read-only cache; here a directory in its place, since
+    # root may write anywhere), every use is a full verification
+    ro = tampered_copy(cache, tmp_path / "ro")
+    (ro / prepare.VERIFIED).mkdir()
+    assert [prepare.verify(ro, m) for _ in range(2)] == ["full", "full"]
