@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
 from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
-from .results import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+from .results import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    count,
+    finite,
+    read_json,
+    read_jsonl,
+)
 
 
 @dataclass(frozen=True)
@@ -224,9 +232,9 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
     status = rd.read_status() or {}
     st = CellState(
         state="pending",
-        iteration=int(status.get("iteration", 0) or 0),
-        iters=int(status.get("iters", 0) or 0),
-        it_per_s=status.get("it_per_s"),
+        iteration=count(status.get("iteration")),
+        iters=count(status.get("iters")),
+        it_per_s=finite(status.get("it_per_s")),
     )
     submission = read_submission(run_dir)
     st.job_id = submission.get("job_id")
@@ -234,7 +242,7 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
     if state in ("completed", "diverged"):
         st.state = state
         if state == "diverged":
-            st.detail = f"at iteration {status.get('diverged_at')}"
+            st.detail = f"at iteration {count(status.get('diverged_at'), -1)}"
         return st
     if is_live(read_holder(run_dir)):
         st.state = "running"
@@ -249,7 +257,7 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
             return st
     if state == "failed":
         st.state = "failed"
-        st.detail = str(status.get("message", ""))
+        st.detail = str(status.get("message", ""))[:500]
     elif state in ("running", "interrupted") or (run_dir / "checkpoints").exists():
         st.state = "partial"  # interrupted (signal, kill, preemption): resumes when run again
     return st
@@ -417,11 +425,43 @@ def grid_text(cells: Mapping[tuple[str, str], tuple[CellState, str | None]]) -> 
     return "\n".join(lines)
 
 
-def load_manifests(results: Path) -> list[dict[str, Any]]:
+def _valid_cell(c: Any) -> bool:
+    return (
+        isinstance(c, dict)
+        and isinstance(c.get("run_id"), str)
+        and c["run_id"] == Path(c["run_id"]).name  # a name in the results directory,
+        and not c["run_id"].startswith(".")  # never a path out of it
+        and "\0" not in c["run_id"]
+        and c.get("arch") in PAIRS
+        and c.get("procedure") in PROCEDURES
+        and isinstance(c.get("seed"), int)
+        and not isinstance(c.get("seed"), bool)
+    )
+
+
+def load_manifests(
+    results: Path, warn: Callable[[str], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every matrix manifest of ``results``, as written by ``matrix``: a manifest that is not
+    a JSON object with a ``matrix_id`` and a list of cells is skipped; so is a cell without a
+    text ``run_id``, a known architecture and procedure and an integer seed. ``warn`` is told
+    of each skip (the report lists them)."""
     out = []
     for p in sorted((results / "matrices").glob("*.json")):
         try:
-            out.append(dict(json.loads(p.read_text())))
-        except (OSError, ValueError):
+            m = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            if warn:
+                warn(f"skipped {p}: {e}")
             continue
+        if not (isinstance(m, dict) and isinstance(m.get("cells"), list)
+                and isinstance(m.get("matrix_id"), str)):  # fmt: skip
+            if warn:
+                warn(f"skipped {p}: not a matrix manifest (no matrix_id or list of cells)")
+            continue
+        cells = [c for c in m["cells"] if _valid_cell(c)]
+        if len(cells) < len(m["cells"]) and warn:
+            warn(f"skipped {len(m['cells']) - len(cells)} malformed cell(s) of {p}")
+        shared = m.get("shared") if isinstance(m.get("shared"), dict) else {}
+        out.append({**m, "cells": cells, "shared": shared})
     return out

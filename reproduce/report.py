@@ -33,7 +33,7 @@ from .evaluation import judge_name
 from .matrix import cell_state, format_value, load_manifests, markdown_table
 from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
-from .results import atomic_write_bytes
+from .results import atomic_write_bytes, count, finite
 
 STAT_METRICS = ("critic_loss", "wdist", "d_real", "d_fake", "gp", "generator_loss")
 
@@ -42,8 +42,18 @@ class ReportError(UserError):
     """A corrupt file under ``--strict``."""
 
 
+WARNINGS_PER_FILE = 5  # then one line counting the rest
+MAX_LINE = 1 << 20  # bytes; a longer JSON line is junk, skipped without being held in memory
+MAX_JSON = 16 << 20  # bytes; a config/status/verdict file larger than this is not ours
+
+
 @dataclass
 class Loader:
+    """Reads a results directory's files for the report, never trusting them: corrupt or
+    wrongly typed content is skipped with a warning (at most ``WARNINGS_PER_FILE`` per file,
+    then a count), JSON-lines files are streamed line by line, and no line or file beyond a
+    bounded size is held in memory. ``strict=True`` raises on the first problem instead."""
+
     strict: bool = False
     warnings: list[str] = field(default_factory=list)
 
@@ -56,41 +66,78 @@ class Loader:
         if not path.exists():
             return None
         try:
-            value = json.loads(path.read_text())
+            if path.stat().st_size > MAX_JSON:
+                raise ValueError(f"larger than {MAX_JSON >> 20} MiB")
+            value = json.loads(path.read_bytes())
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
             return value
-        except (OSError, ValueError) as e:
-            self.warn(f"skipped {path}: {e}")
+        except (OSError, ValueError, RecursionError) as e:
+            self.warn(f"skipped {path}: {str(e)[:200]}")
             return None
 
     def jsonl(self, path: Path) -> list[dict[str, Any]]:
-        if not path.exists():
-            return []
-        rows = []
+        rows: list[dict[str, Any]] = []
+        bad = 0
         try:
-            data = path.read_bytes()
+            f = path.open("rb")
+        except FileNotFoundError:
+            return rows
         except OSError as e:
             self.warn(f"skipped {path}: {e}")
-            return []
-        lines = data.split(b"\n")
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise ValueError("not a JSON object")
-                rows.append(row)
-            except ValueError as e:
-                torn = n == len(lines)  # no newline after it: a write cut short
-                what = "truncated last line" if torn else f"line {n}"
-                self.warn(f"skipped {what} of {path}: {e}")
+            return rows
+        with f:
+            n = 0
+            while True:
+                line = f.readline(MAX_LINE + 1)
+                if not line:
+                    break
+                n += 1
+                torn = not line.endswith(b"\n")
+                error: str | None = None
+                if len(line) > MAX_LINE:
+                    error = f"longer than {MAX_LINE >> 20} MiB"
+                    while line and not line.endswith(b"\n"):  # skip the rest of it
+                        line = f.readline(MAX_LINE)
+                    torn = False
+                elif not line.strip():
+                    continue
+                else:
+                    try:
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise ValueError("not a JSON object")
+                        rows.append(row)
+                    except (ValueError, RecursionError) as e:
+                        error = str(e)[:200]
+                if error is not None:
+                    bad += 1
+                    if bad <= WARNINGS_PER_FILE or self.strict:
+                        what = "truncated last line" if torn else f"line {n}"
+                        self.warn(f"skipped {what} of {path}: {error}")
+        if bad > WARNINGS_PER_FILE:
+            self.warn(f"skipped {bad - WARNINGS_PER_FILE:,} more bad lines of {path}")
         return rows
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    """A number for the tables, or None (text, null, booleans, nan and inf)."""
+    return finite(v)
+
+
+def _text(v: Any) -> str | None:
+    return v[:200] if isinstance(v, str) else None
+
+
+def _run_config(cfg: Any) -> dict[str, Any] | None:
+    """The fields of a run's config the report relies on, checked; None when unusable."""
+    if not isinstance(cfg, dict):
+        return None
+    seed = cfg.get("seed")
+    if (cfg.get("arch") not in PAIRS or cfg.get("procedure") not in PROCEDURES
+            or not isinstance(seed, int) or isinstance(seed, bool)):  # fmt: skip
+        return None
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,31 +169,37 @@ def collect(results: Path, strict: bool = False) -> Collected:
         if not (d / "config.json").exists():
             continue
         doc = loader.json(d / "config.json")
-        if doc is None or doc.get("kind") == "toy" or "arch" not in doc.get("config", {}):
+        if doc is None or doc.get("kind") == "toy":
             continue
-        cfg = doc["config"]
+        cfg = _run_config(doc.get("config"))
+        if cfg is None:
+            loader.warn(f"skipped {d}: config.json has no valid arch, procedure and seed")
+            continue
         status = loader.json(d / "status.json") or {}
         verdict = loader.json(d / "verdict.json") or {}
         unreadable = (d / "status.json").exists() and not status  # warned above
         state = "unreadable" if unreadable else cell_state(d).state
         if state == "diverged":
-            state = f"diverged @{status.get('diverged_at')}"
+            state = f"diverged @{count(status.get('diverged_at'), -1)}"
         base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
                 "seed": cfg["seed"]}  # fmt: skip
         for file, split in (("stats.jsonl", "train"), ("heldout.jsonl", "heldout")):
             for r in loader.jsonl(d / file):
+                step = count(r.get("iter"), -1)
+                if step < 0:
+                    continue
                 for k in STAT_METRICS:
-                    if _num(r.get(k)) is not None and _num(r.get("iter")) is not None:
-                        tidy.append({**base, "step": int(r["iter"]), "metric": k, "value": r[k],
+                    if _num(r.get(k)) is not None:
+                        tidy.append({**base, "step": step, "metric": k, "value": r[k],
                                      "split": split, "train_seconds": None})  # fmt: skip
-        evals = [r for r in loader.jsonl(d / "metrics.jsonl") if _num(r.get("iter")) is not None]
+        evals = [r for r in loader.jsonl(d / "metrics.jsonl") if count(r.get("iter"), -1) >= 0]
         for r in evals:
             for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
                             (KID_MEAN, "kid")):  # fmt: skip
                 if _num(r.get(k)) is not None:
-                    tidy.append({**base, "step": int(r["iter"]), "metric": name, "value": r[k],
-                                 "split": r.get("kind", "periodic"),
-                                 "train_seconds": r.get("train_seconds")})  # fmt: skip
+                    tidy.append({**base, "step": count(r["iter"]), "metric": name,
+                                 "value": r[k], "split": _text(r.get("kind")) or "periodic",
+                                 "train_seconds": _num(r.get("train_seconds"))})  # fmt: skip
         finals = [r for r in evals if r.get("kind") == "final"]
         final = finals[-1] if finals else None
         scored = [r for r in evals if _num(r.get(IS_MEAN)) is not None]
@@ -156,46 +209,47 @@ def collect(results: Path, strict: bool = False) -> Collected:
             samples[d.name] = grids[-1]
         it_s = _num(status.get("it_per_s"))
         secs = _num(status.get("train_seconds"))
-        device = status.get("device")
+        device = _text(status.get("device"))
+        n_critic, batch = _num(cfg.get("n_critic")), _num(cfg.get("batch_size"))
         on_gpu = isinstance(device, str) and device.startswith("cuda")
         runs[d.name] = {
             **base,
             "status": state,
-            "verdict": verdict.get("verdict"),
-            "final_is": final.get(IS_MEAN) if final else None,
-            "final_is_std": final.get(IS_STD) if final else None,
+            "verdict": _text(verdict.get("verdict")),
+            "final_is": _num(final.get(IS_MEAN)) if final else None,
+            "final_is_std": _num(final.get(IS_STD)) if final else None,
             "best_is": best[IS_MEAN] if best else None,
-            "best_is_iter": best["iter"] if best else None,
-            "fid": final.get(FID) if final else None,
-            "kid": final.get(KID_MEAN) if final else None,
+            "best_is_iter": count(best["iter"]) if best else None,
+            "fid": _num(final.get(FID)) if final else None,
+            "kid": _num(final.get(KID_MEAN)) if final else None,
             "judge": judge_name(final),
             "modes_covered": _num(final.get("modes_covered")) if final else None,
             "modes_total": _num(final.get("modes_total")) if final else None,
             "confident_fraction": _num(final.get("confident_fraction")) if final else None,
-            "iterations": status.get("iteration", 0),
-            "iters": cfg.get("iters"),
+            "iterations": count(status.get("iteration")),
+            "iters": count(cfg.get("iters"), -1) if count(cfg.get("iters"), -1) >= 0 else None,
             "it_per_s": it_s,
-            "images_per_s": it_s * cfg["n_critic"] * cfg["batch_size"] if it_s else None,
+            "images_per_s": it_s * n_critic * batch if it_s and n_critic and batch else None,
             "train_seconds": secs,
             "setup_seconds": _num(status.get("setup_seconds")),
             "gpu_hours": secs / 3600 if secs is not None and on_gpu else None,
-            "tflops": status.get("tflops"),
-            "mfu": status.get("mfu"),
+            "tflops": _num(status.get("tflops")),
+            "mfu": _num(status.get("mfu")),
             "device": device,
-            "mode": cfg.get("mode", "exact"),
-            "dim": cfg.get("dim"),
-            "batch_size": cfg.get("batch_size"),
-            "dataset": cfg.get("dataset"),
+            "mode": _text(cfg.get("mode")) or "exact",
+            "dim": _num(cfg.get("dim")),
+            "batch_size": batch,
+            "dataset": _text(cfg.get("dataset")),
         }
     # cells a matrix asked for that never started: present, as pending
-    for m in load_manifests(results):
-        for c in m.get("cells", []):
+    for m in load_manifests(results, loader.warn):
+        for c in m["cells"]:
             if c["run_id"] not in runs:
                 runs[c["run_id"]] = {"run_id": c["run_id"], "arch": c["arch"],
                                      "procedure": c["procedure"], "seed": c["seed"],
                                      "status": "pending", "iterations": 0,
-                                     "iters": m.get("shared", {}).get("iters"),
-                                     "mode": m.get("shared", {}).get("mode", "exact")}  # fmt: skip
+                                     "iters": _num(m["shared"].get("iters")),
+                                     "mode": _text(m["shared"].get("mode")) or "exact"}  # fmt: skip
     order = {a: i for i, a in enumerate(PAIRS)}
     porder = {p: i for i, p in enumerate(PROCEDURES)}
     summary = pd.DataFrame(list(runs.values()), columns=SUMMARY_COLUMNS)
@@ -478,7 +532,7 @@ def grid_runs(results: Path, matrix: str | None) -> tuple[set[str] | None, str |
     matrix with the most cells (the newest on a tie), so that runs of one cell with other
     settings (a figure's short run, an older matrix) never mix into one cell. None: no
     manifest, every run."""
-    manifests = load_manifests(results)
+    manifests = load_manifests(results)  # collect() reports the ones skipped
     if matrix is not None:
         chosen = [m for m in manifests if str(m.get("matrix_id", "")).startswith(matrix)]
         if not chosen:
@@ -489,9 +543,14 @@ def grid_runs(results: Path, matrix: str | None) -> tuple[set[str] | None, str |
     lsun = [m for m in manifests if m.get("experiment") == "lsun"]
     if not lsun:
         return None, None
-    mtime = {id(m): (results / "matrices" / f"{m['matrix_id']}.json").stat().st_mtime
-             for m in lsun}  # fmt: skip
-    best = max(lsun, key=lambda m: (len(m["cells"]), mtime[id(m)]))
+
+    def mtime(m: dict[str, Any]) -> float:
+        try:
+            return (results / "matrices" / f"{m['matrix_id']}.json").stat().st_mtime
+        except (OSError, ValueError):
+            return 0.0
+
+    best = max(lsun, key=lambda m: (len(m["cells"]), mtime(m)))
     return {c["run_id"] for c in best["cells"]}, str(best["matrix_id"])
 
 

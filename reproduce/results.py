@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -110,6 +111,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def finite(v: Any) -> float | None:
+    """A JSON value as a finite float, or None (text, booleans, null, nan and inf, which
+    ``json`` reads from ``NaN``, ``Infinity`` and ``1e400``)."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def count(v: Any, default: int = 0) -> int:
+    """A JSON value as a non-negative integer count (iterations, steps), else ``default``."""
+    f = finite(v)
+    return int(f) if f is not None and 0 <= f < 2**53 and f == int(f) else default
+
+
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -150,9 +166,10 @@ class RunDir:
 
     def read_status(self) -> dict[str, Any] | None:
         try:
-            return dict(read_json(self.status_file))
+            status = read_json(self.status_file)
         except (OSError, ValueError):
             return None
+        return status if isinstance(status, dict) else None
 
     def write_status(self, state: str, **fields: Any) -> None:
         assert state in STATES, state

@@ -191,3 +191,103 @@ def test_a_metric_no_run_recorded_is_one_sentence_not_empty_axes(results, tmp_pa
     assert "No run recorded a score (evaluation was off in every run)." in text
     srcs = re.findall(r"<img src='([^']+)'", text)
     assert len(srcs) == len(PLOTS) - 2 and all((out / s).exists() for s in srcs)
+
+
+def _edit_json(path: Path, change) -> None:
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps(change(doc)) if callable(change) else change)
+
+
+def _first(results: Path, prefix: str) -> Path:
+    return next(d for d in sorted(results.iterdir()) if d.name.startswith(prefix))
+
+
+# Issue 18.5: valid JSON of the wrong shape, and numbers no run writes. Each crashed collect()
+# with a traceback before; now each is skipped (a warning) or read as "no value".
+CORRUPTIONS = {
+    "config is text": ("baseline-dcgan", "config.json", lambda d: {**d, "config": "arch"}),
+    "config fields of wrong types": ("baseline-dcgan", "config.json",
+                                     lambda d: {**d, "config": {"arch": 5, "seed": "x"}}),
+    "n_critic null": ("baseline-dcgan", "config.json",
+                      lambda d: {**d, "config": {**d["config"], "n_critic": None,
+                                                 "batch_size": "many", "iters": 1e400}}),
+    "iteration is text": ("baseline-wgan-gp", "status.json",
+                          lambda d: {**d, "iteration": "abc", "iters": [1], "it_per_s": "fast",
+                                     "train_seconds": "1e400", "device": 5, "tflops": {}}),
+    "status is a list": ("baseline-wgan-gp", "status.json", "[1, 2, 3]"),
+    "diverged_at junk": ("no-norm-wgan", "status.json", lambda d: {**d, "diverged_at": 1e400}),
+    "verdict a number": ("baseline-wgan-gp", "verdict.json", lambda d: {**d, "verdict": 5}),
+}  # fmt: skip
+LINES = {
+    "stats.jsonl": ['{"iter": 1e400, "critic_loss": 1.0}', '{"iter": -1e300, "wdist": 2}',
+                    '{"iter": "3", "gp": 1}', '{"iter": 2, "critic_loss": NaN}', "[1, 2]"],
+    "metrics.jsonl": ['{"iter": 1e400, "kind": "final", "inception_score_mean": 3}',
+                      '{"iter": 4, "kind": ["final"], "inception_score_mean": "x"}',
+                      '{"iter": 9, "kind": "final", "inception_score_mean": Infinity}'],
+}  # fmt: skip
+MANIFEST_JUNK = [
+    {"matrix_id": "m-no-run-id", "experiment": "lsun", "cells": [{"arch": "baseline"}]},
+    {"matrix_id": "m-cells-text", "cells": "abc"},
+    {"matrix_id": "m-escape", "cells": [{"run_id": "../../etc", "arch": "baseline",
+                                         "procedure": "dcgan", "seed": 0}], "shared": "x"},
+    [1, 2],
+]  # fmt: skip
+
+
+def corrupt(results: Path, dest: Path, cases=CORRUPTIONS) -> Path:
+    bad = dest / "results"
+    shutil.copytree(results, bad)
+    for prefix, name, change in cases.values():
+        _edit_json(_first(bad, prefix) / name, change)
+    run = _first(bad, "baseline-wgan-gp")
+    for name, lines in LINES.items():
+        with (run / name).open("a") as f:
+            f.write("\n".join(lines) + "\n")
+    for i, m in enumerate(MANIFEST_JUNK):
+        (bad / "matrices" / f"junk-{i}.json").write_text(json.dumps(m))
+    return bad
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_wrongly_typed_files_are_skipped_not_a_traceback(results, tmp_path, case):
+    bad = corrupt(results, tmp_path, {case: CORRUPTIONS[case]})
+    c = collect(bad)
+    assert len(c.summary) >= 4 and c.warnings
+    if case.startswith("config"):
+        assert any("config.json has no valid arch, procedure and seed" in w for w in c.warnings)
+    row = c.summary[c.summary["run_id"].str.startswith("baseline-wgan-gp")].iloc[0]
+    assert row["iterations"] in (0, 4) and (pd.isna(row["it_per_s"]) or row["it_per_s"] > 0)
+    assert all(isinstance(w, str) and len(w) < 600 for w in c.warnings)
+
+
+def test_a_corrupt_results_directory_still_reports(results, tmp_path):
+    """Every corruption at once, through the real CLI: exit 0, no traceback, each skip named
+    once, the junk manifests' cells (and the one naming a path out of the results) ignored."""
+    bad = corrupt(results, tmp_path)
+    r = run_cli("report", "--results", str(bad), "--out", str(tmp_path / "out"))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "skipped" in r.stderr and "malformed cell(s)" in r.stderr
+    assert "not a matrix manifest" in r.stderr
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert not summary["run_id"].isin(["../../etc"]).any()
+    assert (tmp_path / "out" / "index.html").stat().st_size < 1_000_000
+
+
+def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
+    """Issue 18.5: a junk stats.jsonl gave one warning per line (4.18 million for 1 GB)."""
+    from reproduce import report
+
+    bad = tmp_path / "results"
+    shutil.copytree(results, bad)
+    stats = _first(bad, "baseline-dcgan") / "stats.jsonl"
+    with stats.open("ab") as f:
+        f.write(b"junk\n" * 50_000)
+        f.write(b"x" * (3 * report.MAX_LINE) + b"\n")  # one line of 3 MiB
+        f.write(b'{"iter": 3, "critic_loss": 0.5}\n')  # a good line after it is still read
+    c = collect(bad)
+    mine = [w for w in c.warnings if str(stats) in w]
+    assert len(mine) == report.WARNINGS_PER_FILE + 1
+    assert mine[-1] == f"skipped {50_001 - report.WARNINGS_PER_FILE:,} more bad lines of {stats}"
+    run_id = stats.parent.name
+    rows = c.tidy[(c.tidy["run_id"] == run_id) & (c.tidy["metric"] == "critic_loss")]
+    assert 0.5 in set(rows["value"])
