@@ -33,8 +33,10 @@ from . import checkpoint, faults
 from .config import (
     OPTIONS,
     OPTIONS_BY_KEY,
+    SEED_MAX,
     RunConfig,
     RuntimeConfig,
+    check_range,
     config_diff,
     load_config_file,
     resolve_run_config,
@@ -492,14 +494,21 @@ def checkpoint_bytes(cfg: RunConfig) -> int:
     return 4 * n * (1 + slots) + 64 * 1024  # plus RNG state, noise and pickling overhead
 
 
-def check_space(cfg: RunConfig, rt: RuntimeConfig, base: Path) -> None:
-    # a new checkpoint is written before the oldest kept one is deleted
-    need = checkpoint_bytes(cfg) * (rt.keep_checkpoints + 1)
+def check_space(cfg: RunConfig, rt: RuntimeConfig, base: Path, run_dir: RunDir) -> None:
+    """Room for the checkpoints still to be written: a new checkpoint is written before the
+    oldest kept one is deleted, so a run holds up to --keep-checkpoints + 1 at once; those
+    already on disk (a resume) need no more space."""
+    from .checkpoint import list_checkpoints
+
+    have = min(len(list_checkpoints(run_dir.checkpoints_dir)), rt.keep_checkpoints)
+    more = rt.keep_checkpoints + 1 - have
+    need = checkpoint_bytes(cfg) * more
     free = shutil.disk_usage(base).free
     if free < need:
+        on_disk = f" ({have} already on disk)" if have else ""
         raise UserError(
-            f"--results: {base} has {free:,} bytes free; {rt.keep_checkpoints + 1} checkpoints "
-            f"of this run need {need:,}"
+            f"--results: {base} has {free:,} bytes free; {more} more checkpoints of this run"
+            f"{on_disk} need {need:,}"
         )
 
 
@@ -556,6 +565,12 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     run_dir = RunDir(results / (rt.name or cfg.run_id))
     if args.resume:
         run_dir = RunDir(Path(args.resume))
+    linked = run_dir.linked_files()
+    if linked:
+        raise UserError(
+            f"--results: {run_dir.path} holds symbolic links ({', '.join(linked[:3])}); a run's "
+            "files are never written through links: replace them with the files"
+        )
     if run_dir.exists():
         try:
             old = run_dir.read_config()["config"]
@@ -569,7 +584,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
             )
     base = check_writable(run_dir.path, "--results")
     if (run_dir.read_status() or {}).get("state") not in ("completed", "diverged"):
-        check_space(cfg, rt, base)
+        check_space(cfg, rt, base, run_dir)
         rt = with_weights(rt)
     return TrainPlan(cfg, rt, dataset, run_dir, device)
 
@@ -618,6 +633,9 @@ class MatrixPlan:
 
 
 EXECUTORS = ("local", "slurm", "debug")
+
+
+MAX_WORKERS = 1024  # cells at once on one machine's CPUs
 
 
 def check_executor(name: str) -> None:
@@ -792,8 +810,11 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     for seed in args.seeds:
         if seed < 0:
             raise UserError(f"--seeds: must be >= 0, got {seed}")
+        check_range("--seeds", seed, SEED_MAX)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.workers is not None:
+        check_range("--workers", args.workers, MAX_WORKERS)
     workers = args.workers or (
         os.cpu_count() or 1 if profile.cpu_workers == 0 else profile.cpu_workers
     )

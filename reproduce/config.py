@@ -307,6 +307,30 @@ OPTIONS: tuple[Option, ...] = (
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
 
+SEED_MAX = 2**64 - 1  # torch.manual_seed's range
+# Upper bounds of the numeric options (the lower ones, with their own messages, are checked
+# where each is resolved). Generous: far beyond any sensible run, small enough that nothing
+# overflows a float32 tensor, a uint64 seed or the process (one critic step per n_critic, so
+# n_critic bounds how long the stop flag can go unread). Every float must also be finite.
+MAXIMA: dict[str, float] = {
+    "lr": 10.0, "gp_lambda": 1e6, "clip": 1e6, "n_critic": 1000, "dim": 1024,
+    "batch_size": 65_536, "iters": 10**9, "seed": SEED_MAX, "threads": 1024,
+    "checkpoint_every": 1e9, "checkpoint_every_iters": 10**9, "keep_checkpoints": 1000,
+    "log_every": 10**9, "sample_every": 10**9, "eval_every": 10**9, "heldout_every": 10**9,
+    "eval_samples": 10**7, "final_eval_samples": 10**7, "reference_samples": 10**7,
+    "is_threshold": 100.0, "diversity_threshold": 100.0,
+}  # fmt: skip
+
+
+def check_range(flag: str, value: float, maximum: float) -> None:
+    """One line naming the flag for a non-finite float or a value above ``maximum``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{flag}: must be finite, got {value}")
+    if value > maximum:
+        shown = f"{maximum:,}" if isinstance(maximum, int) else f"{maximum:g}"
+        raise UserError(f"{flag}: must be at most {shown}, got {value:g}")
+
+
 def _check_type(opt: Option, value: Any) -> Any:
     """Return ``value`` as the option's type, or raise UserError naming the key."""
     if value is None:
@@ -324,6 +348,8 @@ def _check_type(opt: Option, value: Any) -> Any:
         raise UserError(
             f"{opt.flag}: unknown value {value!r}{hint}; valid: {', '.join(opt.choices)}"
         )
+    if opt.key in MAXIMA and isinstance(value, int | float):
+        check_range(opt.flag, value, MAXIMA[opt.key])
     return value
 
 

@@ -11,6 +11,9 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      bit-exact resume test can fail
     step-sleep=S     sleep S seconds after every generator iteration (slows a tiny run down
                      so that tests can interrupt it)
+    critic-sleep=S   sleep S seconds after every critic step (a long iteration: the stop
+                     flag is read between critic steps)
+    stop-grace=S     abandon an iteration S seconds after a stop request (default 30)
     prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
                      preparation's workers)
     fake-gpus        let --gpus name GPUs on a machine without CUDA (the cells run on the

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -355,9 +356,16 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
+def md_cell(text: str) -> str:
+    """A Markdown table cell: HTML-escaped (Markdown renders raw HTML), pipes escaped, one
+    line (strings from files under --results reach these tables)."""
+    return html.escape(" ".join(text.split()), quote=False).replace("|", "\\|")
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(r.get(c)) for c in columns) + " |" for r in rows]
+    lines = ["| " + " | ".join(md_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(md_cell(format_value(r.get(c))) for c in columns) + " |"
+              for r in rows]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -289,9 +289,6 @@ def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 MARK = {"trained": "✓", "low-quality": "✗ low IS", "collapsed": "✗ collapsed",
         "unevaluated": "completed, not evaluated"}  # fmt: skip
-TEX_MARK = {"trained": r"\checkmark", "low-quality": r"$\times$ low IS",
-            "collapsed": r"$\times$ collapsed",
-            "unevaluated": "completed, not evaluated"}  # fmt: skip
 
 
 def _is_text(mean: Any, std: Any) -> str:
@@ -329,8 +326,7 @@ def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     each cell the final IS (mean ± std over splits; over seeds when several) and the verdict,
     or the cell's state when it has no score. Runs in a fast mode are labelled with it and
     never pooled with exact runs."""
-    marks = TEX_MARK if tex else MARK
-    pm = "$\\pm$" if tex else "±"
+    marks = MARK
     table = {}
     for name, pair in PAIRS.items():
         row = {}
@@ -345,7 +341,7 @@ def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
                 for m in sorted(set(modes), key=lambda m: (m != "exact", m))
             ]
             text = "; ".join(texts)
-            row[proc.title] = text.replace("±", pm)
+            row[proc.title] = tex_text(text) if tex else text
         table[f"{pair.row}. {pair.title}"] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
@@ -363,7 +359,8 @@ def _cells(df: pd.DataFrame, index: bool) -> tuple[list[str], list[list[str]]]:
     """Header and formatted rows (missing values as "-", numbers as in the matrix summary)."""
     cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
     rows = [
-        ([str(idx)] if index else []) + [format_value(None if pd.isna(v) else v) for v in vals]
+        ([str(idx)] if index else [])
+        + [v if isinstance(v, Tex) else format_value(None if pd.isna(v) else v) for v in vals]
         for idx, vals in zip(df.index, df.itertuples(index=False), strict=True)
     ]
     return cols, rows
@@ -371,18 +368,34 @@ def _cells(df: pd.DataFrame, index: bool) -> tuple[list[str], list[list[str]]]:
 
 def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
     cols, rows = _cells(df, index)
-    records = [dict(zip(cols, (c.replace("|", "\\|") for c in row), strict=True)) for row in rows]
-    return markdown_table(records, cols)
+    records = [dict(zip(cols, row, strict=True)) for row in rows]
+    return markdown_table(records, cols)  # escapes every cell
 
 
 TEX_SPECIAL = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+               "$": r"\$", "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
+               "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
+               "\n": " ", "\r": " "}  # fmt: skip
+# after escaping, the only TeX the tables add: the grid's marks and the plus-minus sign
+TEX_SYMBOLS = {"±": r"$\pm$", "✓": r"\checkmark", "✗": r"$\times$"}
+
+
+class Tex(str):
+    """Text that is already TeX (built by ``tex_text`` from escaped parts): not escaped
+    again. Every other string that reaches a .tex file is escaped in full by ``_tex``."""
+
+
+def tex_text(s: str) -> Tex:
+    """Plain text as TeX: every special character escaped, then the symbols of TEX_SYMBOLS
+    typeset (whatever a file under --results contains, it cannot inject a command)."""
+    escaped = "".join(TEX_SPECIAL.get(ch, ch) for ch in s)
+    for plain, tex in TEX_SYMBOLS.items():
+        escaped = escaped.replace(plain, tex)
+    return Tex(escaped)
 
 
 def _tex(s: str) -> str:
-    if "$" in s or "\\checkmark" in s:  # pre-formatted maths from lsun_grid
-        return s.replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")
-    return "".join(TEX_SPECIAL.get(ch, ch) for ch in s)
+    return s if isinstance(s, Tex) else tex_text(s)
 
 
 def to_latex(df: pd.DataFrame, caption: str, index: bool = False) -> str:
@@ -577,7 +590,7 @@ def build(results: Path, out: Path, strict: bool = False, matrix: str | None = N
     tex_grid = lsun_grid(g.summary, tex=True)
     tex_grid.index.name = "architecture"
     files += write_table(out, "lsun_is_table", grid,
-                         f"Final {score_label(g.summary)} (mean $\\pm$ std over 10 splits; "
+                         f"Final {score_label(g.summary)} (mean ± std over 10 splits; "
                          "verdict marked)", index=True, tex_df=tex_grid)  # fmt: skip
     files += write_table(out, "throughput_table", throughput_table(c.summary),
                          "Throughput and cost per cell")  # fmt: skip

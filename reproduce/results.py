@@ -20,6 +20,7 @@ directory. A reader therefore sees either the old or the new file, never a torn 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -111,6 +112,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _append(path: Path, text: str, fsync: bool = False) -> None:
+    """Append to a run file, never through a symbolic link (O_NOFOLLOW: ELOOP instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def finite(v: Any) -> float | None:
     """A JSON value as a finite float, or None (text, booleans, null, nan and inf, which
     ``json`` reads from ``NaN``, ``Infinity`` and ``1e400``)."""
@@ -172,22 +183,45 @@ class RunDir:
         return status if isinstance(status, dict) else None
 
     def write_status(self, state: str, **fields: Any) -> None:
+        """Atomically (a temporary file renamed over it). On a disk with no byte left even
+        that small file cannot be created: a terminal state (failed) is then written in place
+        over the old status, compactly, so that it fits the blocks the file already has; a
+        run that failed for want of space must never read as running."""
+        doc = {"state": state, "updated": now_iso(), **fields}
         assert state in STATES, state
-        atomic_write_json(self.status_file, {"state": state, "updated": now_iso(), **fields})
+        try:
+            atomic_write_json(self.status_file, doc)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or state != "failed":
+                raise
+            keep = ("state", "updated", "message", "reason", "iteration", "iters")
+            compact = json.dumps({k: doc[k] for k in keep if k in doc}).encode()
+            fd = os.open(self.status_file, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, compact, 0)
+                os.ftruncate(fd, len(compact))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def linked_files(self) -> list[str]:
+        """The run's files (and checkpoint entries) that are symbolic links: a run directory
+        holding any is refused, since its appends would land in whatever the link names."""
+        found = []
+        for d in (self.path, self.checkpoints_dir):
+            with contextlib.suppress(OSError):
+                found += [str(p.relative_to(self.path)) for p in d.iterdir() if p.is_symlink()]
+        return sorted(found)
 
     def log(self, message: str) -> None:
-        with self.log_file.open("a") as f:
-            f.write(f"{now_iso()} {message}\n")
+        _append(self.log_file, f"{now_iso()} {message}\n")
 
     # -- per-iteration statistics ------------------------------------------------------------
     def append_stats(self, rows: Iterable[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows)
         if not lines:
             return
-        with self.stats_file.open("a") as f:
-            f.write(lines)
-            f.flush()
-            os.fsync(f.fileno())
+        _append(self.stats_file, lines, fsync=True)
 
     def truncate_stats(self, iteration: int) -> None:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
@@ -198,8 +232,7 @@ class RunDir:
         return self.path / "heldout.jsonl"
 
     def append_heldout(self, row: dict[str, Any]) -> None:
-        with self.heldout_file.open("a") as f:
-            f.write(json.dumps(row, allow_nan=True) + "\n")
+        _append(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
 
     def truncate_heldout(self, iteration: int) -> None:
         """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,

@@ -59,15 +59,32 @@ N_FIXED_SAMPLES = 64  # the 8x8 fixed-noise grid (SPEC.md B.5)
 # --------------------------------------------------------------------------------------------
 # stopping on signals: the handler only sets a flag; the loop checkpoints at the next boundary
 # --------------------------------------------------------------------------------------------
+STOP_GRACE_S = 30.0  # an iteration still running this long after a stop is abandoned
+
+
 class StopFlag:
-    def __init__(self) -> None:
+    """Set by SIGTERM/SIGINT/USR2. The loop reads it at every iteration boundary (then saves a
+    checkpoint and exits) and also between critic steps: an iteration still running
+    ``grace`` seconds after the request is abandoned (``IterationAbandoned``), so a stop is
+    honoured within the grace time plus one critic step however long an iteration is (SLURM
+    signals 120 s before a time limit). Nothing of the abandoned iteration is saved: the run
+    resumes, bit-exactly, from its newest checkpoint."""
+
+    def __init__(self, grace: float | None = None) -> None:
         self.reason: str | None = None
+        self.requested_at: float | None = None
+        fault = faults.value("stop-grace")
+        self.grace = grace if grace is not None else float(fault or STOP_GRACE_S)
 
     def request(self, reason: str) -> None:
-        self.reason = self.reason or reason
+        if self.reason is None:
+            self.reason, self.requested_at = reason, time.monotonic()
 
     def __bool__(self) -> bool:
         return self.reason is not None
+
+    def overdue(self) -> bool:
+        return self.requested_at is not None and time.monotonic() - self.requested_at > self.grace
 
     @contextlib.contextmanager
     def installed(
@@ -84,6 +101,14 @@ class StopFlag:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
+
+
+class IterationAbandoned(Exception):
+    """A stop request outlived its grace time in the middle of an iteration."""
+
+    def __init__(self, iteration: int, critic_steps: int) -> None:
+        super().__init__(f"iteration {iteration} abandoned after {critic_steps} critic steps")
+        self.iteration, self.critic_steps = iteration, critic_steps
 
 
 @dataclass
@@ -282,22 +307,29 @@ class Trainer:
         self.setup_iterations = int(state.get("setup_iterations", 0))
 
     # -- one generator iteration ---------------------------------------------------------------
-    def step(self) -> dict[str, Tensor]:
-        """Run iteration ``self.iteration``; returns its statistics as device tensors."""
+    def step(self, stop: StopFlag | None = None) -> dict[str, Tensor]:
+        """Run iteration ``self.iteration``; returns its statistics as device tensors. Raises
+        ``IterationAbandoned`` between critic steps when ``stop`` is overdue (the trainer's
+        state is then part-way through an iteration: never save it)."""
         cfg, hp, proc, dev = self.cfg, self.hp, self.proc, self.device
+        critic_sleep = float(faults.value("critic-sleep") or 0.0)
         it = self.iteration
         stats: dict[str, Tensor] = {}
         if it > 0:  # generator step first, skipped at iteration 0 (the authors' order)
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)  # (B, 128)
             stats.update(self.steps.generator(z))  # critic frozen during the generator step
         critic: dict[str, Tensor] = {}
-        for _ in range(hp.n_critic):
+        for k in range(hp.n_critic):
+            if stop is not None and stop.overdue():
+                raise IterationAbandoned(it, k)
             real = self.batches.next()  # (B, 3, 64, 64), a fresh batch per critic step
             if faults.active("nan", it):
                 real = real * float("nan")
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)
             alpha = torch.rand(cfg.batch_size, 1, 1, 1, device=dev) if proc.uses_penalty else None
             critic = self.steps.critic(real, z, alpha)
+            if critic_sleep:
+                time.sleep(critic_sleep)
         stats.update(critic)  # the last critic step's values (as the authors log them)
         self.iteration += 1
         return stats
@@ -378,6 +410,12 @@ def train_run(
             "busy", 0, f"{run_dir.path} is being trained by another process", run_dir.path
         )
     with lease:
+        linked = run_dir.linked_files()
+        if linked:  # checked before submission too; re-checked under the lease
+            return Outcome(
+                "failed", 0, f"{run_dir.path} holds symbolic links ({', '.join(linked[:3])}); "
+                "a run's files are never written through links", run_dir.path,
+            )  # fmt: skip
         status = run_dir.read_status() or {}
         if status.get("state") in TERMINAL_STATES:
             return Outcome(
@@ -725,7 +763,17 @@ def _loop(
             it = trainer.iteration
             setups = trainer.steps.setups
             t0 = time.perf_counter()
-            stats = trainer.step()
+            try:
+                stats = trainer.step(stop)
+            except IterationAbandoned as e:
+                msg = (
+                    f"stopped by {stop.reason} during iteration {it} (abandoned after "
+                    f"{e.critic_steps} of {trainer.hp.n_critic} critic steps, {stop.grace:g} s "
+                    "after the request); resumes from the newest checkpoint"
+                )
+                status("interrupted", message=msg)
+                run_dir.log(f"interrupted: {msg}")
+                return Outcome("interrupted", it, msg, run_dir.path)
             secs = time.perf_counter() - t0
             # set-up: this iteration compiled or captured a step
             pending.append((it, stats, secs, trainer.steps.setups != setups))

@@ -302,3 +302,27 @@ def test_a_crafted_cifar_directory_never_runs_code(tmp_path, where):
         line = assert_rejected(tmp_path, "--arch", "cifar", "--data", str(data), match="--data")
         assert "refused posix.system" in line and "not a readable CIFAR-10 python archive" in line
     assert not marker.exists()
+
+
+def test_a_run_directory_with_linked_files_is_refused_and_never_written_through(tmp_path):
+    """Issue 18.7: log.txt as a symbolic link made every log line land in the linked file."""
+    results = tmp_path / "results"
+    code, _, err = run_main("train", "--results", str(results), *SMALL)
+    assert code == 0, err
+    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (run / "log.txt").unlink()
+    (run / "log.txt").symlink_to(victim)
+    before = tree(tmp_path)
+    for argv in (["--results", str(results), *SMALL], ["--resume", str(run)]):
+        code, _, err = run_main("train", *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--results: {run} holds symbolic links (log.txt)" in err
+    assert victim.read_text() == "precious\n" and tree(tmp_path) == before
+    # below the command line (a matrix cell, a raced link): the append refuses to follow it
+    from reproduce.results import RunDir
+
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        RunDir(run).log("through the link")
+    assert victim.read_text() == "precious\n"

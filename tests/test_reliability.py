@@ -4,6 +4,7 @@ checkpoint write, a real full disk, divergence, and SIGTERM."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 
@@ -12,7 +13,7 @@ import pytest
 from reproduce import checkpoint
 from reproduce.results import read_jsonl
 
-from .conftest import cli_env, popen_cli, run_cli
+from .conftest import assert_states_equal, cli_env, load_final_state, popen_cli, run_cli
 from .procs import (
     assert_same_result,
     finish,
@@ -128,5 +129,96 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes(tmp_path, reference):
     assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
     (ckpt,) = checkpoint.list_checkpoints(run / "checkpoints")
     assert ckpt.iteration == status["iteration"] >= 5
+    finish(args)
+    assert_same_result(run, reference("wgan-gp"))
+
+
+def test_sigterm_in_a_long_iteration_is_honoured_between_critic_steps(tmp_path):
+    """Issue 18.6: the stop flag was read only between generator iterations, so with a large
+    --n-critic SIGTERM went unanswered for minutes (SLURM preemption could never end cleanly).
+    Now an iteration still running the grace time after the request (here 0.3 s) is abandoned
+    between two critic steps: exit 75, nothing of it saved, and the resumed run ends
+    bit-identical to one never interrupted."""
+    results = tmp_path / "results"
+    args = train_args(results, "wgan-gp", iters=2)
+    args[args.index("--checkpoint-every-iters") + 1] = "1"
+    args += ["--n-critic", "60"]
+    slow = cli_env(REPRODUCE_FAULTS="critic-sleep=0.05,stop-grace=0.3")  # >= 3 s per iteration
+    proc = popen_cli(*args, env=slow)
+    wait_for(lambda: n_rows(results) >= 1, proc)  # iteration 0 done and checkpointed
+    run = the_run(results)
+    wait_for(lambda: bool(checkpoint.list_checkpoints(run / "checkpoints")), proc)
+    proc.send_signal(signal.SIGTERM)  # during iteration 1 (>= 3 s long)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out + err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted", status
+    steps = re.search(r"during iteration 1 \(abandoned after (\d+) of 60 critic steps",
+                      status["message"])  # fmt: skip
+    assert steps and int(steps[1]) < 60, status["message"]
+    assert "resumes from the newest checkpoint" in status["message"]
+    assert [c.iteration for c in checkpoint.list_checkpoints(run / "checkpoints")] == [1]
+    assert "interrupted: stopped by SIGTERM during iteration 1" in (run / "log.txt").read_text()
+    finish(args)  # no faults: full speed
+    ref = tmp_path / "ref"
+    finish([*train_args(ref, "wgan-gp", iters=2), "--n-critic", "60"])
+    a, b = load_final_state(run), load_final_state(the_run(ref))
+    for part in ("generator", "critic", "opt_g", "opt_d", "data", "rng"):
+        assert_states_equal(a[part], b[part], part)
+
+
+def fill(path, leave: int = 0) -> None:
+    """Write ``path`` until the filesystem has ``leave`` bytes free (0: until ENOSPC)."""
+    import errno
+
+    with path.open("wb") as f:
+        chunk = max(shutil.disk_usage(path.parent).free - leave, 0)
+        try:
+            while chunk >= 512:
+                f.write(b"\0" * chunk)
+                f.flush()
+                chunk = max(shutil.disk_usage(path.parent).free - leave, 0) if leave else chunk // 2
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    # flush/close may fail too with nothing left; the bytes written stay
+
+
+def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_room(
+    tmpfs,  # noqa: F811
+    reference,
+):
+    """Issue 18.9: with 0 bytes left, status.json stayed `running` (the atomic write of the
+    failure needs a new file); and the space check counted the checkpoints already on disk
+    as still needed, so after a disk-full failure a resume with room for the next
+    checkpoint was refused."""
+    from reproduce.cli import checkpoint_bytes
+    from reproduce.config import resolve_run_config
+    from reproduce.data import load_demo
+
+    fs = tmpfs("24m")
+    results = fs / "results"
+    args = train_args(results, "wgan-gp")
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"))
+    ballast = fs / "ballast"
+    try:
+        wait_for(lambda: results.exists() and n_rows(results) > 6, proc)
+        run = the_run(results)
+        wait_for(lambda: (run / "checkpoints" / "ckpt-00000006").exists(), proc)
+        fill(ballast)  # not one byte left
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in err, out + err
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "failed" and status["reason"] == "disk-full", status
+    assert [c.iteration for c in checkpoint.list_checkpoints(run / "checkpoints")] == [6, 3]
+    # room for one more checkpoint (not for keep + 1 = 3): the resume goes ahead and finishes
+    demo = load_demo()
+    choices = {"procedure": "wgan-gp", "dim": 8, "batch_size": 8, "iters": 15, "seed": 3}
+    cfg = resolve_run_config(choices, dataset=demo.kind, data_fingerprint=demo.fingerprint)
+    ballast.unlink()
+    fill(ballast, leave=int(1.5 * checkpoint_bytes(cfg)))
+    assert shutil.disk_usage(fs).free < 2 * checkpoint_bytes(cfg)
     finish(args)
     assert_same_result(run, reference("wgan-gp"))

@@ -291,3 +291,34 @@ def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
     run_id = stats.parent.name
     rows = c.tidy[(c.tidy["run_id"] == run_id) & (c.tidy["metric"] == "critic_loss")]
     assert 0.5 in set(rows["value"])
+
+
+def test_strings_from_run_files_are_escaped_in_tex_and_markdown(results, tmp_path):
+    """Issue 18.8: a device string from status.json reached throughput_table.tex verbatim
+    (``_tex`` skipped escaping any cell containing ``$``), and the Markdown tables carried raw
+    ``<script>``. Now every string is escaped for its format; only the grid's own symbols
+    are typeset."""
+    from reproduce.report import lsun_grid, throughput_table, write_table
+
+    bad = tmp_path / "results"
+    shutil.copytree(results, bad)
+    payload = "$\\input{/etc/passwd}$ <script>alert(1)</script> | & 50% #1 ~x^2 \\\\"
+    run = _first(bad, "baseline-dcgan")
+    _edit_json(run / "status.json", lambda d: {**d, "device": payload})
+    _edit_json(run / "config.json", lambda d: {**d, "config": {**d["config"], "mode": payload}})
+    c = collect(bad)
+    out = tmp_path / "out"
+    out.mkdir()
+    write_table(out, "throughput_table", throughput_table(c.summary), "Throughput")
+    write_table(out, "lsun_is_table", lsun_grid(c.summary), "Grid ±", index=True,
+                tex_df=lsun_grid(c.summary, tex=True))  # fmt: skip
+    for name in ("throughput_table", "lsun_is_table"):
+        tex = (out / f"{name}.tex").read_text()
+        assert "\\input" not in tex and "<script>" not in tex, tex
+        assert "\\$\\textbackslash{}input\\{/etc/passwd\\}\\$" in tex
+        assert "50\\% \\#1 \\textasciitilde{}x\\textasciicircum{}2" in tex
+        md = (out / f"{name}.md").read_text()
+        assert "<script>" not in md and "&lt;script&gt;alert(1)&lt;/script&gt; \\|" in md
+    # the grid's own marks are still typeset
+    assert "$\\pm$" in (out / "lsun_is_table.tex").read_text()
+    assert "\\caption{Grid $\\pm$}" in (out / "lsun_is_table.tex").read_text()
