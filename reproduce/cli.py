@@ -573,14 +573,23 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
         )
     if run_dir.exists():
         try:
-            old = run_dir.read_config()["config"]
-        except (OSError, ValueError, KeyError):
+            doc = run_dir.read_config()
+            old = doc["config"]
+        except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{run_dir.config_file} is unreadable; move the run away") from None
         diff = config_diff(old, cfg.to_dict())
         if diff:
             raise UserError(
                 f"{run_dir.path} holds a run with another config (refusing to resume): "
                 + "; ".join(diff)
+            )
+        started_as = doc.get("config_hash")
+        if isinstance(started_as, str) and started_as != cfg.hash():
+            flag = "--resume" if args.resume else "--results"
+            raise UserError(
+                f"{flag}: {run_dir.config_file} was edited after the run started (its config "
+                f"hashes to {cfg.hash()}, the run's checkpoints to {started_as}); restore it, "
+                "or train the edited config as a new run"
             )
     base = check_writable(run_dir.path, "--results")
     if (run_dir.read_status() or {}).get("state") not in ("completed", "diverged"):
@@ -1388,6 +1397,31 @@ COMMANDS = {
 }
 
 
+MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096  # Linux NAME_MAX and PATH_MAX
+
+
+def _check_text_arguments(args: argparse.Namespace) -> None:
+    """No text argument may hold a NUL byte (no file name can), and a path must be one the
+    filesystem can hold: one line naming the flag instead of a traceback from deep inside."""
+    sub = SUBPARSERS.get(args.command)
+    flags = {a.dest: max(a.option_strings, key=len, default=a.dest)
+             for a in (sub._actions if sub else [])}  # fmt: skip
+    for key, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        flag = flags.get(key, "--" + key.replace("_", "-"))
+        for v in values:
+            if not isinstance(v, str):
+                continue
+            if "\0" in v:
+                raise UserError(f"{flag}: contains a NUL byte")
+            if len(v.encode()) > MAX_PATH_BYTES:
+                raise UserError(f"{flag}: longer than {MAX_PATH_BYTES} bytes")
+            if any(len(part.encode()) > MAX_NAME_BYTES for part in v.split("/")):
+                raise UserError(f"{flag}: a path component is longer than {MAX_NAME_BYTES} bytes")
+    if isinstance(getattr(args, "results", None), str) and not args.results.strip():
+        raise UserError("--results: must name a directory (it is empty)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -1398,6 +1432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
+        _check_text_arguments(args)
         return COMMANDS[args.command](args)
     except UserError as e:
         print(f"reproduce {args.command}: error: {e}", file=sys.stderr)

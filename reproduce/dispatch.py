@@ -28,7 +28,7 @@ from typing import Any, cast
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
-from . import costs
+from . import costs, faults
 from .config import RunConfig, RuntimeConfig
 from .results import RunDir, atomic_write_json, now_iso
 
@@ -282,16 +282,20 @@ def run_local(
                 if slot.gpu is not None:
                     job_spec = dataclasses.replace(spec, cuda_device=visible_device(slot.gpu))
                 ex.update_parameters(**params)
-                # The controller starts with SIGINT ignored, so a terminal Ctrl-C reaches only
-                # the cell (which checkpoints and exits) instead of making the controller
-                # SIGKILL it; the cell installs its own SIGINT handler.
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+                # submitit's job controller starts with SIGINT blocked (the mask is inherited),
+                # so a terminal Ctrl-C reaches only the cell, which unblocks it once its own
+                # handler is in place (StopFlag.installed: it checkpoints and exits), instead
+                # of making submitit's controller SIGKILL it. Blocked, not ignored: a Ctrl-C
+                # meanwhile stays pending, here too, and is raised once the job is in
+                # ``running`` (then stopped below), so no Ctrl-C is ever lost.
+                previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
                 try:
                     job = ex.submit(CellJob(job_spec))
+                    running.append((job, spec, slot))
+                    record_submission(Path(spec.run_dir), "local", job.job_id, folder)
+                    time.sleep(float(faults.value("submit-sleep") or 0.0))
                 finally:
-                    signal.signal(signal.SIGINT, previous)
-                record_submission(Path(spec.run_dir), "local", job.job_id, folder)
-                running.append((job, spec, slot))
+                    signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                 if on_event:
                     on_event("started", spec, slot)
             still = []

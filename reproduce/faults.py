@@ -14,6 +14,8 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
     critic-sleep=S   sleep S seconds after every critic step (a long iteration: the stop
                      flag is read between critic steps)
     stop-grace=S     abandon an iteration S seconds after a stop request (default 30)
+    submit-sleep=S   sleep S seconds right after the local executor submits a cell (while
+                     SIGINT is held back: the Ctrl-C test sends it then)
     prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
                      preparation's workers)
     fake-gpus        let --gpus name GPUs on a machine without CUDA (the cells run on the

@@ -96,9 +96,13 @@ class StopFlag:
             self.request(signal.Signals(signum).name)
 
         previous = {s: signal.signal(s, handler) for s in signals}
+        # a matrix cell starts with SIGINT blocked (dispatch.run_local): a Ctrl-C that came
+        # before this point is pending, and is delivered to the handler now
+        blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
         try:
             yield
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for s, h in previous.items():
                 signal.signal(s, h)
 

@@ -326,3 +326,42 @@ def test_a_run_directory_with_linked_files_is_refused_and_never_written_through(
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         RunDir(run).log("through the link")
     assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--name", "a\0b"], "--name: contains a NUL byte"),
+        (["--data", "demo\0"], "--data: contains a NUL byte"),
+        (["--name", "n" * 300], "--name: a path component is longer than 255 bytes"),
+        (["--results", "r/" * 2100], "--results: longer than 4096 bytes"),
+        (["--results", ""], "--results: must name a directory (it is empty)"),
+    ],
+)
+def test_nul_bytes_over_long_and_empty_paths_are_one_line(tmp_path, monkeypatch, argv, match):
+    """Issue 18.10: a NUL byte or an over-long --name/--results gave a traceback, and
+    --results '' wrote into the current directory."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main("train", *SMALL, *argv)
+    assert code == 2 and err.strip().splitlines() == [f"reproduce train: error: {match}"], err
+    assert tree(tmp_path) == []
+
+
+def test_resume_of_a_run_whose_config_json_was_edited_is_refused_up_front(tmp_path):
+    """Issue 18.10: `--resume` after editing config.json failed later with exit 1 (the
+    checkpoint's config differs) where the original command refuses with exit 2."""
+    results = tmp_path / "results"
+    code, _, err = run_main("train", "--results", str(results), *SMALL, "--iters", "3",
+                            "--checkpoint-every-iters", "1")  # fmt: skip
+    assert code == 0, err
+    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    doc = json.loads((run / "config.json").read_text())
+    doc["config"]["lr"] = 3e-4
+    (run / "config.json").write_text(json.dumps(doc))
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "state": "interrupted"}))
+    before = tree(tmp_path)
+    code, _, err = run_main("train", "--resume", str(run))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--resume: {run / 'config.json'} was edited after the run started" in err
+    assert tree(tmp_path) == before

@@ -625,3 +625,39 @@ def test_status_asks_squeue_only_about_unfinished_slurm_cells(tmp_path, monkeypa
     out = status()
     assert calls.read_text().count("called") == 1
     assert "note: squeue did not answer; queued SLURM cells may show as pending" in out
+
+
+def test_ctrl_c_to_the_process_group_while_a_cell_is_being_submitted(tmp_path):
+    """Issue 18.10: a terminal Ctrl-C reaches the whole process group. While a cell was being
+    submitted the controller ignored SIGINT (so that submitit's controller inherits the
+    ignore), and the Ctrl-C was lost: the matrix went on with every other cell and exited 1.
+    Now SIGINT is held back (blocked) while submitting and delivered right after: the
+    controller stops the cells and exits 75, and the next cell is never started."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--arch", "baseline",
+            "--procedure", "wgan-gp", "dcgan", "--iters", "30", "--workers", "1", "--no-eval",
+            "--results", str(results)]  # fmt: skip
+    env = cli_env(REPRODUCE_FAULTS="submit-sleep=2,step-sleep=0.2")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env=env)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(results.glob("*/submission.json")):  # the first cell, mid-submission
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, out + err
+    assert "interrupted: the running cells checkpointed" in err
+    submitted = [d for d in results.iterdir() if (d / "submission.json").exists()]
+    assert len(submitted) == 1, out  # the second cell was never started
+    # the first cell was stopped (before or after its first iteration): it resumes next time
+    assert cell_state(submitted[0]).state in ("pending", "partial")
