@@ -1099,6 +1099,10 @@ def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)  # like Ctrl-C: stop the cells, then exit
+    # A matrix started in the background by a script inherits SIGINT as ignored (Python then
+    # leaves it ignored): a SIGINT sent to it must still stop it, as Ctrl-C does.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         dispatch.run_local(specs, pool, folder, on_event=event)
     except KeyboardInterrupt:
@@ -1433,7 +1437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         _check_text_arguments(args)
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except UserError as e:
         print(f"reproduce {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -1441,3 +1447,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(Exception):
             print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`status | head`): no traceback; stdout to /dev/null so that
+        # the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK

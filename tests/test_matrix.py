@@ -661,3 +661,61 @@ def test_ctrl_c_to_the_process_group_while_a_cell_is_being_submitted(tmp_path):
     assert len(submitted) == 1, out  # the second cell was never started
     # the first cell was stopped (before or after its first iteration): it resumes next time
     assert cell_state(submitted[0]).state in ("pending", "partial")
+
+
+def test_status_into_a_closed_pipe_exits_cleanly(tmp_path):
+    """Issue 24: `status | head` ended in a BrokenPipeError traceback (the reader is gone
+    before the output is flushed). Here the pipe is closed before status writes anything."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    results = tmp_path / "r"
+    argv = ["matrix", *FAST, "--arch", "baseline", "--procedure", "dcgan", "--no-eval",
+            "--executor", "debug", "--results", str(results)]  # fmt: skip
+    code, _, err = run_main(*argv)
+    assert code == 0, err
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce", "status", "--results",
+                             str(results)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())  # fmt: skip
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == "", err
+
+
+def test_sigint_to_a_matrix_that_inherited_it_ignored_still_stops_it(tmp_path):
+    """Issue 24: a matrix started in the background by a script inherits SIGINT as ignored;
+    a SIGINT sent to it was ignored and the matrix ran on. Now it stops the cells (they
+    checkpoint) and exits 75, as Ctrl-C does."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--arch", "baseline",
+            "--procedure", "wgan-gp", "--iters", "40", "--no-eval", "--checkpoint-every", "0",
+            "--results", str(results)]  # fmt: skip
+    env = cli_env(REPRODUCE_FAULTS="step-sleep=0.2")
+
+    def ignore_sigint() -> None:  # what a non-interactive shell does for `matrix ... &`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, preexec_fn=ignore_sigint)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not list(results.glob("*/stats.jsonl")) or len(
+                read_jsonl(next(results.glob("*/stats.jsonl")))) < 3:  # fmt: skip
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # to the controller only, as `kill -INT PID` does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 75, out + err
+    (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and 3 <= status["iteration"] < 40, status
