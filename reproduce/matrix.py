@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from architectures import PAIRS
+from architectures import ALL_PAIRS, PAIRS
 
 from .config import RunConfig, resolve_run_config
 from .errors import UserError, did_you_mean
@@ -440,7 +440,7 @@ def _valid_cell(c: Any) -> bool:
         and c["run_id"] == Path(c["run_id"]).name  # a name in the results directory,
         and not c["run_id"].startswith(".")  # never a path out of it
         and "\0" not in c["run_id"]
-        and c.get("arch") in PAIRS
+        and c.get("arch") in ALL_PAIRS
         and c.get("procedure") in PROCEDURES
         and isinstance(c.get("seed"), int)
         and not isinstance(c.get("seed"), bool)

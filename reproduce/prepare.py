@@ -561,7 +561,23 @@ def read_manifest(path: Path, flag: str = "--data") -> dict[str, Any]:
         raise UserError(f"{flag}: {path / MANIFEST} is unreadable ({e})") from None
 
 
-VERIFIED = ".verified.json"  # the stamp of the last full verification (see verify)
+ENV_STAMPS = "REPRODUCE_VERIFIED_DIR"  # where verification stamps go (default: user cache)
+
+
+def stamp_path(path: Path) -> Path:
+    """The stamp of a cache's last full verification (see verify): in the user's cache
+    directory, keyed by the cache's resolved path, never inside the cache (which may be
+    read-only or shared, and a refused command writes nothing there)."""
+    base = (
+        os.environ.get(ENV_STAMPS)
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "wgan-gp-reproduce"
+        / "verified"
+    )
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]
+    return Path(base) / f"{key}.json"
+
+
 SAMPLED_SHARDS = 4  # shards re-hashed on every later use of a cache the stamp vouches for
 
 
@@ -581,11 +597,12 @@ def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> str:
     fingerprint recomputed from the shard hashes and the splits.
 
     The images' content: on first use every shard's sha256 (hashlib releases the GIL; a
-    thread pool), after which a stamp (``.verified.json``, beside the manifest) records the
-    files' size, mtime and inode. A later use whose files still match the stamp re-hashes
-    ``SAMPLED_SHARDS`` shards drawn at random from the OS entropy pool; any change to the
-    files' size, mtime or inode means a full verification again. A read-only cache is fully
-    verified on every use. Returns "full" or "sampled"."""
+    thread pool), after which a stamp (``stamp_path``: in the user's cache directory) records
+    the manifest's sha256 and the files' size, mtime and inode. A later use whose files still
+    match the stamp re-hashes ``SAMPLED_SHARDS`` shards drawn at random from the OS entropy
+    pool; any change to the files' size, mtime or inode means a full verification again.
+    Where no stamp can be written, every use is a full verification. Returns "full" or
+    "sampled"."""
 
     def fail(what: str) -> UserError:
         return UserError(
@@ -651,7 +668,7 @@ def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> str:
     state = {"manifest_sha256": hashlib.sha256((path / MANIFEST).read_bytes()).hexdigest(),
              "images": _file_state(images), "splits": _file_state(path / SPLITS)}  # fmt: skip
     try:
-        stamp = read_json(path / VERIFIED)
+        stamp = read_json(stamp_path(path))
     except (OSError, ValueError):
         stamp = None
     if isinstance(stamp, dict) and {k: stamp.get(k) for k in state} == state:
@@ -669,11 +686,12 @@ def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> str:
         for (start, n, expected), got in pool.map(digest, todo):
             if got != expected:
                 with contextlib.suppress(OSError):
-                    (path / VERIFIED).unlink(missing_ok=True)  # the next use verifies fully
+                    stamp_path(path).unlink(missing_ok=True)  # the next use verifies fully
                 raise fail(f"rows {start}..{start + n - 1} have sha256 {got[:12]}...")
-    if kind == "full" and os.access(path, os.W_OK):
+    if kind == "full":
         with contextlib.suppress(OSError):  # unrecorded: a full verification next time
-            atomic_write_json(path / VERIFIED, {**state, "verified": now_iso()})
+            stamp = {**state, "cache": str(path.resolve()), "verified": now_iso()}
+            atomic_write_json(stamp_path(path), stamp)
     return kind
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from architectures import PAIRS
+from architectures import ALL_PAIRS, PAIRS
 
 from .errors import UserError
 from .evaluation import judge_name
@@ -134,7 +134,7 @@ def _run_config(cfg: Any) -> dict[str, Any] | None:
     if not isinstance(cfg, dict):
         return None
     seed = cfg.get("seed")
-    if (cfg.get("arch") not in PAIRS or cfg.get("procedure") not in PROCEDURES
+    if (cfg.get("arch") not in ALL_PAIRS or cfg.get("procedure") not in PROCEDURES
             or not isinstance(seed, int) or isinstance(seed, bool)):  # fmt: skip
         return None
     return cfg

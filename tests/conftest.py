@@ -30,6 +30,17 @@ def judge_cache(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def verification_stamps(tmp_path_factory) -> Path:
+    """The cache-verification stamps of this test run (inherited by CLI subprocesses), never
+    the user's."""
+    from reproduce import prepare
+
+    root = tmp_path_factory.getbasetemp().parent / "verified"
+    os.environ[prepare.ENV_STAMPS] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
 def demo_judge(judge_cache):
     from reproduce import judge

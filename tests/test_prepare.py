@@ -288,7 +288,7 @@ def tampered_copy(cache, tmp_path: Path) -> Path:
 
     bad = tmp_path / "bad"
     shutil.copytree(cache.path, bad)
-    (bad / prepare.VERIFIED).unlink(missing_ok=True)
+    prepare.stamp_path(bad).unlink(missing_ok=True)
     return bad
 
 
@@ -390,7 +390,7 @@ def test_split_indices_out_of_range_are_refused_not_clipped(cache, tmp_path):
 def test_full_verification_once_then_sampled_until_the_files_change(cache, tmp_path):
     bad = tampered_copy(cache, tmp_path)
     m = read_json(bad / prepare.MANIFEST)
-    assert prepare.verify(bad, m) == "full" and (bad / prepare.VERIFIED).is_file()
+    assert prepare.verify(bad, m) == "full" and prepare.stamp_path(bad).is_file()
     assert prepare.verify(bad, m) == "sampled"
     arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
     arr[200, 0, 0, 0] ^= 1  # the file's mtime moves: the stamp no longer vouches for it
@@ -398,9 +398,9 @@ def test_full_verification_once_then_sampled_until_the_files_change(cache, tmp_p
     del arr
     with pytest.raises(UserError, match=r"rows 192\.\.244 have sha256"):
         prepare.verify(bad, m)
-    assert not (bad / prepare.VERIFIED).exists()
-    # where no stamp can be recorded (a read-only cache; here a directory in its place, since
-    # root may write anywhere), every use is a full verification
+    assert not prepare.stamp_path(bad).exists()
+    # where no stamp can be recorded (an unwritable cache directory; here a directory in the
+    # stamp's place, since root may write anywhere), every use is a full verification
     ro = tampered_copy(cache, tmp_path / "ro")
-    (ro / prepare.VERIFIED).mkdir()
+    prepare.stamp_path(ro).mkdir(parents=True)
     assert [prepare.verify(ro, m) for _ in range(2)] == ["full", "full"]

@@ -18,6 +18,9 @@ from .conftest import assert_states_equal, cli_env, load_final_state, run_cli
 pytestmark = pytest.mark.slurm
 
 DEMO = ["--profile", "demo", "--executor", "slurm", "--slurm-profile", "ci", "--no-progress"]
+# the job-array test is about dispatch, not scores: without the demo judge's evaluations its
+# 28 cells finish in about half the time (640 s of a 900 s limit under load with them)
+NO_EVAL = ["--no-eval"]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,8 @@ def state_of(run: Path) -> str | None:
 
 def test_demo_matrix_is_one_job_array_and_resubmitting_queues_nothing(slurm, tmp_path):
     results = tmp_path / "r"
-    r = run_cli("matrix", *DEMO, "--iters", "2", "--results", str(results), "--wait", timeout=900)
+    r = run_cli("matrix", *DEMO, *NO_EVAL, "--iters", "2", "--results", str(results), "--wait",
+                timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "submitted 28 cells as SLURM job array" in r.stdout
     subs = [json.loads(p.read_text()) for p in results.glob("*/submission.json")]
@@ -76,7 +80,7 @@ def test_demo_matrix_is_one_job_array_and_resubmitting_queues_nothing(slurm, tmp
     states = [json.loads(p.read_text())["state"] for p in results.glob("*/status.json")]
     assert len(states) == 28 and set(states) <= {"completed", "diverged"}, states
     before = squeue_ids()
-    again = run_cli("matrix", *DEMO, "--iters", "2", "--results", str(results))
+    again = run_cli("matrix", *DEMO, *NO_EVAL, "--iters", "2", "--results", str(results))
     assert again.returncode == 0, again.stderr
     assert "28 cells: 0 to run, 28 skipped" in again.stdout and "nothing to submit" in again.stdout
     assert squeue_ids() <= before  # nothing new queued
