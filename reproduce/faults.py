@@ -18,6 +18,7 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      SIGINT is held back: the Ctrl-C test sends it then)
     prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
                      preparation's workers)
+    gpu-check-hang=S make gpu-check's section S hang (the time-box test)
     fake-gpus        let --gpus name GPUs on a machine without CUDA (the cells run on the
                      CPU, scheduled as if on those GPUs): the local executor's GPU scheduling,
                      packing and CUDA_VISIBLE_DEVICES tests on CPU-only machines

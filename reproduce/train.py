@@ -554,7 +554,7 @@ def _train_locked(
         )
         run_dir.log(
             f"started {run_dir.path.name}{again} on {env['device']} ({env['threads']} threads), "
-            f"mode {cfg.mode}, engine {engine}"
+            f"mode {cfg.mode}, engine {engine}, data placement {trainer.batches.placement}"
         )
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
@@ -585,6 +585,7 @@ def _train_locked(
             device=env["device"],
             mode=cfg.mode,
             engine=trainer.steps.name,
+            data_placement=trainer.batches.placement,
             host=env["host"],
             pid=os.getpid(),
             cuda_visible_devices=env["cuda_visible_devices"],

@@ -138,7 +138,8 @@ def states_equal(a, b) -> bool:
 
 # The suite runs on two xdist workers, one file per worker (pyproject.toml). Hand out the long
 # files first, so that the two workers finish at about the same time.
-_FIRST = ("test_slurm.py", "test_resume.py", "test_matrix.py", "test_reliability.py")
+_FIRST = ("test_slurm.py", "test_resume.py", "test_matrix.py", "test_reliability.py",
+          "test_gpucheck.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -147,3 +148,21 @@ def pytest_collection_modifyitems(session, config, items):
         return _FIRST.index(name) if name in _FIRST else len(_FIRST)
 
     items.sort(key=rank)  # stable: keeps the order within each file
+
+
+def pytest_runtest_logreport(report):
+    """With $REPRODUCE_TEST_LOG set (``gpu-check``'s CUDA tests), one JSON line per test as it
+    finishes, so that a run killed by its time box keeps every outcome it had."""
+    path = os.environ.get("REPRODUCE_TEST_LOG")
+    if not path or (report.when != "call" and report.outcome == "passed"):
+        return
+    import json
+
+    message = ""
+    if report.outcome != "passed":
+        longrepr = report.longrepr
+        message = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr).splitlines()[-1]
+    row = {"test": report.nodeid, "when": report.when, "outcome": report.outcome,
+           "seconds": report.duration, "message": str(message)[:300]}  # fmt: skip
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")

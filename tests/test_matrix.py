@@ -188,6 +188,7 @@ def test_gpus_on_a_machine_without_cuda_are_refused(tmp_path, monkeypatch, comma
     assert tree(tmp_path) == before
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpus_beyond_the_visible_ones_are_refused(tmp_path):
     n = torch.cuda.device_count()

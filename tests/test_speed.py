@@ -271,6 +271,7 @@ def test_set_up_time_survives_a_resume(small_demo):
     assert (b.setup_seconds, b.setup_iterations) == (0.0, 0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize(
     "arch,procedure",
@@ -309,6 +310,7 @@ def test_cuda_graphs_are_bit_identical_to_eager(arch, procedure, small_demo):
         assert torch.equal(p, q)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_fast_mode_trains_on_cuda(small_demo):
     """The compiled path on the GPU (Triton kernels), both fast modes: three iterations with

@@ -5,7 +5,8 @@ finishes. ``python -m reproduce bench`` turns the results into total iterations 
 and a recommended --cells-per-gpu per architecture.
 
 The WGAN-GP cell of each architecture (the most work per iteration); BENCH_PACK_K (default
-1,2,4) lists the k measured. Paper width and batch on a GPU, small ones on a CPU."""
+1,2,4) lists the k measured; each cell gets cores / k CPU threads (BENCH_THREADS overrides).
+Paper width and batch on a GPU, small ones on a CPU."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Cells:
     """k worker processes of one cell, set up and warm, waiting for the start signal."""
 
     def __init__(self, arch: str, procedure: str, k: int) -> None:
-        threads = str(max(1, (os.cpu_count() or 1) // k))
+        threads = os.environ.get("BENCH_THREADS") or str(max(1, (os.cpu_count() or 1) // k))
         cmd = [sys.executable, "-m", "tests.benchmarks.packing_worker", "--arch", arch,
                "--procedure", procedure, "--dim", str(DIM), "--batch-size", str(BATCH),
                "--device", str(DEVICE), "--iters", str(ITERS), "--threads", threads]  # fmt: skip
