@@ -23,6 +23,7 @@ from architectures import ALL_PAIRS, NORMS, PADDINGS, Norm, Padding, get_pair
 
 from .errors import UserError, did_you_mean
 from .procedures import (
+    ADAMS,
     HPARAM_SETS,
     OPTIMIZERS,
     PROCEDURES,
@@ -47,7 +48,7 @@ class RunConfig:
     arch: str  # architectures.PAIRS key: one row of Figure 2 (SPEC.md A.1-A.7)
     procedure: str  # procedures.PROCEDURES key (SPEC.md B)
     hparams: str  # named set the optimiser values were resolved from: paper | official-code
-    optimizer: OptimizerName  # adam | rmsprop-tf | rmsprop-torch (same for G and D)
+    optimizer: OptimizerName  # adam | adam-tf | rmsprop-tf | rmsprop-torch (same for G and D)
     lr: float  # learning rate of both networks
     beta1: float | None  # Adam only
     beta2: float | None  # Adam only
@@ -209,7 +210,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("hparams", str, "paper", "named hyperparameter set: 'paper' = App. E (WGAN-GP Adam "
            "beta1 0.5); 'official-code' = the authors' HEAD (beta1 0)", HPARAM_SETS),
     Option("optimizer", str, None, "optimiser for G and D; default: the procedure's "
-           "(adam for dcgan/wgan-gp, rmsprop-tf for lsgan/wgan)", OPTIMIZERS),
+           "(adam for dcgan/wgan-gp, rmsprop-tf for lsgan/wgan). adam is PyTorch's Adam; "
+           "adam-tf is TF1's (eps added before the bias correction, as in the authors' code: "
+           "SPEC.md B.4)", OPTIMIZERS),
     Option("lr", float, None, "learning rate; default: the procedure's (dcgan 2e-4, lsgan 1e-4, "
            "wgan 5e-5, wgan-gp 1e-4)"),
     Option("beta1", float, None, "Adam beta1; default: the procedure's (dcgan 0.5; wgan-gp 0.5 "
@@ -412,7 +415,7 @@ def resolve_run_config(
     base = proc.defaults[get("hparams")]
 
     optimizer = given.get("optimizer", base.optimizer)
-    adam = optimizer == "adam"
+    adam = optimizer in ADAMS
     # Options that mean nothing here are refused rather than silently ignored.
     for key, meaningful, why in (
         ("beta1", adam, f"optimizer {optimizer}"),
@@ -429,7 +432,7 @@ def resolve_run_config(
     if adam and (beta1 is None or beta2 is None):
         # the procedure has no Adam defaults (its paper optimiser is RMSProp): no silent guess
         raise UserError(
-            f"--optimizer adam for procedure {proc.name} needs explicit --beta1 and --beta2"
+            f"--optimizer {optimizer} for procedure {proc.name} needs explicit --beta1 and --beta2"
         )
     n_critic = given.get("n_critic", base.n_critic)
     gp_lambda = given.get("gp_lambda", base.gp_lambda)

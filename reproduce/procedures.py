@@ -20,15 +20,18 @@ from architectures import Norm
 
 from . import losses
 from .errors import did_you_mean
-from .optim import TFRMSprop
+from .optim import TFAdam, TFRMSprop
 from .penalties import clip_weights_, gradient_penalty
 
 # (critic, real, fake, alpha) -> (penalty, slopes): penalties.gradient_penalty, or its
 # torch.func form under torch.compile (fast modes)
 Penalty = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
-OptimizerName = Literal["adam", "rmsprop-tf", "rmsprop-torch"]
-OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "rmsprop-tf", "rmsprop-torch")
+# adam: PyTorch's Adam (the default for now); adam-tf: TF1's AdamOptimizer, eps added before
+# the bias correction (SPEC.md B.4, E.4b; reproduce.optim.TFAdam)
+OptimizerName = Literal["adam", "adam-tf", "rmsprop-tf", "rmsprop-torch"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "adam-tf", "rmsprop-tf", "rmsprop-torch")
+ADAMS = ("adam", "adam-tf")
 
 # Named hyperparameter sets (SPEC.md B.3 and E.1):
 #   paper:         the paper's Appendix E and the code at paper time (default)
@@ -129,6 +132,9 @@ class Procedure:
             # PyTorch Adam; TF's differs only in where eps enters (SPEC.md B.4, negligible).
             kind = {"fused": True} if fused else {"foreach": True}
             return torch.optim.Adam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8, **kind)
+        if hp.optimizer == "adam-tf":
+            assert hp.beta1 is not None and hp.beta2 is not None
+            return TFAdam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8)
         if hp.optimizer == "rmsprop-tf":
             return TFRMSprop(params, lr=hp.lr)
         if hp.optimizer == "rmsprop-torch":

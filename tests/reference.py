@@ -22,6 +22,35 @@ from reproduce.optim import TFRMSprop
 from reproduce.train import seed_everything
 
 
+class LoopTFAdam(torch.optim.Optimizer):
+    """TF1's ApplyAdam kernel transcribed one parameter at a time (the reference that
+    reproduce.optim.TFAdam implements with foreach kernels): in float32,
+    m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= (m alpha) / (sqrt(v) + eps) with
+    alpha = lr sqrt(1 - b2^t) / (1 - b1^t), b1^t and b2^t float32 running products."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self) -> None:
+        f32 = torch.float32
+        for group in self.param_groups:
+            b1, b2 = (torch.tensor(b, dtype=f32) for b in group["betas"])
+            p1, p2 = group.setdefault("loop_powers", [b1.clone(), b2.clone()])
+            alpha = float(torch.tensor(group["lr"], dtype=f32) * torch.sqrt(1 - p2) / (1 - p1))
+            eps = float(torch.tensor(group["eps"], dtype=f32))
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["m"], st["v"] = torch.zeros_like(p), torch.zeros_like(p)
+                st["m"].add_((p.grad - st["m"]) * float(1 - b1))
+                st["v"].add_((p.grad * p.grad - st["v"]) * float(1 - b2))
+                p.sub_(st["m"] * alpha / (st["v"].sqrt() + eps))
+            group["loop_powers"] = [p1 * b1, p2 * b2]
+
+
 class ReferenceCell:
     def __init__(self, cfg: RunConfig, dataset: ImageDataset, device: torch.device) -> None:
         assert cfg.mode == "exact"
@@ -34,6 +63,10 @@ class ReferenceCell:
             betas = (cfg.beta1, cfg.beta2)
             self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)
+        elif cfg.optimizer == "adam-tf":
+            betas = (cfg.beta1, cfg.beta2)
+            self.opt_g = LoopTFAdam(self.G.parameters(), lr=cfg.lr, betas=betas)
+            self.opt_d = LoopTFAdam(self.D.parameters(), lr=cfg.lr, betas=betas)
         else:
             assert cfg.optimizer == "rmsprop-tf"
             self.opt_g = TFRMSprop(self.G.parameters(), lr=cfg.lr)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from reproduce import losses
-from reproduce.optim import TFRMSprop
+from reproduce.optim import TFAdam, TFRMSprop
 from reproduce.penalties import clip_weights_, gradient_penalty, interpolate
 
 D_REAL = torch.tensor([2.0, -1.0, 0.5])
@@ -157,3 +157,49 @@ def test_tf_rmsprop_rejects_bad_settings():
         TFRMSprop(p, lr=0)
     with pytest.raises(ValueError):
         TFRMSprop(p, lr=1e-4, decay=1.0)
+
+
+@pytest.mark.parametrize("beta2", [0.9, 0.999])
+def test_tf_adam_follows_the_tf1_kernel_by_hand(beta2):
+    """TF1's ApplyAdam, transcribed in numpy float32 for five steps: alpha = lr sqrt(1 - b2^t)
+    / (1 - b1^t) with b^t float32 running products; m += (g - m)(1 - b1); v += (g^2 - v)(1 -
+    b2); w -= (m alpha) / (sqrt(v) + eps). Same operations in the same order: tolerance 0."""
+    f = np.float32
+    lr, b1, b2, eps = f(1e-4), f(0.5), f(beta2), f(1e-8)
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal(64).astype(f)
+    grads = [(rng.standard_normal(64) * 10.0 ** rng.integers(-7, 1, 64)).astype(f)
+             for _ in range(5)]  # fmt: skip
+    w, m, v, p1, p2 = w0.copy(), np.zeros(64, f), np.zeros(64, f), b1, b2
+    for g in grads:
+        alpha = lr * np.sqrt(f(1) - p2) / (f(1) - p1)
+        m = m + (g - m) * (f(1) - b1)
+        v = v + (g * g - v) * (f(1) - b2)
+        w = w - (m * alpha) / (np.sqrt(v) + eps)
+        p1, p2 = p1 * b1, p2 * b2
+    p = nn.Parameter(torch.from_numpy(w0.copy()))
+    opt = TFAdam([p], lr=1e-4, betas=(0.5, beta2))
+    torch_p = nn.Parameter(torch.from_numpy(w0.copy()))
+    torch_opt = torch.optim.Adam([torch_p], lr=1e-4, betas=(0.5, beta2), eps=1e-8)
+    for t, g in enumerate(grads):
+        p.grad, torch_p.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
+        opt.step()
+        torch_opt.step()
+        if t == 0:
+            # step 1 is lr g / (|g| + eps / sqrt(1 - b2)) in TF, lr g / (|g| + eps) in
+            # PyTorch: where |g| is not far above eps, TF's step is visibly smaller
+            tf_step = np.abs(p.detach().numpy() - w0)
+            torch_step = np.abs(torch_p.detach().numpy() - w0)
+            small = np.abs(g) < 1e-7
+            assert small.any() and np.all(tf_step[small] < 0.9 * torch_step[small])
+    assert np.array_equal(p.detach().numpy(), w)
+    assert np.array_equal(opt.state[p]["m"].numpy(), m)
+    assert np.array_equal(opt.state[p]["v"].numpy(), v)
+
+
+def test_tf_adam_rejects_bad_settings():
+    p = [nn.Parameter(torch.zeros(1))]
+    with pytest.raises(ValueError):
+        TFAdam(p, lr=0)
+    with pytest.raises(ValueError):
+        TFAdam(p, lr=1e-4, betas=(0.5, 1.0))

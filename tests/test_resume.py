@@ -29,7 +29,7 @@ def reference(tmp_path_factory):
     return make_reference(tmp_path_factory)
 
 
-@pytest.mark.parametrize("procedure", ["wgan-gp", "wgan", "dcgan", "lsgan"])
+@pytest.mark.parametrize("procedure", ["wgan-gp", "wgan", "dcgan", "lsgan", "wgan-gp+adam-tf"])
 def test_sigkill_three_times_then_bit_exact(procedure, tmp_path, reference):
     results = tmp_path / "results"
     args = train_args(results, procedure)

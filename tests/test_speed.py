@@ -17,13 +17,13 @@ import pytest
 import torch
 
 from reproduce.config import RunConfig
-from reproduce.optim import TFRMSprop
+from reproduce.optim import TFAdam, TFRMSprop
 from reproduce.penalties import gradient_penalty, gradient_penalty_func
 from reproduce.procedures import PROCEDURES
 from reproduce.train import Trainer, configure_numerics
 
 from .conftest import load_final_state, run_cli, small_config
-from .reference import ReferenceCell
+from .reference import LoopTFAdam, ReferenceCell
 
 SHAPES = [(16, 3, 5, 5), (16,), (32, 16, 5, 5), (1, 512), (7,)]
 CUDA = torch.cuda.is_available()
@@ -75,6 +75,9 @@ def test_foreach_optimisers_are_bit_identical_to_per_parameter_loops():
     assert _bitwise(
         _train(lambda ps: LoopTFRMSprop(ps, 5e-5)), _train(lambda ps: TFRMSprop(ps, 5e-5))
     )
+    for betas in ((0.5, 0.9), (0.5, 0.999), (0.0, 0.9)):
+        loop = _train(lambda ps, b=betas: LoopTFAdam(ps, 1e-4, betas=b))
+        assert _bitwise(loop, _train(lambda ps, b=betas: TFAdam(ps, 1e-4, betas=b))), betas
     assert _bitwise(
         _train(lambda ps: torch.optim.RMSprop(ps, 1e-4, foreach=False)),
         _train(lambda ps: torch.optim.RMSprop(ps, 1e-4, foreach=True)),
@@ -92,11 +95,19 @@ def test_exact_mode_optimisers_are_the_foreach_ones(small_demo):
     assert isinstance(t.opt_d, TFRMSprop)
 
 
-@pytest.mark.parametrize("procedure", list(PROCEDURES))
-def test_training_loop_matches_a_plain_eager_port_bit_for_bit(procedure, small_demo):
+PORT_CASES = [(p, {}) for p in PROCEDURES] + [
+    (p, {"optimizer": "adam-tf", "iters": 10}) for p in ("dcgan", "wgan-gp")
+]
+
+
+@pytest.mark.parametrize(
+    "procedure,extra", PORT_CASES, ids=[p + ("-adam-tf" if e else "") for p, e in PORT_CASES]
+)
+def test_training_loop_matches_a_plain_eager_port_bit_for_bit(procedure, extra, small_demo):
     """Five iterations of the package's loop (foreach optimisers, frozen critic, device-side
-    statistics) against tests/reference.py: every parameter and every loss bit-identical."""
-    cfg = small_config(small_demo, procedure=procedure, iters=5)
+    statistics) against tests/reference.py: every parameter and every loss bit-identical
+    (and ten with TF1's Adam, against the port's per-parameter transcription of its kernel)."""
+    cfg = small_config(small_demo, procedure=procedure, **{"iters": 5, **extra})
     cpu = torch.device("cpu")
     configure_numerics(cpu)
     trainer = Trainer(cfg, small_demo, cpu, data_placement="device")
