@@ -5,6 +5,7 @@ second table to keep in sync. Each entry has a stable short name (used in run id
 command line), the paper's row number and row title, and two factories:
 
     pair.generator(dim, padding)       -> nn.Module, z (B, 128) -> image (B, 3, 64, 64)
+                                          (row 3 also takes ``mlp_width``: SPEC.md E.19b)
     pair.critic(dim, norm, padding)    -> nn.Module, image (B, 3, 64, 64) -> (B,)
 
 ``norm`` is explicit: the procedure decides it (layer norm only in WGAN-GP critics, SPEC.md
@@ -26,7 +27,7 @@ from .constant_filters import ConstantFilterGenerator
 from .dcgan import DCGANCritic, DCGANGenerator
 from .gated import GatedCritic, GatedGenerator
 from .layers import NORMS, PADDINGS, Norm, Padding
-from .mlp import MLPGenerator
+from .mlp import MLP_WIDTHS, MLPGenerator, MLPWidth
 from .resnet101 import ResNetCritic, ResNetGenerator
 
 Z_DIM = 128  # latent size of every generator (SPEC.md A.0)
@@ -35,11 +36,13 @@ IMAGE_SHAPE = (3, 64, 64)
 __all__ = [
     "ALL_PAIRS",
     "IMAGE_SHAPE",
+    "MLP_WIDTHS",
     "NORMS",
     "PADDINGS",
     "PAIRS",
     "Z_DIM",
     "ArchitecturePair",
+    "MLPWidth",
     "Norm",
     "Padding",
     "get_pair",
@@ -52,15 +55,22 @@ class ArchitecturePair:
     row: int  # row of Figure 2 / Appendix H (1..7)
     title: str  # the paper's row title
     spec: str  # SPEC.md section
-    make_generator: Callable[[int, Padding], nn.Module]
+    make_generator: Callable[..., nn.Module]  # (dim, padding[, mlp_width]) -> generator
     make_critic: Callable[[int, Norm, Padding], nn.Module]
     critic_has_norm: bool = True  # False: the critic has no normalisation slots (row 4)
     resolution: int = 64  # images are (3, resolution, resolution)
     # the critic's norm under the gradient penalty ("layer": SPEC.md A.0; CIFAR: "none")
     penalty_norm: Norm = "layer"
+    has_mlp_width: bool = False  # True: the generator is an MLP whose width is a choice (row 3)
 
-    def generator(self, dim: int = 64, padding: Padding = "tf-same") -> nn.Module:
-        return self.make_generator(dim, padding)
+    def generator(
+        self, dim: int = 64, padding: Padding = "tf-same", mlp_width: MLPWidth | None = None
+    ) -> nn.Module:
+        if not self.has_mlp_width:
+            if mlp_width is not None:
+                raise ValueError(f"architecture {self.name!r} has no MLP generator width")
+            return self.make_generator(dim, padding)
+        return self.make_generator(dim, padding, mlp_width or "scaled")
 
     def critic(
         self, dim: int = 64, norm: Norm = "batch", padding: Padding = "tf-same"
@@ -112,8 +122,9 @@ register(ArchitecturePair(
 ))
 register(ArchitecturePair(
     "mlp-generator", 3, "G: 4-layer 512-dim ReLU MLP, D: DCGAN", "A.3",
-    lambda dim, pad: MLPGenerator(dim),
+    lambda dim, pad, width: MLPGenerator(dim, width),
     lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+    has_mlp_width=True,
 ))
 register(ArchitecturePair(
     "no-norm", 4, "No normalization in either G or D", "A.4",

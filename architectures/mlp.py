@@ -1,25 +1,44 @@
 """Row 3 generator: a 4-layer 512-wide ReLU MLP (``FCGenerator`` of gan_64x64.py, SPEC.md A.3).
 
 Hidden layers use tflib's 'he' Linear init, the output layer glorot; no normalisation.
-The authors' width is a fixed 512 (``FC_DIM``); here it is 8 * dim so that the width option
-scales every architecture (8 * 64 = 512 at the paper's DIM, so the default is exact).
+
+Width (SPEC.md E.19b), a named choice recorded in every MLP run's config:
+  scaled     8 * dim (the default): the width option scales this generator with every other
+             network, so a small-width run keeps the paper's balance between G and D;
+  fixed-512  the authors' code: FC_DIM = 512 whatever DIM is.
+Both are 512 at the paper's DIM 64, so the paper's network is the same either way.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from torch import Tensor, nn
 
 from .layers import Linear
 
 Z_DIM = 128
+FC_DIM = 512  # the authors' fixed width (gan_64x64.py)
+MLPWidth = Literal["scaled", "fixed-512"]
+MLP_WIDTHS: tuple[MLPWidth, ...] = ("scaled", "fixed-512")
+
+
+def mlp_width(dim: int, choice: MLPWidth = "scaled") -> int:
+    """Hidden width of the MLP generator for base width ``dim`` under ``choice``."""
+    if choice == "scaled":
+        return 8 * dim
+    if choice == "fixed-512":
+        return FC_DIM
+    raise ValueError(f"MLP width must be one of {MLP_WIDTHS}, got {choice!r}")
 
 
 class MLPGenerator(nn.Module):
-    """z (B, 128) -> 4 x (Linear he, ReLU), width 8d -> Linear, tanh -> (B, 3, 64, 64)."""
+    """z (B, 128) -> 4 x (Linear he, ReLU), width w -> Linear, tanh -> (B, 3, 64, 64), with
+    w = ``mlp_width(dim, width)``."""
 
-    def __init__(self, dim: int = 64) -> None:
+    def __init__(self, dim: int = 64, width: MLPWidth = "scaled") -> None:
         super().__init__()
-        w = 8 * dim
+        w = mlp_width(dim, width)
         self.net = nn.Sequential(
             Linear(Z_DIM, w, init="he"),
             nn.ReLU(),

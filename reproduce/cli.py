@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import torch
 
 from architectures import get_pair
-from reproduce.procedures import get_procedure
+from reproduce.procedures import ADAMS, get_procedure
 
 from . import checkpoint, faults
 from .config import (
@@ -41,6 +41,7 @@ from .config import (
     load_config_file,
     resolve_run_config,
     resolve_runtime_config,
+    upgrade_config,
 )
 from .data import ImageDataset, load_dataset
 from .errors import UserError, did_you_mean
@@ -538,11 +539,11 @@ def checkpoint_bytes(cfg: RunConfig) -> int:
     pair = get_pair(cfg.arch)
     with torch.device("meta"):
         nets = (
-            pair.generator(cfg.dim, cfg.padding),
+            pair.generator(cfg.dim, cfg.padding, cfg.mlp_width),
             pair.critic(cfg.dim, cfg.critic_norm, cfg.padding),
         )
         n = sum(p.numel() for net in nets for p in net.parameters())
-    slots = 2 if cfg.optimizer == "adam" else 1
+    slots = 2 if cfg.optimizer in ADAMS else 1
     return 4 * n * (1 + slots) + 64 * 1024  # plus RNG state, noise and pickling overhead
 
 
@@ -626,7 +627,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     if run_dir.exists():
         try:
             doc = run_dir.read_config()
-            old = doc["config"]
+            old = upgrade_config(doc["config"])
         except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{run_dir.config_file} is unreadable; move the run away") from None
         diff = config_diff(old, cfg.to_dict())
@@ -658,7 +659,7 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"--resume: {path} is not a run directory (no config.json)")
     try:
         doc = run.read_config()
-        saved = {k: v for k, v in doc["config"].items() if k in OPTIONS_BY_KEY}
+        saved = {k: v for k, v in upgrade_config(doc["config"]).items() if k in OPTIONS_BY_KEY}
         runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
@@ -908,8 +909,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         rd = RunDir(d)
         if rd.exists():
             try:
-                old = rd.read_config()["config"]
-            except (OSError, ValueError, KeyError):
+                old = upgrade_config(rd.read_config()["config"])
+            except (OSError, ValueError, KeyError, TypeError):
                 raise UserError(f"{rd.config_file} is unreadable; move the run away") from None
             if old != cfg.to_dict():
                 raise UserError(

@@ -19,12 +19,22 @@ from typing import Any
 
 import tomllib
 
-from architectures import ALL_PAIRS, NORMS, PADDINGS, Norm, Padding, get_pair
+from architectures import (
+    ALL_PAIRS,
+    MLP_WIDTHS,
+    NORMS,
+    PADDINGS,
+    MLPWidth,
+    Norm,
+    Padding,
+    get_pair,
+)
 
 from .errors import UserError, did_you_mean
 from .procedures import (
     ADAMS,
     HPARAM_SETS,
+    LEGACY_OPTIMIZERS,
     OPTIMIZERS,
     PROCEDURES,
     Hyperparameters,
@@ -48,7 +58,7 @@ class RunConfig:
     arch: str  # architectures.PAIRS key: one row of Figure 2 (SPEC.md A.1-A.7)
     procedure: str  # procedures.PROCEDURES key (SPEC.md B)
     hparams: str  # named set the optimiser values were resolved from: paper | official-code
-    optimizer: OptimizerName  # adam | adam-tf | rmsprop-tf | rmsprop-torch (same for G and D)
+    optimizer: OptimizerName  # adam-tf | adam-torch | rmsprop-tf | rmsprop-torch (G and D)
     lr: float  # learning rate of both networks
     beta1: float | None  # Adam only
     beta2: float | None  # Adam only
@@ -68,6 +78,16 @@ class RunConfig:
     # Added after schema 1: it enters the run id only when it is not "exact", so every
     # existing run keeps its id.
     mode: str = "exact"
+    # MLP generator width (SPEC.md E.19b): scaled (8 * dim) | fixed-512 (the authors' code) for
+    # the mlp-generator pair, None (absent from the config) for every other pair. Added after
+    # schema 1: a config of that pair without it is "scaled", and "scaled" stays out of the
+    # run id, so every existing run keeps its id.
+    mlp_width: MLPWidth | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """A config from its ``to_dict`` form, written by this code or an older one."""
+        return cls(**upgrade_config(d))
 
     @property
     def hyperparameters(self) -> Hyperparameters:
@@ -85,6 +105,8 @@ class RunConfig:
         d = dataclasses.asdict(self)
         if d["mode"] == "exact":
             del d["mode"]  # exact runs keep the config (and so the run id) they always had
+        if d["mlp_width"] is None:
+            del d["mlp_width"]  # recorded only where it means something
         return d
 
     @property
@@ -92,16 +114,36 @@ class RunConfig:
         return self.mode != "exact"
 
     def hash(self) -> str:
-        """Short hash of the canonical JSON of this config plus the schema version."""
-        payload = json.dumps(
-            {"schema": SCHEMA_VERSION, **self.to_dict()}, sort_keys=True, separators=(",", ":")
-        )
+        """Short hash of the canonical JSON of this config plus the schema version, in the
+        spelling of schema 1: a setting added since is left out at its old implicit value
+        (mode exact, MLP width scaled) and a renamed value hashes under its old name
+        (adam-torch as "adam"), so a run whose maths did not change keeps its id."""
+        d = self.to_dict()
+        if d.get("mlp_width") == "scaled":
+            del d["mlp_width"]
+        legacy = {new: old for old, new in LEGACY_OPTIMIZERS.items()}
+        d["optimizer"] = legacy.get(d["optimizer"], d["optimizer"])
+        payload = json.dumps({"schema": SCHEMA_VERSION, **d}, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
     @property
     def run_id(self) -> str:
         """Readable slug plus config hash: deterministic, so re-running finds the same run."""
         return f"{self.arch}-{self.procedure}-s{self.seed}-{self.hash()}"
+
+
+def upgrade_config(d: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run config (``config.json``'s "config", a manifest cell, a checkpoint's) in
+    today's spelling: "adam" is adam-torch, and an mlp-generator config without a width is
+    "scaled" (the only width before the choice existed). Anything else is left as it is."""
+    out = dict(d)
+    opt = out.get("optimizer")
+    if isinstance(opt, str) and opt in LEGACY_OPTIMIZERS:
+        out["optimizer"] = LEGACY_OPTIMIZERS[opt]
+    arch = out.get("arch")
+    if isinstance(arch, str) and arch in ALL_PAIRS and ALL_PAIRS[arch].has_mlp_width:
+        out.setdefault("mlp_width", "scaled")
+    return out
 
 
 JUDGES = ("auto", "demo", "inception")
@@ -210,9 +252,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("hparams", str, "paper", "named hyperparameter set: 'paper' = App. E (WGAN-GP Adam "
            "beta1 0.5); 'official-code' = the authors' HEAD (beta1 0)", HPARAM_SETS),
     Option("optimizer", str, None, "optimiser for G and D; default: the procedure's "
-           "(adam for dcgan/wgan-gp, rmsprop-tf for lsgan/wgan). adam is PyTorch's Adam; "
-           "adam-tf is TF1's (eps added before the bias correction, as in the authors' code: "
-           "SPEC.md B.4)", OPTIMIZERS),
+           "(adam-tf for dcgan/wgan-gp, rmsprop-tf for lsgan/wgan). adam-tf is TF1's Adam as "
+           "in the authors' code (eps added before the bias correction: SPEC.md B.4, E.4b); "
+           "adam-torch is PyTorch's Adam and rmsprop-torch PyTorch's RMSprop, named "
+           "departures", OPTIMIZERS),
     Option("lr", float, None, "learning rate; default: the procedure's (dcgan 2e-4, lsgan 1e-4, "
            "wgan 5e-5, wgan-gp 1e-4)"),
     Option("beta1", float, None, "Adam beta1; default: the procedure's (dcgan 0.5; wgan-gp 0.5 "
@@ -227,6 +270,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("padding", str, "tf-same", "convolution padding: tf-same (exact TF emulation) or "
            "symmetric (the usual PyTorch approximation, a 1-pixel shift)", PADDINGS),
     Option("dim", int, 64, "base width DIM of every network (paper: 64); a multiple of 4"),
+    Option("mlp_width", str, None, "hidden width of the mlp-generator pair's MLP (SPEC.md "
+           "E.19b): scaled = 8 * dim (default: scales with the other networks) or fixed-512 "
+           "(the authors' code: 512 whatever dim is); equal at dim 64", MLP_WIDTHS),
     Option("batch_size", int, 64, "batch size of every critic and generator step"),
     Option("iters", int, 200_000, "generator iterations (the authors' ITERS)"),
     Option("seed", int, 0, "random seed (weights, noise, interpolation, data order)"),
@@ -348,6 +394,11 @@ def _check_type(opt: Option, value: Any) -> Any:
         raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
     if opt.choices is not None and value not in opt.choices:
         hint = did_you_mean(str(value), opt.choices)
+        if opt.key == "optimizer" and value in LEGACY_OPTIMIZERS:
+            hint = (
+                f" (PyTorch's Adam, once the default, is now {LEGACY_OPTIMIZERS[value]}; TF1's "
+                "Adam, adam-tf, is the default)"
+            )
         raise UserError(
             f"{opt.flag}: unknown value {value!r}{hint}; valid: {', '.join(opt.choices)}"
         )
@@ -382,7 +433,10 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UserError(f"--config: {p} must hold a table/object of option keys")
     if "config" in raw and "schema" in raw:  # a run directory's config.json
-        merged = {**raw.get("runtime", {}), **raw["config"]}
+        config, runtime = raw["config"], raw.get("runtime", {})
+        if not isinstance(config, dict) or not isinstance(runtime, dict):
+            raise UserError(f"--config: {p} is a run's config.json without valid sections")
+        merged = {**runtime, **upgrade_config(config)}
         # keep the user options; drop what was resolved from them (dataset kind and
         # fingerprint, the weights' checksum), which is recomputed and checked again
         raw = {k: v for k, v in merged.items() if k in OPTIONS_BY_KEY}
@@ -422,6 +476,7 @@ def resolve_run_config(
         ("beta2", adam, f"optimizer {optimizer}"),
         ("gp_lambda", proc.uses_penalty, f"procedure {proc.name}"),
         ("clip", proc.uses_clipping, f"procedure {proc.name}"),
+        ("mlp_width", pair.has_mlp_width, f"architecture {pair.name}"),
     ):
         if key in given and not meaningful:
             raise UserError(f"{OPTIONS_BY_KEY[key].flag} means nothing for {why}")
@@ -500,6 +555,7 @@ def resolve_run_config(
         dataset=dataset,
         data_fingerprint=data_fingerprint,
         mode=get("mode"),
+        mlp_width=given.get("mlp_width", "scaled") if pair.has_mlp_width else None,
     )
 
 

@@ -84,7 +84,7 @@ class CellJob(submitit.helpers.Checkpointable):
         from .data import load_dataset
         from .train import resolve_device, train_run
 
-        cfg = RunConfig(**self.spec.config)
+        cfg = RunConfig.from_dict(self.spec.config)
         rt = RuntimeConfig(**self.spec.runtime)
         dataset = load_dataset(rt.data)
         if dataset.fingerprint != cfg.data_fingerprint:

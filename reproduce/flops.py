@@ -87,7 +87,7 @@ def _count(config_items: tuple[tuple[str, Any], ...]) -> IterationCost:
     from .data import ImageDataset
     from .train import Trainer
 
-    cfg = RunConfig(**dict(config_items))
+    cfg = RunConfig.from_dict(dict(config_items))
     r = get_pair(cfg.arch).resolution
     images = torch.zeros((cfg.batch_size, 3, r, r), dtype=torch.uint8)
     dataset = ImageDataset("count", images, "count", {})

@@ -27,11 +27,17 @@ from .penalties import clip_weights_, gradient_penalty
 # torch.func form under torch.compile (fast modes)
 Penalty = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
-# adam: PyTorch's Adam (the default for now); adam-tf: TF1's AdamOptimizer, eps added before
-# the bias correction (SPEC.md B.4, E.4b; reproduce.optim.TFAdam)
-OptimizerName = Literal["adam", "adam-tf", "rmsprop-tf", "rmsprop-torch"]
-OPTIMIZERS: tuple[OptimizerName, ...] = ("adam", "adam-tf", "rmsprop-tf", "rmsprop-torch")
-ADAMS = ("adam", "adam-tf")
+# adam-tf: TF1's AdamOptimizer as in the authors' code, eps added before the bias correction
+# (SPEC.md B.4, E.4b; reproduce.optim.TFAdam), the default wherever the paper uses Adam;
+# adam-torch: PyTorch's Adam, a named departure; rmsprop-tf: TF1's RMSProp (SPEC.md B.4), the
+# default wherever the paper uses RMSProp; rmsprop-torch: PyTorch's RMSprop, a named departure.
+OptimizerName = Literal["adam-tf", "adam-torch", "rmsprop-tf", "rmsprop-torch"]
+OPTIMIZERS: tuple[OptimizerName, ...] = ("adam-tf", "adam-torch", "rmsprop-tf", "rmsprop-torch")
+ADAMS = ("adam-tf", "adam-torch")
+# Old spellings in run directories written before the rename: "adam" was PyTorch's Adam, the
+# default until TF1's Adam replaced it. Old configs are read through this table; run ids hash
+# the old spelling, so the runs they name keep their ids (config.RunConfig.hash).
+LEGACY_OPTIMIZERS: dict[str, OptimizerName] = {"adam": "adam-torch"}
 
 # Named hyperparameter sets (SPEC.md B.3 and E.1):
 #   paper:         the paper's Appendix E and the code at paper time (default)
@@ -126,10 +132,11 @@ class Procedure:
         """The procedure's optimiser. Exact mode: multi-tensor (foreach) kernels, bit-identical
         to PyTorch's per-parameter reference loop (tests/test_speed.py checks every step).
         ``fused=True`` (fast modes only): PyTorch's fused Adam, one kernel for all
-        parameters, which rounds differently (not bit-identical to the reference)."""
-        if hp.optimizer == "adam":
+        parameters, which rounds differently (not bit-identical to the reference); TF1's Adam
+        has no fused form and ignores it."""
+        if hp.optimizer == "adam-torch":
             assert hp.beta1 is not None and hp.beta2 is not None
-            # PyTorch Adam; TF's differs only in where eps enters (SPEC.md B.4, negligible).
+            # PyTorch's Adam: eps added after the bias correction (SPEC.md B.4, E.4b).
             kind = {"fused": True} if fused else {"foreach": True}
             return torch.optim.Adam(params, lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=1e-8, **kind)
         if hp.optimizer == "adam-tf":
@@ -175,12 +182,15 @@ def _same(hp: Hyperparameters) -> dict[str, Hyperparameters]:
 
 
 # fmt: off
-# DCGAN: Adam(2e-4, 0.5, 0.999), one critic step per generator step (SPEC.md B.3).
+# Changelog of the named sets (both): TF1's Adam (adam-tf) replaced PyTorch's (then "adam",
+# now adam-torch) as the Adam of dcgan and wgan-gp (SPEC.md B.4, E.4b); the run ids of
+# those cells changed with it.
+# DCGAN: TF Adam(2e-4, 0.5, 0.999), one critic step per generator step (SPEC.md B.3).
 register(Procedure(
     "dcgan", "DCGAN", "B.1, B.3",
     losses.dcgan_critic_loss, losses.dcgan_generator_loss,
     uses_penalty=False, uses_clipping=False, default_critic_norm="batch",
-    defaults=_same(Hyperparameters("adam", 2e-4, beta1=0.5, beta2=0.999, n_critic=1)),
+    defaults=_same(Hyperparameters("adam-tf", 2e-4, beta1=0.5, beta2=0.999, n_critic=1)),
 ))
 # LSGAN: TF RMSProp 1e-4, one critic step (SPEC.md B.3; searched over 1e-3, 2e-4, 1e-4).
 register(Procedure(
@@ -196,15 +206,15 @@ register(Procedure(
     uses_penalty=False, uses_clipping=True, default_critic_norm="batch",
     defaults=_same(Hyperparameters("rmsprop-tf", 5e-5, n_critic=5, clip=0.01)),
 ))
-# WGAN-GP: Adam(1e-4, beta1, 0.9), lambda 10, 5 critic steps. beta1 = 0.5 in the paper's
+# WGAN-GP: TF Adam(1e-4, beta1, 0.9), lambda 10, 5 critic steps. beta1 = 0.5 in the paper's
 # App. E and the paper-time code; 0 in Algorithm 1 and at the authors' HEAD (SPEC.md E.1).
 register(Procedure(
     "wgan-gp", "WGAN-GP", "B.1-B.3",
     losses.wasserstein_critic_loss, losses.wasserstein_generator_loss,
     uses_penalty=True, uses_clipping=False, default_critic_norm="layer",
     defaults={
-        "paper": Hyperparameters("adam", 1e-4, beta1=0.5, beta2=0.9, n_critic=5, gp_lambda=10.0),
-        "official-code": Hyperparameters("adam", 1e-4, beta1=0.0, beta2=0.9, n_critic=5,
+        "paper": Hyperparameters("adam-tf", 1e-4, beta1=0.5, beta2=0.9, n_critic=5, gp_lambda=10.0),
+        "official-code": Hyperparameters("adam-tf", 1e-4, beta1=0.0, beta2=0.9, n_critic=5,
                                          gp_lambda=10.0),
     },
 ))

@@ -38,7 +38,7 @@ from .config import SCHEMA_VERSION
 from .data import derive_seed
 from .errors import UserError
 from .lease import Lease
-from .optim import TFRMSprop
+from .optim import TFAdam, TFRMSprop
 from .penalties import clip_weights_, gradient_penalty
 from .results import RunDir, atomic_write_bytes, atomic_write_json
 
@@ -155,7 +155,9 @@ class ToyConfig:
     method: str  # clip | gp
     clip: float | None  # c for clip
     gp_lambda: float | None  # lambda for gp (paper text: 10; the toy code: 0.1, SPEC.md E.12)
-    optimizer: str  # rmsprop-tf (clip) | adam (gp), as the paper
+    # rmsprop-tf (clip) | adam-tf (gp), TF1's optimisers as the authors' gan_toy.py; toy runs
+    # of the gp method made before TF1's Adam replaced PyTorch's ("adam") have other run ids
+    optimizer: str
     lr: float
     beta1: float | None
     beta2: float | None
@@ -217,7 +219,7 @@ def toy_config(
         method=method,
         clip=(clip if clip is not None else 0.01) if is_clip else None,
         gp_lambda=None if is_clip else gp_lambda,
-        optimizer="rmsprop-tf" if is_clip else "adam",
+        optimizer="rmsprop-tf" if is_clip else "adam-tf",
         lr=5e-5 if is_clip else 1e-4,
         beta1=None if is_clip else 0.5,
         beta2=None if is_clip else 0.9,
@@ -249,9 +251,9 @@ class ToyTrainer:
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         c = self.cfg
-        if c.optimizer == "adam":
+        if c.optimizer == "adam-tf":
             assert c.beta1 is not None and c.beta2 is not None
-            return torch.optim.Adam(net.parameters(), lr=c.lr, betas=(c.beta1, c.beta2))
+            return TFAdam(net.parameters(), lr=c.lr, betas=(c.beta1, c.beta2), eps=1e-8)
         return TFRMSprop(net.parameters(), lr=c.lr)
 
     def fake(self, real: Tensor) -> Tensor:

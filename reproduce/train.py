@@ -37,7 +37,7 @@ from tqdm import tqdm
 from architectures import Z_DIM, get_pair
 
 from . import checkpoint, faults, flops, judge, metrics, steps
-from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff
+from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff, upgrade_config
 from .data import (
     BatchSource,
     DataPosition,
@@ -254,9 +254,9 @@ class Trainer:
         pair = get_pair(cfg.arch)
         # Weights are initialised on the CPU from the run seed (identical on every device).
         seed_everything(cfg.seed)
-        self.G: nn.Module = pair.generator(cfg.dim, cfg.padding).to(device)
+        self.G: nn.Module = pair.generator(cfg.dim, cfg.padding, cfg.mlp_width).to(device)
         self.D: nn.Module = pair.critic(cfg.dim, cfg.critic_norm, cfg.padding).to(device)
-        fused = cfg.fast and self.hp.optimizer == "adam"
+        fused = cfg.fast and self.hp.optimizer == "adam-torch"
         self.opt_g = self.proc.make_optimizer(self.G.parameters(), self.hp, fused=fused)
         self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp, fused=fused)
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
@@ -430,7 +430,7 @@ def train_run(
             )
         doc = run_config_document(cfg, rt, dataset, run_dir.path.name)
         if run_dir.exists():
-            old = run_dir.read_config().get("config", {})
+            old = upgrade_config(run_dir.read_config().get("config", {}))
             if old != doc["config"]:  # validated before; re-checked under the lease
                 diff = "; ".join(config_diff(old, doc["config"]))
                 return Outcome(
@@ -501,7 +501,7 @@ def _train_locked(
     for ckpt, state, why in checkpoint.candidates(ckpt_dir, map_location=device):
         if state is not None and state.get("config_hash") != cfg.hash():
             if isinstance(state.get("config"), dict):
-                diff = "; ".join(config_diff(state["config"], cfg.to_dict()))
+                diff = "; ".join(config_diff(upgrade_config(state["config"]), cfg.to_dict()))
                 msg = f"checkpoint {ckpt.path} has another config: {diff}"
                 return Outcome("failed", 0, msg, run_dir.path)
             why, state = "holds no config", None

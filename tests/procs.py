@@ -28,7 +28,7 @@ def train_args(
     training state, and the demo judge's periodic evaluations would triple their time
     (``test_resume`` has its own test of resuming with evaluation on)."""
     judged = ["--eval", "--eval-every", "4", "--eval-samples", "64", "--final-eval-samples", "128"]
-    # "wgan-gp+adam-tf": the procedure with another optimiser
+    # "wgan-gp+adam-torch": the procedure with another optimiser
     procedure, _, optimizer = procedure.partition("+")
     return [
         "train",

@@ -57,9 +57,9 @@ class ReferenceCell:
         self.cfg, self.device = cfg, device
         pair = get_pair(cfg.arch)
         seed_everything(cfg.seed)  # the same initial weights as the Trainer
-        self.G = pair.generator(cfg.dim, cfg.padding).to(device)
+        self.G = pair.generator(cfg.dim, cfg.padding, cfg.mlp_width).to(device)
         self.D = pair.critic(cfg.dim, cfg.critic_norm, cfg.padding).to(device)
-        if cfg.optimizer == "adam":
+        if cfg.optimizer == "adam-torch":
             betas = (cfg.beta1, cfg.beta2)
             self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=betas)
             self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=betas)

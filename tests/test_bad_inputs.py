@@ -86,7 +86,12 @@ def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None
             ["--procedure", "wgan", "--beta1", "0.5"],
             "--beta1 means nothing for optimizer rmsprop-tf",
         ),
-        (["--procedure", "wgan", "--optimizer", "adam"], "needs explicit --beta1 and --beta2"),
+        (["--procedure", "wgan", "--optimizer", "adam-tf"], "needs explicit --beta1 and --beta2"),
+        (["--optimizer", "adam"], "PyTorch's Adam, once the default, is now adam-torch"),
+        (
+            ["--arch", "baseline", "--mlp-width", "fixed-512"],
+            "--mlp-width means nothing for architecture baseline",
+        ),
         (
             ["--procedure", "wgan-gp", "--critic-norm", "batch"],
             "batch norm in a gradient-penalty critic",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from reproduce.config import OPTIONS, RunConfig, config_diff, resolve_run_config
+import pytest
+
+from reproduce.config import OPTIONS, RunConfig, config_diff, resolve_run_config, upgrade_config
+from reproduce.errors import UserError
 
 
 def cfg(**kw) -> RunConfig:
@@ -19,13 +22,16 @@ def test_run_id_is_deterministic_and_readable():
     assert cfg(lr=1e-4, beta1=0.5, n_critic=5, gp_lambda=10.0).run_id == a.run_id
 
 
-def test_every_result_affecting_field_changes_the_id():
-    base = cfg()
+@pytest.mark.parametrize("arch", ["baseline", "mlp-generator"])
+def test_every_result_affecting_field_changes_the_id(arch):
+    base = cfg(arch=arch)
     for field in dataclasses.fields(RunConfig):
         value = getattr(base, field.name)
         if isinstance(value, bool) or value is None:
             continue
-        if isinstance(value, str):
+        if field.name == "mlp_width":
+            other = "fixed-512"
+        elif isinstance(value, str):
             other = value + "x"
         elif isinstance(value, float):
             other = value * 2
@@ -46,3 +52,59 @@ def test_official_code_set_differs_only_in_beta1():
     diff = config_diff(paper.to_dict(), official.to_dict())
     assert diff == ["beta1: 0.5 -> 0.0", "hparams: 'paper' -> 'official-code'"]
     assert paper.run_id != official.run_id
+
+
+# Run ids computed by the code before TF1's Adam became the default (commit 8eb24e6), for
+# data fingerprint 0123456789abcdef; PyTorch's Adam was then spelled "adam".
+OLD_IDS = {
+    (("procedure", "dcgan"),): "baseline-dcgan-s0-8306f57961",
+    (("procedure", "wgan-gp"), ("hparams", "official-code")): "baseline-wgan-gp-s0-43965e87e5",
+    (("arch", "mlp-generator"), ("procedure", "lsgan"), ("dim", 16)):
+        "mlp-generator-lsgan-s0-30951265ed",
+    (("arch", "mlp-generator"), ("procedure", "wgan-gp"), ("optimizer", "adam-tf")):
+        "mlp-generator-wgan-gp-s0-c99596f118",
+}  # fmt: skip
+
+
+def _resolved(**kw) -> RunConfig:
+    return resolve_run_config(kw, dataset="demo", data_fingerprint="0123456789abcdef")
+
+
+def test_ids_change_where_the_maths_changed_and_nowhere_else():
+    """TF1's Adam is the new default of dcgan and wgan-gp (SPEC.md B.4): their default ids
+    change. PyTorch's Adam, now adam-torch, and the MLP width that was the only one (scaled)
+    keep the ids they had, so old run directories resume under the new code."""
+    for choices, old in OLD_IDS.items():
+        new = _resolved(**dict(choices))
+        if new.procedure in ("dcgan", "wgan-gp") and "optimizer" not in dict(choices):
+            assert new.optimizer == "adam-tf" and new.run_id != old
+            assert _resolved(**dict(choices), optimizer="adam-torch").run_id == old
+        else:
+            assert new.run_id == old
+    mlp = _resolved(arch="mlp-generator", procedure="lsgan", dim=16)
+    assert mlp.mlp_width == "scaled" and mlp.to_dict()["mlp_width"] == "scaled"  # recorded
+    wide = _resolved(arch="mlp-generator", procedure="lsgan", dim=16, mlp_width="fixed-512")
+    assert wide.run_id != mlp.run_id and "mlp_width" not in cfg().to_dict()
+
+
+def test_old_configs_read_in_todays_spelling():
+    old = {**cfg(procedure="dcgan", optimizer="adam-torch").to_dict(), "optimizer": "adam"}
+    assert RunConfig.from_dict(old) == cfg(procedure="dcgan", optimizer="adam-torch")
+    old_mlp = cfg(arch="mlp-generator").to_dict()
+    del old_mlp["mlp_width"]
+    assert upgrade_config(old_mlp) == cfg(arch="mlp-generator").to_dict()
+    assert RunConfig.from_dict(old_mlp).mlp_width == "scaled"
+
+
+def test_mlp_width_builds_the_named_width_and_only_for_the_mlp():
+    from architectures import get_pair
+
+    pair = get_pair("mlp-generator")
+    for choice, width in (("scaled", 128), ("fixed-512", 512)):
+        first = pair.generator(16, "tf-same", choice).net[0]
+        assert first.out_features == width, choice
+    assert pair.generator(64, "tf-same", "scaled").net[0].out_features == 512  # the paper's
+    with pytest.raises(UserError, match="--mlp-width means nothing for architecture baseline"):
+        cfg(arch="baseline", mlp_width="fixed-512")
+    with pytest.raises(ValueError):
+        get_pair("baseline").generator(16, "tf-same", "scaled")

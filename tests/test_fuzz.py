@@ -69,7 +69,7 @@ def test_train_numeric_flags(flag, tmp_path):
         d.mkdir()
         argv = ["train", *TINY, *extra.get(flag, []), f"{flag}={value}"]
         if flag in ("--beta1", "--beta2"):
-            argv += ["--optimizer", "adam", "--beta1", "0.5", "--beta2", "0.9"]
+            argv += ["--optimizer", "adam-tf", "--beta1", "0.5", "--beta2", "0.9"]
             argv.append(f"{flag}={value}")
         check(d, argv, flag, value)
 

@@ -26,7 +26,7 @@ def test_paper_and_official_code_defaults():
     assert (wgan.optimizer, wgan.lr, wgan.clip, wgan.n_critic) == ("rmsprop-tf", 5e-5, 0.01, 5)
     dcgan = get_procedure("dcgan").defaults["paper"]
     assert (dcgan.optimizer, dcgan.lr, dcgan.beta1, dcgan.beta2, dcgan.n_critic) == (
-        "adam",
+        "adam-tf",
         2e-4,
         0.5,
         0.999,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -29,7 +30,7 @@ def reference(tmp_path_factory):
     return make_reference(tmp_path_factory)
 
 
-@pytest.mark.parametrize("procedure", ["wgan-gp", "wgan", "dcgan", "lsgan", "wgan-gp+adam-tf"])
+@pytest.mark.parametrize("procedure", ["wgan-gp", "wgan", "dcgan", "lsgan", "wgan-gp+adam-torch"])
 def test_sigkill_three_times_then_bit_exact(procedure, tmp_path, reference):
     results = tmp_path / "results"
     args = train_args(results, procedure)
@@ -76,6 +77,28 @@ def test_the_resume_test_can_fail(procedure, part, tmp_path, reference, killed_r
     assert not states_equal(a["generator"], b["generator"])
     with pytest.raises(AssertionError):
         assert_same_result(run, ref)
+
+
+@pytest.mark.parametrize("how", ["same-command", "resume"])
+def test_a_run_written_before_the_adam_rename_resumes_exactly(
+    how, tmp_path, reference, killed_runs
+):
+    """PyTorch's Adam was spelled "adam" in config.json until TF1's Adam became the default;
+    such a run (same maths, same run id) resumes under today's name, bit-exactly, through the
+    original command and through --resume."""
+    procedure = "wgan-gp+adam-torch"
+    killed = killed_runs(procedure)
+    results = tmp_path / "results"
+    run = results / killed.name
+    shutil.copytree(killed, run)
+    doc = json.loads((run / "config.json").read_text())
+    assert doc["config"]["optimizer"] == "adam-torch"
+    doc["config"]["optimizer"] = "adam"  # as the code before the rename wrote it
+    (run / "config.json").write_text(json.dumps(doc))
+    args = train_args(results, procedure)
+    finish(args if how == "same-command" else ["train", "--resume", str(run), "--no-progress"])
+    assert "resumed from ckpt-" in (run / "log.txt").read_text()
+    assert_same_result(run, reference(procedure))
 
 
 def test_the_killed_run_resumes_exactly_without_faults(tmp_path, reference, killed_runs):

@@ -89,24 +89,32 @@ def test_foreach_optimisers_are_bit_identical_to_per_parameter_loops():
 
 
 def test_exact_mode_optimisers_are_the_foreach_ones(small_demo):
-    t = Trainer(small_config(small_demo, procedure="wgan-gp"), small_demo, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    t = Trainer(small_config(small_demo, procedure="wgan-gp"), small_demo, cpu)
+    assert isinstance(t.opt_d, TFAdam)  # the default Adam (SPEC.md B.4)
+    cfg = small_config(small_demo, procedure="wgan-gp", optimizer="adam-torch")
+    t = Trainer(cfg, small_demo, cpu)
     assert t.opt_d.defaults["foreach"] is True and not t.opt_d.defaults["fused"]
-    t = Trainer(small_config(small_demo, procedure="wgan"), small_demo, torch.device("cpu"))
+    t = Trainer(small_config(small_demo, procedure="wgan"), small_demo, cpu)
     assert isinstance(t.opt_d, TFRMSprop)
 
 
-PORT_CASES = [(p, {}) for p in PROCEDURES] + [
-    (p, {"optimizer": "adam-tf", "iters": 10}) for p in ("dcgan", "wgan-gp")
+# the Adam procedures run TF1's Adam by default: ten iterations against the port's
+# per-parameter transcription of its kernel; and five with PyTorch's Adam (adam-torch)
+PORT_CASES = [(p, {"iters": 10} if p in ("dcgan", "wgan-gp") else {}) for p in PROCEDURES] + [
+    (p, {"optimizer": "adam-torch"}) for p in ("dcgan", "wgan-gp")
 ]
 
 
 @pytest.mark.parametrize(
-    "procedure,extra", PORT_CASES, ids=[p + ("-adam-tf" if e else "") for p, e in PORT_CASES]
+    "procedure,extra",
+    PORT_CASES,
+    ids=[p + ("-adam-torch" if "optimizer" in e else "") for p, e in PORT_CASES],
 )
 def test_training_loop_matches_a_plain_eager_port_bit_for_bit(procedure, extra, small_demo):
     """Five iterations of the package's loop (foreach optimisers, frozen critic, device-side
     statistics) against tests/reference.py: every parameter and every loss bit-identical
-    (and ten with TF1's Adam, against the port's per-parameter transcription of its kernel)."""
+    (ten with TF1's Adam, the default of dcgan and wgan-gp)."""
     cfg = small_config(small_demo, procedure=procedure, **{"iters": 5, **extra})
     cpu = torch.device("cpu")
     configure_numerics(cpu)
@@ -228,7 +236,8 @@ def test_fast_modes_agree_with_exact_mode(small_demo):
 
 
 def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
-    exact = small_config(small_demo)
+    # PyTorch's Adam, the default when the mode was added (TF1's Adam is now: its ids changed)
+    exact = small_config(small_demo, optimizer="adam-torch")
     assert "mode" not in exact.to_dict()  # exact runs keep the ids they always had
     fast = RunConfig(**{**exact.to_dict(), "mode": "fast"})
     assert fast.to_dict()["mode"] == "fast" and fast.run_id != exact.run_id
