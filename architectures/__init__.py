@@ -1,8 +1,10 @@
 """The seven generator/critic pairs of the paper's LSUN experiment (Figure 2, SPEC.md A.1-A.7).
 
 One registry of *pairs*: a generator and its critic are registered together, so there is no
-second table to keep in sync. Each entry has a stable short name (used in run ids and on the
-command line), the paper's row number and row title, and two factories:
+second table to keep in sync. The registry imports no torch: each factory imports its
+network's module when it is first called, so the command line lists and checks names fast.
+Each entry has a stable short name (used in run ids and on the command line), the paper's row
+number and row title, and two factories:
 
     pair.generator(dim, padding)       -> nn.Module, z (B, 128) -> image (B, 3, 64, 64)
                                           (row 3 also takes ``mlp_width``: SPEC.md E.19b)
@@ -17,18 +19,15 @@ factory refuses anything but ``"none"``.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+from .choices import MLP_WIDTHS, NORMS, PADDINGS, MLPWidth, Norm, Padding
 
-from .cifar import CifarCritic, CifarGenerator
-from .constant_filters import ConstantFilterGenerator
-from .dcgan import DCGANCritic, DCGANGenerator
-from .gated import GatedCritic, GatedGenerator
-from .layers import NORMS, PADDINGS, Norm, Padding
-from .mlp import MLP_WIDTHS, MLPGenerator, MLPWidth
-from .resnet101 import ResNetCritic, ResNetGenerator
+if TYPE_CHECKING:
+    from torch import nn
 
 Z_DIM = 128  # latent size of every generator (SPEC.md A.0)
 IMAGE_SHAPE = (3, 64, 64)
@@ -82,6 +81,18 @@ class ArchitecturePair:
         return self.make_critic(dim, norm, padding)
 
 
+def _net(module: str, cls: str) -> Callable[..., nn.Module]:
+    """The network class ``cls`` of ``architectures.<module>``, imported on the first call."""
+
+    def build(*args: Any, **kwargs: Any) -> nn.Module:
+        net: nn.Module = getattr(importlib.import_module(f"{__name__}.{module}"), cls)(
+            *args, **kwargs
+        )
+        return net
+
+    return build
+
+
 PAIRS: dict[str, ArchitecturePair] = {}  # the seven rows of the LSUN experiment, in order
 ALL_PAIRS: dict[str, ArchitecturePair] = {}  # and the other experiments' networks (CIFAR)
 
@@ -112,45 +123,46 @@ def get_pair(name: str) -> ArchitecturePair:
 # fmt: off
 register(ArchitecturePair(
     "baseline", 1, "Baseline (G: DCGAN, D: DCGAN)", "A.1",
-    lambda dim, pad: DCGANGenerator(dim, padding=pad),
-    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad: _net("dcgan", "DCGANGenerator")(dim, padding=pad),
+    lambda dim, norm, pad: _net("dcgan", "DCGANCritic")(dim, norm=norm, padding=pad),
 ))
 register(ArchitecturePair(
     "constant-filters", 2, "G: No BN and a constant number of filters, D: DCGAN", "A.2",
-    lambda dim, pad: ConstantFilterGenerator(dim, padding=pad),
-    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad: _net("constant_filters", "ConstantFilterGenerator")(dim, padding=pad),
+    lambda dim, norm, pad: _net("dcgan", "DCGANCritic")(dim, norm=norm, padding=pad),
 ))
 register(ArchitecturePair(
     "mlp-generator", 3, "G: 4-layer 512-dim ReLU MLP, D: DCGAN", "A.3",
-    lambda dim, pad, width: MLPGenerator(dim, width),
-    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad, width: _net("mlp", "MLPGenerator")(dim, width),
+    lambda dim, norm, pad: _net("dcgan", "DCGANCritic")(dim, norm=norm, padding=pad),
     has_mlp_width=True,
 ))
 register(ArchitecturePair(
     "no-norm", 4, "No normalization in either G or D", "A.4",
-    lambda dim, pad: DCGANGenerator(dim, bn=False, padding=pad),
-    lambda dim, norm, pad: DCGANCritic(dim, norm="none", padding=pad),
+    lambda dim, pad: _net("dcgan", "DCGANGenerator")(dim, bn=False, padding=pad),
+    lambda dim, norm, pad: _net("dcgan", "DCGANCritic")(dim, norm="none", padding=pad),
     critic_has_norm=False,
 ))
 register(ArchitecturePair(
     "gated", 5, "Gated multiplicative nonlinearities everywhere in G and D", "A.5",
-    lambda dim, pad: GatedGenerator(dim, padding=pad),
-    lambda dim, norm, pad: GatedCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad: _net("gated", "GatedGenerator")(dim, padding=pad),
+    lambda dim, norm, pad: _net("gated", "GatedCritic")(dim, norm=norm, padding=pad),
 ))
 register(ArchitecturePair(
     "tanh", 6, "tanh nonlinearities everywhere in G and D", "A.6",
-    lambda dim, pad: DCGANGenerator(dim, nonlinearity="tanh", padding=pad),
-    lambda dim, norm, pad: DCGANCritic(dim, norm=norm, nonlinearity="tanh", padding=pad),
+    lambda dim, pad: _net("dcgan", "DCGANGenerator")(dim, nonlinearity="tanh", padding=pad),
+    lambda dim, norm, pad: _net("dcgan", "DCGANCritic")(dim, norm=norm, nonlinearity="tanh",
+                                                        padding=pad),
 ))
 register(ArchitecturePair(
     "resnet101", 7, "101-layer ResNet G and D", "A.7",
-    lambda dim, pad: ResNetGenerator(dim, padding=pad),
-    lambda dim, norm, pad: ResNetCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad: _net("resnet101", "ResNetGenerator")(dim, padding=pad),
+    lambda dim, norm, pad: _net("resnet101", "ResNetCritic")(dim, norm=norm, padding=pad),
 ))
 register(ArchitecturePair(
     "cifar", 0, "CIFAR-10 DCGAN-like G and D (Figure 3)", "C.5",
-    lambda dim, pad: CifarGenerator(dim, padding=pad),
-    lambda dim, norm, pad: CifarCritic(dim, norm=norm, padding=pad),
+    lambda dim, pad: _net("cifar", "CifarGenerator")(dim, padding=pad),
+    lambda dim, norm, pad: _net("cifar", "CifarCritic")(dim, norm=norm, padding=pad),
     resolution=32, penalty_norm="none",
 ), lsun=False)
 # fmt: on

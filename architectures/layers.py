@@ -23,10 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Padding = Literal["tf-same", "symmetric"]
-Norm = Literal["batch", "layer", "none"]
-PADDINGS: tuple[Padding, ...] = ("tf-same", "symmetric")
-NORMS: tuple[Norm, ...] = ("batch", "layer", "none")
+from .choices import NORMS, PADDINGS, Norm, Padding
 
 # sqrt(3): a uniform distribution on [-sqrt(3) s, sqrt(3) s] has standard deviation s.
 _SQRT3 = math.sqrt(3.0)

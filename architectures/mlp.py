@@ -2,34 +2,18 @@
 
 Hidden layers use tflib's 'he' Linear init, the output layer glorot; no normalisation.
 
-Width (SPEC.md E.19b), a named choice recorded in every MLP run's config:
-  scaled     8 * dim (the default): the width option scales this generator with every other
-             network, so a small-width run keeps the paper's balance between G and D;
-  fixed-512  the authors' code: FC_DIM = 512 whatever DIM is.
-Both are 512 at the paper's DIM 64, so the paper's network is the same either way.
+Its width is a named choice (SPEC.md E.19b; ``choices.mlp_width``): 8 * dim by default, or
+the authors' fixed 512.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import Tensor, nn
 
+from .choices import MLPWidth, mlp_width
 from .layers import Linear
 
 Z_DIM = 128
-FC_DIM = 512  # the authors' fixed width (gan_64x64.py)
-MLPWidth = Literal["scaled", "fixed-512"]
-MLP_WIDTHS: tuple[MLPWidth, ...] = ("scaled", "fixed-512")
-
-
-def mlp_width(dim: int, choice: MLPWidth = "scaled") -> int:
-    """Hidden width of the MLP generator for base width ``dim`` under ``choice``."""
-    if choice == "scaled":
-        return 8 * dim
-    if choice == "fixed-512":
-        return FC_DIM
-    raise ValueError(f"MLP width must be one of {MLP_WIDTHS}, got {choice!r}")
 
 
 class MLPGenerator(nn.Module):

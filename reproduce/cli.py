@@ -4,6 +4,10 @@ Every user mistake is found here, before any file is written, and reported as on
 stderr with exit code 2 (``UserError``). Exit codes: 0 done (completed, diverged, or nothing
 to do), 1 failed (infrastructure or a bug), 2 bad input, 75 interrupted or busy (temporary:
 run the same command again to resume).
+
+Nothing heavy is imported at start-up: torch, the data and the training code are imported by
+the functions that use them, so ``--help``, ``status`` and every refused command answer in
+well under two seconds (``tests/test_cli_startup.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +26,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
-
-import torch
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from architectures import get_pair
 from reproduce.procedures import ADAMS, get_procedure
 
-from . import checkpoint, faults
+from . import faults
 from .config import (
     OPTIONS,
     OPTIONS_BY_KEY,
@@ -43,9 +45,13 @@ from .config import (
     resolve_runtime_config,
     upgrade_config,
 )
-from .data import ImageDataset, load_dataset
 from .errors import UserError, did_you_mean
 from .results import RunDir, check_writable
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import ImageDataset
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
 
@@ -94,7 +100,9 @@ def _add_run_options(
         default = "the procedure's" if opt.default is None and opt.section == "run" else opt.default
         if matrix and opt.key in PROFILE_KEYS:
             default = "from --profile"
-        help_ = f"{opt.help} (default: {default})"
+        elif "default" in opt.help.lower():
+            default = None  # the help says it already (once is enough)
+        help_ = opt.help if default is None else f"{opt.help} (default: {default})"
         if opt.type is bool:
             group.add_argument(
                 opt.flag,
@@ -513,6 +521,8 @@ class TrainPlan:
 
 
 def resolve_device_arg(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -536,6 +546,8 @@ def resolve_device_arg(name: str) -> torch.device:
 
 def checkpoint_bytes(cfg: RunConfig) -> int:
     """Size of one checkpoint: fp32 weights plus optimiser slots (Adam 2, RMSProp 1)."""
+    import torch
+
     pair = get_pair(cfg.arch)
     with torch.device("meta"):
         nets = (
@@ -606,6 +618,8 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
         given = _merge_resume(Path(args.resume), given)
     rt = resolve_runtime_config(given)
     device = resolve_device_arg(rt.device)
+    from .data import load_dataset
+
     dataset = load_dataset(rt.data)
     cfg = resolve_run_config(given, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
     check_resolution(cfg, dataset, rt.data)
@@ -663,6 +677,8 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
+    from . import checkpoint
+
     if not any(
         checkpoint.verify(c.path) is not None
         for c in checkpoint.list_checkpoints(run.checkpoints_dir)
@@ -710,6 +726,8 @@ def check_executor(name: str) -> None:
 
 def _parse_gpus(text: str | None) -> list[int]:
     """--gpus: a comma list, 'none', or (default) every visible GPU."""
+    import torch
+
     if text is None:
         return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     if text.strip().lower() in ("", "none"):
@@ -792,6 +810,8 @@ def _packing_from_benchmark(
 ) -> Any:
     """The recommendation of a packing benchmark of this GPU model (the name CUDA reports; any
     GPU where CUDA is absent) at the width and batch size of every cell."""
+    import torch
+
     from .bench import recommended_packing
     from .dispatch import Packing
 
@@ -883,6 +903,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     rt = resolve_runtime_config(given)
     if args.executor != "slurm":  # a login node need not have the GPUs the jobs will get
         resolve_device_arg(rt.device)
+    from .data import load_dataset
+
     dataset = load_dataset(rt.data)
     shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
     sel = Selection(archs=args.archs, procedures=args.procedures, seeds=args.seeds)
@@ -1204,8 +1226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _status_score(run_dir: Path) -> str | None:
     """The newest score of a cell for the status grid (``IS 6.12`` or ``judge 5.43 7/8``),
     and its verdict once it has one."""
-    from .evaluation import latest_metrics
-    from .metrics import IS_MEAN
+    from .results import IS_MEAN, latest_metrics
 
     latest = latest_metrics(run_dir) or {}
     bits = []

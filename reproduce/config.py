@@ -270,9 +270,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("padding", str, "tf-same", "convolution padding: tf-same (exact TF emulation) or "
            "symmetric (the usual PyTorch approximation, a 1-pixel shift)", PADDINGS),
     Option("dim", int, 64, "base width DIM of every network (paper: 64); a multiple of 4"),
-    Option("mlp_width", str, None, "hidden width of the mlp-generator pair's MLP (SPEC.md "
-           "E.19b): scaled = 8 * dim (default: scales with the other networks) or fixed-512 "
-           "(the authors' code: 512 whatever dim is); equal at dim 64", MLP_WIDTHS),
+    Option("mlp_width", str, "scaled", "hidden width of the mlp-generator pair's MLP (SPEC.md "
+           "E.19b): scaled = 8 * dim (scales with the other networks) or fixed-512 (the "
+           "authors' code: 512 whatever dim is); equal at dim 64", MLP_WIDTHS),
     Option("batch_size", int, 64, "batch size of every critic and generator step"),
     Option("iters", int, 200_000, "generator iterations (the authors' ITERS)"),
     Option("seed", int, 0, "random seed (weights, noise, interpolation, data order)"),

@@ -28,7 +28,14 @@ from . import judge as demo_judge
 from . import metrics
 from .config import RunConfig, RuntimeConfig
 from .data import ImageDataset, derive_seed
-from .results import RunDir, atomic_write_bytes, atomic_write_json, read_json, read_jsonl
+from .results import (
+    RunDir,
+    atomic_write_bytes,
+    atomic_write_json,
+    final_metrics,
+    metrics_rows,
+    read_json,
+)
 
 CACHE_DIR = ".cache/fidelity"  # under the results directory
 
@@ -155,29 +162,6 @@ class Evaluator:
         atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in rows).encode())
         self.seconds += row["seconds"]
         return row
-
-
-def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(run_dir / "metrics.jsonl")
-
-
-def judge_name(row: dict[str, Any] | None) -> str | None:
-    """Which network scored an evaluation row: ``demo-judge`` or ``inception`` (rows written
-    before the demo judge existed carry no ``judge`` key: they are Inception's)."""
-    if not row:
-        return None
-    judge = row.get("judge")
-    return judge if isinstance(judge, str) else "inception"
-
-
-def final_metrics(run_dir: Path) -> dict[str, Any] | None:
-    finals = [r for r in metrics_rows(run_dir) if r.get("kind") == "final"]
-    return finals[-1] if finals else None
-
-
-def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
-    rows = metrics_rows(run_dir)
-    return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None
 
 
 def write_verdict(

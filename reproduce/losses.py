@@ -3,22 +3,32 @@
 Inputs are critic outputs (logits, shape (B,)); every loss is a batch mean, returned as a
 0-dim tensor. ``d_real = D(x_real)``, ``d_fake = D(G(z))``. One signature per family:
 ``*_critic_loss(d_real, d_fake)`` and ``*_generator_loss(d_fake)``.
+
+No torch at import (the procedure registry holds these functions and the command line reads
+the registry): the DCGAN losses import ``torch.nn.functional`` where they run, a dictionary
+lookup once torch is loaded, traced as usual by ``torch.compile``.
 """
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 # --- DCGAN (non-saturating), sigmoid cross-entropy on logits ---------------------------------
 def dcgan_critic_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
     """[BCE(D_f, 0) + BCE(D_r, 1)] / 2 = [mean softplus(D_f) + mean softplus(-D_r)] / 2."""
+    import torch.nn.functional as F
+
     return (F.softplus(d_fake).mean() + F.softplus(-d_real).mean()) / 2
 
 
 def dcgan_generator_loss(d_fake: Tensor) -> Tensor:
     """BCE(D_f, 1) = mean softplus(-D_f)."""
+    import torch.nn.functional as F
+
     return F.softplus(-d_fake).mean()
 
 

@@ -22,19 +22,23 @@ from architectures import ALL_PAIRS, PAIRS
 
 from .config import RunConfig, resolve_run_config
 from .errors import UserError, did_you_mean
-from .evaluation import judge_name, latest_metrics
 from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
-from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
 from .results import (
+    FID,
+    IS_MEAN,
+    IS_STD,
+    KID_MEAN,
     RunDir,
     atomic_write_bytes,
     atomic_write_json,
     count,
     finite,
+    judge_name,
+    last_jsonl_row,
+    latest_metrics,
     read_json,
-    read_jsonl,
 )
 
 
@@ -265,8 +269,7 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
 
 
 def last_stats(run_dir: Path) -> dict[str, Any]:
-    rows = read_jsonl(run_dir / "stats.jsonl")
-    return rows[-1] if rows else {}
+    return last_jsonl_row(run_dir / "stats.jsonl")
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,6 +38,11 @@ from architectures import Z_DIM
 
 from .errors import UserError
 from .images import to_uint8
+from .results import FID as FID  # result keys (torch-fidelity's names), re-exported
+from .results import IS_MEAN as IS_MEAN
+from .results import IS_STD as IS_STD
+from .results import KID_MEAN as KID_MEAN
+from .results import KID_STD as KID_STD
 from .results import atomic_write_bytes
 
 FEATURE_EXTRACTOR = "inception-v3-compat"
@@ -53,11 +58,6 @@ FETCH_HINT = (
     "on a machine with internet run `python -m reproduce fetch-weights --cache DIR`, then pass "
     f"--inception-weights DIR/{WEIGHTS_FILENAME} (or export {ENV_WEIGHTS}=...)"
 )
-
-# result keys (torch-fidelity's names)
-IS_MEAN, IS_STD = "inception_score_mean", "inception_score_std"
-FID = "frechet_inception_distance"
-KID_MEAN, KID_STD = "kernel_inception_distance_mean", "kernel_inception_distance_std"
 
 
 def torch_fidelity_version() -> str:

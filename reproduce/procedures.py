@@ -5,27 +5,29 @@ A procedure owns its objectives, its regulariser (penalty or clipping), its crit
 (n_critic) and its default optimiser settings under each named hyperparameter set. The
 training loop (``train.py``) only runs the schedule, toggles ``requires_grad_``, steps the
 optimisers, logs and checkpoints; it contains no loss maths.
+
+The registry imports no torch (the command line reads it for names, defaults and ``--help``):
+the step and optimiser methods import what they run on their first call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Literal
 
 from architectures import Norm
 
 from . import losses
 from .errors import did_you_mean
-from .optim import TFAdam, TFRMSprop
-from .penalties import clip_weights_, gradient_penalty
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
 # (critic, real, fake, alpha) -> (penalty, slopes): penalties.gradient_penalty, or its
 # torch.func form under torch.compile (fast modes)
-Penalty = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+Penalty = Callable[["nn.Module", "Tensor", "Tensor", "Tensor"], "tuple[Tensor, Tensor]"]
 
 # adam-tf: TF1's AdamOptimizer as in the authors' code, eps added before the bias correction
 # (SPEC.md B.4, E.4b; reproduce.optim.TFAdam), the default wherever the paper uses Adam;
@@ -88,8 +90,10 @@ class Procedure:
         z: Tensor,  # (B, 128)
         alpha: Tensor | None,  # (B, 1, 1, 1) ~ U[0, 1), WGAN-GP only
         hp: Hyperparameters,
-        penalty: Penalty = gradient_penalty,
+        penalty: Penalty | None = None,  # None: penalties.gradient_penalty
     ) -> StepResult:
+        import torch
+
         # The critic step does not update G: generate without building G's graph.
         with torch.no_grad():
             fake = generator(z)
@@ -106,6 +110,10 @@ class Procedure:
         if self.uses_penalty:
             # L_D += lambda * E[(||grad D(x_hat)||_2 - 1)^2]   (paper eq. 3)
             assert alpha is not None and hp.gp_lambda is not None
+            if penalty is None:
+                from .penalties import gradient_penalty
+
+                penalty = gradient_penalty
             gp, _ = penalty(critic, real, fake, alpha)
             loss = loss + hp.gp_lambda * gp
             stats["gp"] = gp.detach()
@@ -121,6 +129,8 @@ class Procedure:
 
     def after_critic_step(self, critic: nn.Module, hp: Hyperparameters) -> None:
         if self.uses_clipping:
+            from .penalties import clip_weights_
+
             assert hp.clip is not None
             clip_weights_(critic.parameters(), hp.clip)
 
@@ -134,6 +144,10 @@ class Procedure:
         ``fused=True`` (fast modes only): PyTorch's fused Adam, one kernel for all
         parameters, which rounds differently (not bit-identical to the reference); TF1's Adam
         has no fused form and ignores it."""
+        import torch
+
+        from .optim import TFAdam, TFRMSprop
+
         if hp.optimizer == "adam-torch":
             assert hp.beta1 is not None and hp.beta2 is not None
             # PyTorch's Adam: eps added after the bias correction (SPEC.md B.4, E.4b).

@@ -29,11 +29,18 @@ import pandas as pd
 from architectures import ALL_PAIRS, PAIRS
 
 from .errors import UserError
-from .evaluation import judge_name
 from .matrix import cell_state, format_value, load_manifests, markdown_table
-from .metrics import FID, IS_MEAN, IS_STD, KID_MEAN
 from .procedures import PROCEDURES
-from .results import atomic_write_bytes, count, finite
+from .results import (
+    FID,
+    IS_MEAN,
+    IS_STD,
+    KID_MEAN,
+    atomic_write_bytes,
+    count,
+    finite,
+    judge_name,
+)
 
 STAT_METRICS = ("critic_loss", "wdist", "d_real", "d_fake", "gp", "generator_loss")
 
@@ -94,7 +101,7 @@ class Loader:
                     break
                 n += 1
                 torn = not line.endswith(b"\n")
-                error: str | None = None
+                error: str | Exception | None = None
                 if len(line) > MAX_LINE:
                     error = f"longer than {MAX_LINE >> 20} MiB"
                     while line and not line.endswith(b"\n"):  # skip the rest of it
@@ -102,6 +109,8 @@ class Loader:
                     torn = False
                 elif not line.strip():
                     continue
+                elif not line.lstrip().startswith(b"{"):
+                    error = "not a JSON object"  # checked before parsing: junk is cheap
                 else:
                     try:
                         row = json.loads(line)
@@ -109,12 +118,12 @@ class Loader:
                             raise ValueError("not a JSON object")
                         rows.append(row)
                     except (ValueError, RecursionError) as e:
-                        error = str(e)[:200]
+                        error = e  # formatted only if it is reported
                 if error is not None:
                     bad += 1
                     if bad <= WARNINGS_PER_FILE or self.strict:
                         what = "truncated last line" if torn else f"line {n}"
-                        self.warn(f"skipped {what} of {path}: {error}")
+                        self.warn(f"skipped {what} of {path}: {str(error)[:200]}")
         if bad > WARNINGS_PER_FILE:
             self.warn(f"skipped {bad - WARNINGS_PER_FILE:,} more bad lines of {path}")
         return rows

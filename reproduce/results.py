@@ -112,6 +112,28 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
+    """The last complete line of a JSON-lines file that is a JSON object, read from the end of
+    the file: a 200,000-iteration ``stats.jsonl`` is not read whole for its last row. Only the
+    last ``window`` bytes are looked at (a file whose last MiB holds no valid row is corrupt,
+    and gives ``{}``); a torn last line is ignored, as by ``read_jsonl``."""
+    try:
+        with path.open("rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - window)
+            f.seek(start)
+            lines = f.read().split(b"\n")[:-1]  # the last piece is the torn tail (or empty)
+    except OSError:
+        return {}
+    for line in reversed(lines[1:] if start else lines):  # the first may be cut: skipped
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict):
+            return row
+    return {}
+
+
 def _append(path: Path, text: str, fsync: bool = False) -> None:
     """Append to a run file, never through a symbolic link (O_NOFOLLOW: ELOOP instead)."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -257,3 +279,35 @@ def iter_run_dirs(results: Path) -> Iterator[RunDir]:
     for p in sorted(results.iterdir()):
         if (p / "config.json").is_file():
             yield RunDir(p)
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.jsonl: the evaluations of a run (written by evaluation.Evaluator)
+# --------------------------------------------------------------------------------------------
+# result keys (torch-fidelity's names)
+IS_MEAN, IS_STD = "inception_score_mean", "inception_score_std"
+FID = "frechet_inception_distance"
+KID_MEAN, KID_STD = "kernel_inception_distance_mean", "kernel_inception_distance_std"
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return read_jsonl(run_dir / "metrics.jsonl")
+
+
+def judge_name(row: dict[str, Any] | None) -> str | None:
+    """Which network scored an evaluation row: ``demo-judge`` or ``inception`` (rows written
+    before the demo judge existed carry no ``judge`` key: they are Inception's)."""
+    if not row:
+        return None
+    judge = row.get("judge")
+    return judge if isinstance(judge, str) else "inception"
+
+
+def final_metrics(run_dir: Path) -> dict[str, Any] | None:
+    finals = [r for r in metrics_rows(run_dir) if r.get("kind") == "final"]
+    return finals[-1] if finals else None
+
+
+def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
+    rows = metrics_rows(run_dir)
+    return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None

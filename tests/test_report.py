@@ -293,6 +293,22 @@ def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
     assert 0.5 in set(rows["value"])
 
 
+def test_the_last_stats_row_is_read_from_the_end(results, tmp_path):
+    """The summary's last training statistics come from the end of stats.jsonl (a 200 MB junk
+    file was parsed whole for its last row), the same row as reading the whole file."""
+    from reproduce.results import last_jsonl_row, read_jsonl
+
+    stats = _first(results, "baseline-dcgan") / "stats.jsonl"
+    assert last_jsonl_row(stats) == read_jsonl(stats)[-1] != {}
+    f = tmp_path / "s.jsonl"
+    f.write_bytes(b'{"iter": 1}\n{"iter": 2}\n[3]\njunk\n{"iter": 4, "torn"')
+    assert last_jsonl_row(f) == {"iter": 2}  # not the list, the junk or the torn line
+    f.write_bytes(b'{"iter": 1}\n' + b"junk\n" * 300_000)  # 1.5 MB: no row in the last MiB
+    assert last_jsonl_row(f) == {} and last_jsonl_row(tmp_path / "missing") == {}
+    f.write_bytes(b'{"iter": 1}\n' * 200_000)
+    assert last_jsonl_row(f, window=100) == {"iter": 1}  # a cut first line is skipped
+
+
 def test_strings_from_run_files_are_escaped_in_tex_and_markdown(results, tmp_path):
     """Issue 18.8: a device string from status.json reached throughput_table.tex verbatim
     (``_tex`` skipped escaping any cell containing ``$``), and the Markdown tables carried raw
@@ -322,3 +338,15 @@ def test_strings_from_run_files_are_escaped_in_tex_and_markdown(results, tmp_pat
     # the grid's own marks are still typeset
     assert "$\\pm$" in (out / "lsun_is_table.tex").read_text()
     assert "\\caption{Grid $\\pm$}" in (out / "lsun_is_table.tex").read_text()
+
+
+def test_status_and_report_import_no_torch(results, tmp_path):
+    """Both read files only: no torch (650 MB, 3.6 s), so status answers in under two seconds
+    and a report stays under 1 GB (``tests/test_cli_startup.py`` for ``--help``)."""
+    from .test_cli_startup import HEAVY, probe_imports
+
+    out = probe_imports("status", "--results", str(results))
+    assert out["rc"] == 0 and not set(out["loaded"]) & set(HEAVY), out
+    out = probe_imports("report", "--results", str(results), "--out", str(tmp_path / "report"))
+    assert out["rc"] == 0 and not set(out["loaded"]) & set(HEAVY), out
+    assert (tmp_path / "report" / "index.html").is_file()

@@ -117,7 +117,7 @@ def test_same_seed_in_two_processes_gives_identical_tensors(tmp_path, reference)
 
 def scores(run: Path) -> list[dict]:
     """The evaluation rows without wall times: every score of every evaluation."""
-    from reproduce.evaluation import metrics_rows
+    from reproduce.results import metrics_rows
 
     return [
         {k: v for k, v in r.items() if k not in ("seconds", "train_seconds")}
