@@ -12,12 +12,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from architectures import (
     ALL_PAIRS,
