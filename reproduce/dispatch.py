@@ -60,7 +60,7 @@ class CellJob(submitit.helpers.Checkpointable):
         self.spec = spec
 
     def __call__(self) -> dict[str, Any]:
-        from .train import StopFlag
+        from .stopping import StopFlag  # no torch: installed below before anything heavy
 
         if self.spec.cuda_device is not None:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.spec.cuda_device

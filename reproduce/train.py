@@ -19,14 +19,11 @@ import math
 import os
 import platform
 import random
-import signal
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -52,6 +49,8 @@ from .images import grid, save_png, to_uint8
 from .lease import Lease
 from .procedures import Procedure, get_procedure
 from .results import TERMINAL_STATES, RunDir, atomic_write_json
+from .stopping import STOP_GRACE_S as STOP_GRACE_S
+from .stopping import StopFlag as StopFlag
 
 N_FIXED_SAMPLES = 64  # the 8x8 fixed-noise grid (SPEC.md B.5)
 
@@ -59,52 +58,8 @@ N_FIXED_SAMPLES = 64  # the 8x8 fixed-noise grid (SPEC.md B.5)
 # --------------------------------------------------------------------------------------------
 # stopping on signals: the handler only sets a flag; the loop checkpoints at the next boundary
 # --------------------------------------------------------------------------------------------
-STOP_GRACE_S = 30.0  # an iteration still running this long after a stop is abandoned
-
-
-class StopFlag:
-    """Set by SIGTERM/SIGINT/USR2. The loop reads it at every iteration boundary (then saves a
-    checkpoint and exits) and also between critic steps: an iteration still running
-    ``grace`` seconds after the request is abandoned (``IterationAbandoned``), so a stop is
-    honoured within the grace time plus one critic step however long an iteration is (SLURM
-    signals 120 s before a time limit). Nothing of the abandoned iteration is saved: the run
-    resumes, bit-exactly, from its newest checkpoint."""
-
-    def __init__(self, grace: float | None = None) -> None:
-        self.reason: str | None = None
-        self.requested_at: float | None = None
-        fault = faults.value("stop-grace")
-        self.grace = grace if grace is not None else float(fault or STOP_GRACE_S)
-
-    def request(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason, self.requested_at = reason, time.monotonic()
-
-    def __bool__(self) -> bool:
-        return self.reason is not None
-
-    def overdue(self) -> bool:
-        return self.requested_at is not None and time.monotonic() - self.requested_at > self.grace
-
-    @contextlib.contextmanager
-    def installed(
-        self, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
-    ) -> Iterator[None]:
-        """Route ``signals`` to this flag while the block runs (main thread only)."""
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            self.request(signal.Signals(signum).name)
-
-        previous = {s: signal.signal(s, handler) for s in signals}
-        # a matrix cell starts with SIGINT blocked (dispatch.run_local): a Ctrl-C that came
-        # before this point is pending, and is delivered to the handler now
-        blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            for s, h in previous.items():
-                signal.signal(s, h)
+# StopFlag lives in stopping.py (no torch): a matrix cell installs it before anything heavy
+# is imported, so no signal reaches the process while only submitit's handlers are in place
 
 
 class IterationAbandoned(Exception):
