@@ -1016,7 +1016,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from . import dispatch
-    from .matrix import cell_state, write_manifest, write_summary
+    from .matrix import cell_state, terminal_summary, write_manifest, write_summary
 
     plan = plan_matrix(args)
     if args.dry_run:
@@ -1045,9 +1045,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_TEMPFAIL
-    path, text = write_summary(plan.results, plan.configs, plan.run_dirs)
-    print(text, end="")
-    print(f"summary written to {path} (and .csv)")
+    path, rows = write_summary(plan.results, plan.configs, plan.run_dirs)
+    print(terminal_summary(rows), end="")
+    print(f"summary with every column written to {path} (and .csv)")
     done = all(cell_state(d).state in ("completed", "diverged") for d in plan.run_dirs)
     return EXIT_OK if done else EXIT_FAILED
 
@@ -1151,19 +1151,23 @@ def _wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
 def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
     """Run cells with the local or debug executor, printing progress; False if interrupted."""
     from . import dispatch
+    from .live import LiveProgress
 
     total, done = len(specs), 0
+    live = LiveProgress(every=0 if executor == "debug" else None)
 
     def event(kind: str, spec: Any, info: Any) -> None:
         nonlocal done
         if kind == "started":
             where = "CPU" if info.gpu is None else f"GPU {info.gpu}" + (
                 f", {info.share} of it" if info.share < 1 else "")  # fmt: skip
-            print(f"  start  {spec.run_id} ({where})", flush=True)
+            live.started(spec.run_id, Path(spec.run_dir))
+            live.event(f"  start  {spec.run_id} ({where})")
             return
         done += 1
         msg = "" if info.get("state") == "completed" else f" ({info.get('message')})"
-        print(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}", flush=True)
+        live.finished(spec.run_id)
+        live.event(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}")
 
     if executor == "debug":
         for run_id, result in dispatch.run_debug(specs, folder).items():
@@ -1179,7 +1183,8 @@ def _run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        dispatch.run_local(specs, pool, folder, on_event=event)
+        with live:
+            dispatch.run_local(specs, pool, folder, on_event=event)
     except KeyboardInterrupt:
         return False
     return True

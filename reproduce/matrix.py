@@ -374,8 +374,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) ->
 
 def write_summary(
     results: Path, configs: Sequence[RunConfig], run_dirs: Sequence[Path]
-) -> tuple[Path, str]:
-    """Write ``results/matrices/<id>-summary.{md,csv}``; returns the markdown path and text."""
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Write ``results/matrices/<id>-summary.{md,csv}`` (every column); returns the markdown
+    path and the rows (``terminal_summary`` prints them)."""
     import pandas as pd
 
     rows = summary_rows(configs, run_dirs)
@@ -385,7 +386,46 @@ def write_summary(
     atomic_write_bytes(md_path, md.encode())
     csv = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False)
     atomic_write_bytes(results / "matrices" / f"{mid}-summary.csv", csv.encode())
-    return md_path, md
+    return md_path, rows
+
+
+def terminal_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The summary for a terminal: one line per cell in at most 100 columns (the paper
+    profile's longest is 96) with its state, iterations, rate, score, Fréchet distance, modes
+    and verdict; the files hold every column. Plain text: strings from run files are made one
+    line each and cut to their column."""
+    judges = {r.get("judge") for r in rows} - {None}
+    demo = judges == {"demo-judge"}
+    seeds = len({r.get("seed") for r in rows}) > 1
+    header = ("cell", "status", "iterations", "it/s", "IS", "FD" if demo else "FID", "modes",
+              "verdict")  # fmt: skip
+    table: list[tuple[str, ...]] = [header]
+    for r in rows:
+        cell = f"{r['arch']}/{r['procedure']}" + (f" s{r['seed']}" if seeds else "")
+        if r.get("mode", "exact") != "exact":
+            cell += f" [{r['mode']}]"
+        is_mean, fid = r.get("is_mean"), r.get("fid")
+        table.append((
+            cell,
+            str(r.get("status") or "-").split()[0],  # diverged's iteration is in iterations
+            str(r.get("iterations") or "-"),
+            f"{r['it_per_s']:.3g}" if isinstance(r.get("it_per_s"), float) else "-",
+            f"{is_mean:.2f}" if isinstance(is_mean, int | float) else "-",
+            f"{fid:.1f}" if isinstance(fid, int | float) else "-",
+            str(r.get("modes") or "-"),
+            str(r.get("verdict") or "-"),
+        ))  # fmt: skip
+    table = [tuple(" ".join(c.split())[:28] for c in row) for row in table]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {2, 3, 4, 5, 6}  # numbers are right-aligned
+    lines = [
+        "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in
+                  enumerate(zip(row, widths, strict=True))).rstrip()
+        for row in table
+    ]  # fmt: skip
+    if demo:
+        lines.append("IS and FD: the demo judge's (its IS is out of 8; the data's own: about 7.7)")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,7 +435,7 @@ def _short(st: CellState, metric: str | None) -> str:
     if st.state == "running":
         pct = f"{100 * st.iteration / st.iters:.0f}%" if st.iters else ""
         rate = f" {st.it_per_s:.2f}it/s" if st.it_per_s else ""
-        eta = f" ETA {_duration(st.eta_s)}" if st.eta_s is not None else ""
+        eta = f" ETA {duration_text(st.eta_s)}" if st.eta_s is not None else ""
         return f"running {pct}{rate}{eta}"
     text = st.state
     if st.state == "partial" and st.iters:
@@ -407,7 +447,7 @@ def _short(st: CellState, metric: str | None) -> str:
     return text
 
 
-def _duration(s: float | None) -> str:
+def duration_text(s: float | None) -> str:
     if s is None:
         return "-"
     s = int(s)

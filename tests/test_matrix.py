@@ -275,6 +275,17 @@ def test_second_invocation_trains_nothing(tmp_path):
     code, out, err = run_main(*args)
     assert code == 0, out + err
     assert out.splitlines()[0] == "4 cells: 4 to run, 0 skipped (done, running or queued)"
+    # the printed summary fits 100 columns: one line per cell (the files hold every column;
+    # only the line naming their path may be longer)
+    assert max(len(x) for x in out.splitlines() if "written to /" not in x) <= 100, out
+    head = next(i for i, line in enumerate(out.splitlines()) if line.startswith("cell "))
+    table = out.splitlines()[head : head + 5]
+    assert table[0].split() == ["cell", "status", "iterations", "it/s", "IS", "FD", "modes",
+                                "verdict"]  # fmt: skip
+    assert [line.split()[:3] for line in table[1:]] == [
+        [cell, "completed", "3/3"]
+        for cell in ("baseline/dcgan", "baseline/wgan", "no-norm/dcgan", "no-norm/wgan")
+    ]
     summary = list((tmp_path / "r" / "matrices").glob("*-summary.md"))
     assert len(summary) == 1 and summary[0].read_text().count("| completed |") == 4
     # every cell is scored by the demo judge and has a verdict (no Inception weights here)
@@ -547,10 +558,16 @@ def test_interrupted_local_matrix_resumes(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and 4 <= status["iteration"] < 12, status
     assert cell_state(run).state == "partial"
-    r = run_cli(*args)
+    # resumed with a live line per running cell (progress and ETA, here every 0.3 s)
+    env = cli_env(REPRODUCE_FAULTS="step-sleep=0.3", REPRODUCE_PROGRESS_EVERY="0.3")
+    r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "resumed from ckpt-" in (run / "log.txt").read_text()
     assert [row["iter"] for row in read_jsonl(run / "stats.jsonl")] == list(range(12))
+    live = [line for line in r.stdout.splitlines() if line.startswith(f"  running  {run.name}")]
+    assert live and all(re.fullmatch(r"  running  \S+  \d+/12  \d+%.*", x) for x in live), r.stdout
+    assert any("ETA" in x for x in live)
+    assert max(len(x) for x in r.stdout.splitlines() if "written to /" not in x) <= 100
 
 
 def test_status_shows_the_grid(tmp_path):
@@ -720,3 +737,44 @@ def test_sigint_to_a_matrix_that_inherited_it_ignored_still_stops_it(tmp_path):
     (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and 3 <= status["iteration"] < 40, status
+
+
+def test_live_progress_redraws_its_block_on_a_terminal(tmp_path):
+    """On a terminal the running cells' block is erased (cursor up, erase below) before each
+    event line and redrawn under it; elsewhere nothing is drawn between the periodic lines."""
+    import io
+
+    from reproduce.live import LiveProgress
+    from reproduce.results import RunDir
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    runs = [tmp_path / f"cell-{i}" for i in range(2)]
+    for i, run in enumerate(runs):
+        run.mkdir()
+        RunDir(run).write_status("running", iteration=3 + i, iters=12, it_per_s=1.5)
+    term = Terminal()
+    with LiveProgress(stream=term, every=3600) as live:  # no periodic redraw during the test
+        live.started("a", runs[0])
+        live.event("  start  a")
+        live.started("b", runs[1])
+        live.event("  start  b")
+        live.finished("a")
+        live.event("  [1/2] completed: a")
+    assert term.getvalue().split("\n") == [
+        "  start  a",
+        "  running  cell-0  3/12  25%  1.5 it/s  ETA 6s",
+        "\x1b[1F\x1b[J  start  b",
+        "  running  cell-0  3/12  25%  1.5 it/s  ETA 6s",
+        "  running  cell-1  4/12  33%  1.5 it/s  ETA 5s",
+        "\x1b[2F\x1b[J  [1/2] completed: a",
+        "  running  cell-1  4/12  33%  1.5 it/s  ETA 5s",
+        "\x1b[1F\x1b[J",  # the block cleared on exit
+    ]
+    plain = io.StringIO()
+    with LiveProgress(stream=plain, every=3600) as live:
+        live.started("a", runs[0])
+        live.event("  start  a")
+    assert plain.getvalue() == "  start  a\n"
