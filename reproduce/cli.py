@@ -6,8 +6,9 @@ to do), 1 failed (infrastructure or a bug), 2 bad input, 75 interrupted or busy 
 run the same command again to resume).
 
 Nothing heavy is imported at start-up: torch, the data and the training code are imported by
-the functions that use them, so ``--help``, ``status`` and every refused command answer in
-well under two seconds (``tests/test_cli_startup.py``).
+the functions that use them, so ``--help`` and ``status`` answer in well under two seconds
+(``tests/test_cli_startup.py``). A refused ``train`` or ``matrix`` still loads torch and the
+data before its config is checked.
 """
 
 from __future__ import annotations
