@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from architectures import get_pair
 from reproduce.procedures import ADAMS, get_procedure
 
-from . import faults
+from . import envvars, faults
 from .config import (
     OPTIONS,
     OPTIONS_BY_KEY,
@@ -1536,6 +1536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         _check_text_arguments(args)
+        envvars.check_all()
         code = COMMANDS[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code

@@ -31,7 +31,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-ENV_PEAK = "REPRODUCE_PEAK_TFLOPS"  # override the device's peak (TFLOP/s), e.g. for a CPU
+from . import envvars
+
+ENV_PEAK = envvars.PEAK_TFLOPS  # override the device's peak (TFLOP/s), e.g. for a CPU
 
 # Dense peak throughput in TFLOP/s by precision, from the vendors' data sheets (no sparsity).
 # Exact mode computes in fp32 without TF32, so its MFU is against "fp32".
@@ -145,9 +147,9 @@ def mode_precision(mode: str) -> str:
 def peak_tflops(device: torch.device, precision: str = "fp32") -> float | None:
     """The device's dense peak for ``precision``: $REPRODUCE_PEAK_TFLOPS, else the table by
     device name; None when unknown (CPUs, unlisted GPUs): MFU is then not reported."""
-    override = os.environ.get(ENV_PEAK)
-    if override:
-        return float(override)
+    override = envvars.number(ENV_PEAK)
+    if override is not None:
+        return override
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -10,15 +10,15 @@ Each cell's own progress bar goes to its submitit log, as before.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from pathlib import Path
 from typing import TextIO
 
+from . import envvars
 from .matrix import cell_state, duration_text
 
-ENV_EVERY = "REPRODUCE_PROGRESS_EVERY"
+ENV_EVERY = envvars.PROGRESS_EVERY
 WIDTH = 100  # every line fits a 100-column terminal
 
 
@@ -42,8 +42,8 @@ class LiveProgress:
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         if every is None:
-            env = os.environ.get(ENV_EVERY)
-            every = float(env) if env else (2.0 if self.tty else 60.0)
+            env = envvars.number(ENV_EVERY)
+            every = env if env is not None else (2.0 if self.tty else 60.0)
         self.every = every
         self.running: dict[str, Path] = {}
         self._drawn = 0  # lines of the block on screen (terminal only)

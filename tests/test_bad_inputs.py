@@ -370,3 +370,32 @@ def test_resume_of_a_run_whose_config_json_was_edited_is_refused_up_front(tmp_pa
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"--resume: {run / 'config.json'} was edited after the run started" in err
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "command,var,value",
+    [
+        ("matrix", "REPRODUCE_PROGRESS_EVERY", "abc"),
+        ("matrix", "REPRODUCE_PROGRESS_EVERY", "-2"),
+        ("matrix", "REPRODUCE_PROGRESS_EVERY", "inf"),
+        ("train", "REPRODUCE_PEAK_TFLOPS", "0"),
+        ("train", "REPRODUCE_PEAK_TFLOPS", "1e3x"),
+    ],
+)
+def test_a_bad_numeric_environment_variable_is_one_line_before_any_work(
+    tmp_path, monkeypatch, command, var, value
+):
+    """REPRODUCE_PROGRESS_EVERY=abc gave a traceback after the matrix manifest was written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(var, value)
+    argv = ["--arch", "baseline", "--procedure", "wgan-gp", "--iters", "2"]
+    argv = ["matrix", "--profile", "demo", *argv] if command == "matrix" else ["train", *SMALL]
+    code, _, err = run_main(*argv)
+    assert err.strip().splitlines() == [
+        f"reproduce {command}: error: ${var}: expected "
+        + ("seconds >= 0" if "EVERY" in var else "the device's peak TFLOP/s, a number > 0")
+        + (" (0 turns the live lines off)" if "EVERY" in var else "")
+        + f", got {value!r}"
+    ], err
+    assert code == 2
+    assert tree(tmp_path) == []

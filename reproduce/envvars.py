@@ -1,0 +1,43 @@
+"""The numeric environment variables the harness reads, checked in one place.
+
+The CLI checks them all before any command starts (one line naming the variable, exit 2,
+nothing written); the modules that use them read them through :func:`number`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .errors import UserError
+
+PROGRESS_EVERY = "REPRODUCE_PROGRESS_EVERY"  # seconds between the matrix's live lines; 0 = off
+PEAK_TFLOPS = "REPRODUCE_PEAK_TFLOPS"  # the device's peak for MFU, e.g. for a CPU
+
+# name -> (what the value must be, whether 0 is allowed)
+NUMBERS: dict[str, tuple[str, bool]] = {
+    PROGRESS_EVERY: ("seconds >= 0 (0 turns the live lines off)", True),
+    PEAK_TFLOPS: ("the device's peak TFLOP/s, a number > 0", False),
+}
+
+
+def number(name: str) -> float | None:
+    """The variable's value, or None when it is unset or empty; UserError when it is not a
+    finite number in range."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    what, zero_ok = NUMBERS[name]
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        raise UserError(f"${name}: expected {what}, got {raw!r}")
+    return value
+
+
+def check_all() -> None:
+    """Raise UserError for the first variable that is set to something unusable."""
+    for name in NUMBERS:
+        number(name)
