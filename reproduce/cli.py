@@ -419,10 +419,10 @@ def build_parser() -> Parser:
     figures.add_argument("names", nargs="*", metavar="NAME", help="figures (default: all)")
     figures.add_argument(
         "--profile",
-        default="quick",
-        help="quick: CPU minutes (Figure 1), "
+        default="demo",
+        help="demo: CPU minutes (Figure 1), "
         "Figures 2 and 5a on the demo data; paper: the paper's settings "
-        "(default: quick)",
+        "(default: demo)",
     )
     figures.add_argument(
         "--cifar",
@@ -1375,9 +1375,11 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from .matrix import cell_state, write_manifest
     from .toy import ToyConfig
 
-    if args.profile not in ("quick", "paper"):
-        hint = did_you_mean(args.profile, ("quick", "paper"))
-        raise UserError(f"--profile: unknown profile {args.profile!r}{hint}; valid: quick, paper")
+    if args.profile == "quick":
+        raise UserError("--profile: 'quick' is now called 'demo', as in `matrix --profile demo`")
+    if args.profile not in ("demo", "paper"):
+        hint = did_you_mean(args.profile, ("demo", "paper"))
+        raise UserError(f"--profile: unknown profile {args.profile!r}{hint}; valid: demo, paper")
     if args.toy_iters is not None and args.toy_iters < 1:
         raise UserError(f"--toy-iters: must be at least 1, got {args.toy_iters}")
     if args.seed < 0:

@@ -265,7 +265,8 @@ def run_local(
 ) -> dict[str, dict[str, Any]]:
     """Run cells as local submitit jobs, as many at a time as ``pool`` holds; returns each
     run id's result (or an error description). Interrupting this call cancels the running
-    jobs, which checkpoint at their next iteration boundary."""
+    jobs, which checkpoint at their next iteration boundary; how each of them ended (a cell
+    in its final evaluation completes) goes to ``on_event`` before the interrupt propagates."""
     pending = pool.order(specs)
     running: list[tuple[Any, CellSpec, Slot]] = []
     results: dict[str, dict[str, Any]] = {}
@@ -312,6 +313,14 @@ def run_local(
                 time.sleep(poll_s)
     except BaseException:
         stop_local_jobs([job for job, _, _ in running])
+        # announce how each stopped cell ended: most checkpoint as "interrupted", but one in
+        # its final evaluation completes
+        for job, spec, _ in running:
+            if job.done():
+                results[spec.run_id] = _job_result(job)
+                if on_event:
+                    with contextlib.suppress(Exception):
+                        on_event("finished", spec, results[spec.run_id])
         raise
     return results
 

@@ -13,6 +13,8 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      so that tests can interrupt it)
     critic-sleep=S   sleep S seconds after every critic step (a long iteration: the stop
                      flag is read between critic steps)
+    eval-sleep=S     sleep S seconds before the final evaluation (a cell that completes
+                     while the matrix stops: its outcome must still be announced)
     stop-grace=S     abandon an iteration S seconds after a stop request (default 30)
     submit-sleep=S   sleep S seconds right after the local executor submits a cell (while
                      SIGINT is held back: the Ctrl-C test sends it then)

@@ -5,8 +5,9 @@ experiment (Figures 2, 3, 5a: ``experiments.py``). Missing runs are launched thr
 matrix machinery (local CPUs/GPUs, SLURM, in-process; each exactly once, resumable), and the
 figure is drawn when all of them are done, into ``<results>/figures/<name>.{png,pdf,json}``.
 
-Profiles: ``quick`` runs on a CPU in minutes (Figure 1 is the README's figures quickstart;
-Figures 2 and 5a on the built-in demo data); ``paper`` uses the paper's settings.
+Profiles: ``demo`` (as the matrix's) runs on a CPU in minutes (Figure 1 is the README's
+figures quickstart; Figures 2 and 5a on the built-in demo data); ``paper`` uses the paper's
+settings.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class MatrixRuns:
 @dataclass
 class Context:
     results: Path
-    profile: str  # quick | paper
+    profile: str  # demo | paper
     seed: int
-    data: str | None  # LSUN cache for Figures 2 and 5a (default: demo under quick)
+    data: str | None  # LSUN cache for Figures 2 and 5a (default under demo: the demo data)
     cifar: str | None  # CIFAR-10 python archive for Figure 3
     options: dict[str, Any] = field(default_factory=dict)  # explicit run options (flags)
     toy_iters: int | None = None  # override the toy runs' iterations (tests)
@@ -107,8 +108,8 @@ def _json_default(v: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 # Figure 1: toy experiments (SPEC.md C.1, C.2)
 # --------------------------------------------------------------------------------------------
-FIG1A_ITERS = {"quick": 200, "paper": 100_000}  # rounds of 5 critic steps (gan_toy.py ITERS)
-FIG1B_ITERS = {"quick": 100, "paper": 100_000}  # generator iterations
+FIG1A_ITERS = {"demo": 200, "paper": 100_000}  # rounds of 5 critic steps (gan_toy.py ITERS)
+FIG1B_ITERS = {"demo": 100, "paper": 100_000}  # generator iterations
 FIG1B_CLIPS = (0.1, 0.01, 0.001)
 
 
@@ -195,7 +196,7 @@ def _lsun(ctx: Context, extra: dict[str, Any], **sel: Any) -> MatrixRuns:
         if ctx.data is None:
             raise UserError(
                 "--data: the paper profile of this figure trains on LSUN bedrooms; give --data "
-                "CACHE (made by prepare-data), or use --profile quick"
+                "CACHE (made by prepare-data), or use --profile demo"
             )
         return MatrixRuns("lsun", "paper", {"data": ctx.data, **extra, **ctx.options}, **sel)
     opts = {"data": ctx.data or "demo", **extra, **ctx.options}
@@ -217,12 +218,12 @@ def draw_fig2(ctx: Context, configs: Any) -> dict[str, Any]:
     return {"cells": c.summary[cols].to_dict(orient="records")}
 
 
-FIG5A_ITERS = {"quick": 100, "paper": 40_000}  # the paper's x-axis: 0 .. 4 x 10^4
+FIG5A_ITERS = {"demo": 100, "paper": 40_000}  # the paper's x-axis: 0 .. 4 x 10^4
 
 
 def fig5a_runs(ctx: Context) -> MatrixRuns:
     extra = {"iters": FIG5A_ITERS[ctx.profile], "heldout": True}
-    if ctx.profile == "quick":
+    if ctx.profile == "demo":
         extra["heldout_every"] = 5
     return _lsun(ctx, extra, archs=["baseline"], procedures=["wgan-gp"])
 
@@ -258,10 +259,10 @@ def fig3_runs(ctx: Context) -> MatrixRuns:
         )
     if ctx.profile == "paper":
         return MatrixRuns("cifar", "paper", {"data": ctx.cifar, **ctx.options})
-    quick = {"data": ctx.cifar, "dim": 16, "batch_size": 16, "iters": 40, "eval": True,
+    smoke = {"data": ctx.cifar, "dim": 16, "batch_size": 16, "iters": 40, "eval": True,
              "eval_every": 10, "eval_samples": 100, "final_eval_samples": 100,
              "reference_samples": 100}  # fmt: skip
-    return MatrixRuns("cifar", "demo", {**quick, **ctx.options})
+    return MatrixRuns("cifar", "demo", {**smoke, **ctx.options})
 
 
 def draw_fig3(ctx: Context, configs: Any) -> dict[str, Any]:

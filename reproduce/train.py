@@ -771,6 +771,7 @@ def _loop(
                 return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
     sample_grid()
     save()  # before the final evaluation: a failure there never costs training
+    time.sleep(float(faults.value("eval-sleep") or 0.0))
     evaluate("final")
     v = write_verdict(run_dir.path, "completed", thresholds)
     status(

@@ -17,9 +17,8 @@ from reproduce import metrics
 from reproduce.results import read_jsonl
 from reproduce.toy import ToyTrainer, load_result, run_toy, toy_config
 
-from .conftest import run_cli
+from .conftest import run_cli, tree
 from .inception import make_random_inception_weights
-from .test_bad_inputs import tree
 
 
 def _figure(results: Path, name: str) -> dict:
@@ -197,6 +196,7 @@ def test_figure_5a_end_to_end_and_heldout_changes_no_training_number(tmp_path):
         (["fig3"], "--cifar"),
         (["fig2", "--profile", "paper"], "--data"),
         (["fig1", "--profile", "fast"], "--profile"),
+        (["fig1", "--profile", "quick"], "'quick' is now called 'demo'"),
         (["fig1", "--toy-iters", "0"], "--toy-iters"),
         (["fig3", "--cifar", "/nonexistent/cifar.tar.gz"], "--data"),
         (["fig1", "--executor", "slrum"], "did you mean 'slurm'"),

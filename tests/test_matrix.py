@@ -20,8 +20,7 @@ from reproduce.matrix import PROFILES, cell_state, expand
 from reproduce.procedures import PROCEDURES
 from reproduce.results import read_jsonl
 
-from .conftest import cli_env, popen_cli, run_cli
-from .test_bad_inputs import run_main, tree
+from .conftest import cli_env, popen_cli, run_cli, run_main, tree
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
 FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
@@ -177,7 +176,7 @@ def test_gpus_on_a_machine_without_cuda_are_refused(tmp_path, monkeypatch, comma
     """--gpus 0 where torch sees no GPU is a mistake, not a CPU run labelled 'GPU 0'."""
     monkeypatch.delenv("REPRODUCE_FAULTS", raising=False)
     before = tree(tmp_path)
-    argv = ["fig2", "--profile", "quick"] if command == "figures" else ["--profile", "demo"]
+    argv = ["fig2", "--profile", "demo"] if command == "figures" else ["--profile", "demo"]
     code, out, err = run_main(command, *argv, "--gpus", "0",
                               "--results", str(tmp_path / "results"))  # fmt: skip
     assert code == 2, out + err
@@ -558,6 +557,7 @@ def test_interrupted_local_matrix_resumes(tmp_path):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and 4 <= status["iteration"] < 12, status
     assert cell_state(run).state == "partial"
+    assert f"  [1/1] interrupted: {run.name} (stopped by SIGTERM)" in out.splitlines(), out
     # resumed with a live line per running cell (progress and ETA, here every 0.3 s)
     env = cli_env(REPRODUCE_FAULTS="step-sleep=0.3", REPRODUCE_PROGRESS_EVERY="0.3")
     r = run_cli(*args, env=env)
@@ -568,6 +568,24 @@ def test_interrupted_local_matrix_resumes(tmp_path):
     assert live and all(re.fullmatch(r"  running  \S+  \d+/12  \d+%.*", x) for x in live), r.stdout
     assert any("ETA" in x for x in live)
     assert max(len(x) for x in r.stdout.splitlines() if "written to /" not in x) <= 100
+
+
+def test_a_cell_that_completes_while_the_matrix_stops_is_announced(tmp_path):
+    """A cell in its final evaluation when Ctrl-C comes completes instead of checkpointing;
+    the matrix used to exit without a word about it."""
+    results = tmp_path / "r"
+    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "wgan", "--results", str(results)]
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="eval-sleep=4"))
+    deadline = time.monotonic() + 120
+    while len(list(results.glob("*/checkpoints/ckpt-*"))) == 0:  # saved before evaluating
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out + err
+    (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
+    assert cell_state(run).state == "completed"
+    assert f"  [1/1] completed: {run.name}" in out.splitlines(), out
 
 
 def test_status_shows_the_grid(tmp_path):
