@@ -18,11 +18,12 @@ factory refuses anything but ``"none"``.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from reproduce.registry import Registry
 
 from .choices import MLP_WIDTHS, NORMS, PADDINGS, MLPWidth, Norm, Padding
 
@@ -93,31 +94,23 @@ def _net(module: str, cls: str) -> Callable[..., nn.Module]:
     return build
 
 
-PAIRS: dict[str, ArchitecturePair] = {}  # the seven rows of the LSUN experiment, in order
-ALL_PAIRS: dict[str, ArchitecturePair] = {}  # and the other experiments' networks (CIFAR)
+PAIRS: Registry[ArchitecturePair] = Registry("architecture")  # the 7 LSUN rows, in order
+ALL_PAIRS: Registry[ArchitecturePair] = Registry("architecture")  # and the others (CIFAR)
 
 
 def register(pair: ArchitecturePair, *, lsun: bool = True) -> ArchitecturePair:
     """Add a pair to the registry, checking that its name and row are new."""
-    if pair.name in ALL_PAIRS:
-        raise ValueError(f"architecture {pair.name!r} registered twice")
     if any(p.row == pair.row for p in ALL_PAIRS.values()):
         raise ValueError(f"paper row {pair.row} registered twice")
-    ALL_PAIRS[pair.name] = pair
+    ALL_PAIRS.register(pair.name, pair)
     if lsun:
-        PAIRS[pair.name] = pair
+        PAIRS.register(pair.name, pair)
     return pair
 
 
 def get_pair(name: str) -> ArchitecturePair:
     """Look up a pair by name; an unknown name lists the valid ones and the closest match."""
-    try:
-        return ALL_PAIRS[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(ALL_PAIRS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        valid = ", ".join(ALL_PAIRS)
-        raise KeyError(f"unknown architecture {name!r}{hint}; valid: {valid}") from None
+    return ALL_PAIRS[name]
 
 
 # fmt: off

@@ -44,9 +44,9 @@ from .config import (
     load_config_file,
     resolve_run_config,
     resolve_runtime_config,
-    upgrade_config,
 )
 from .errors import UserError, did_you_mean
+from .registry import Registry
 from .results import RunDir, check_writable
 
 if TYPE_CHECKING:
@@ -642,7 +642,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     if run_dir.exists():
         try:
             doc = run_dir.read_config()
-            old = upgrade_config(doc["config"])
+            old = doc["config"]
         except (OSError, ValueError, KeyError, TypeError):
             raise UserError(f"{run_dir.config_file} is unreadable; move the run away") from None
         diff = config_diff(old, cfg.to_dict())
@@ -674,7 +674,7 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"--resume: {path} is not a run directory (no config.json)")
     try:
         doc = run.read_config()
-        saved = {k: v for k, v in upgrade_config(doc["config"]).items() if k in OPTIONS_BY_KEY}
+        saved = {k: v for k, v in doc["config"].items() if k in OPTIONS_BY_KEY}
         runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
@@ -711,7 +711,10 @@ class MatrixPlan:
     slurm: Any  # dispatch.SlurmProfile (slurm)
 
 
-EXECUTORS = ("local", "slurm", "debug")
+EXECUTORS: Registry[str] = Registry("executor")  # name -> what it does
+EXECUTORS.register("local", "cells as processes on this machine's GPUs or CPU cores")
+EXECUTORS.register("slurm", "a SLURM job array through submitit, one task per cell")
+EXECUTORS.register("debug", "in this process, one cell after another")
 
 
 MAX_WORKERS = 1024  # cells at once on one machine's CPUs
@@ -719,10 +722,7 @@ MAX_WORKERS = 1024  # cells at once on one machine's CPUs
 
 def check_executor(name: str) -> None:
     if name not in EXECUTORS:
-        hint = did_you_mean(name, EXECUTORS)
-        raise UserError(
-            f"--executor: unknown executor {name!r}{hint}; valid: {', '.join(EXECUTORS)}"
-        )
+        raise UserError(f"--executor: {EXECUTORS.unknown(name)}")
 
 
 def _parse_gpus(text: str | None) -> list[int]:
@@ -932,7 +932,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         rd = RunDir(d)
         if rd.exists():
             try:
-                old = upgrade_config(rd.read_config()["config"])
+                old = rd.read_config()["config"]
             except (OSError, ValueError, KeyError, TypeError):
                 raise UserError(f"{rd.config_file} is unreadable; move the run away") from None
             if old != cfg.to_dict():

@@ -19,10 +19,6 @@ class DiskFullError(OSError):
     """The disk filled up while writing; the run is marked failed and never retried."""
 
 
-class RunBusyError(Exception):
-    """Another live process holds the run's lease."""
-
-
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest of ``choices``, or ''."""
     close = difflib.get_close_matches(name, list(choices), n=1)

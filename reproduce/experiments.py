@@ -14,8 +14,8 @@ from typing import Any
 
 from architectures import PAIRS
 
-from .errors import did_you_mean
 from .procedures import PROCEDURES
+from .registry import Registry
 
 
 @dataclass(frozen=True)
@@ -57,29 +57,21 @@ class Experiment:
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
-EXPERIMENTS: dict[str, Experiment] = {}
+EXPERIMENTS: Registry[Experiment] = Registry("experiment")
 
 
 def register(
     name: str, description: str, options: Mapping[str, Any] | None = None
 ) -> Callable[[ExperimentFn], ExperimentFn]:
     def deco(fn: ExperimentFn) -> ExperimentFn:
-        if name in EXPERIMENTS:
-            raise ValueError(f"experiment {name!r} registered twice")
-        EXPERIMENTS[name] = Experiment(name, description, fn, dict(options or {}))
+        EXPERIMENTS.register(name, Experiment(name, description, fn, dict(options or {})))
         return fn
 
     return deco
 
 
 def get_experiment(name: str) -> Experiment:
-    try:
-        return EXPERIMENTS[name]
-    except KeyError:
-        hint = did_you_mean(name, EXPERIMENTS)
-        raise KeyError(
-            f"unknown experiment {name!r}{hint}; valid: {', '.join(EXPERIMENTS)}"
-        ) from None
+    return EXPERIMENTS[name]
 
 
 @register("lsun", "Figure 2 / Appendix H: 7 architectures x 4 procedures on 64x64 LSUN bedrooms")
@@ -92,10 +84,6 @@ def lsun_matrix(sel: Selection) -> list[Cell]:
     archs = sel.archs if sel.archs is not None else list(PAIRS)
     procs = sel.procedures if sel.procedures is not None else list(PROCEDURES)
     return [Cell(a, p, s) for s in sel.seeds for a in archs for p in procs]
-
-
-def cell_key(choices: Mapping[str, Any]) -> tuple[str, str, int]:
-    return (choices["arch"], choices["procedure"], choices["seed"])
 
 
 # Figure 3 (SPEC.md C.5): the CIFAR-10 networks at DIM 128 with four training methods; the

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError, did_you_mean
+from .registry import Registry
 from .results import atomic_write_bytes
 
 
@@ -63,13 +64,12 @@ class Figure:
     draw: Callable[[Context, Any], dict[str, Any]]  # -> numbers recorded in <name>.json
 
 
-FIGURES: dict[str, Figure] = {}
+FIGURES: Registry[Figure] = Registry("figure")
 ALIASES = {"fig1": ("fig1a", "fig1b")}
 
 
 def register(fig: Figure) -> Figure:
-    FIGURES[fig.name] = fig
-    return fig
+    return FIGURES.register(fig.name, fig)
 
 
 def resolve_names(names: Sequence[str]) -> list[str]:

@@ -83,20 +83,21 @@ class LiveProgress:
             with self._lock:
                 if self.tty:
                     self._clear()
-                    self._draw()
-                elif self.running:
-                    for d in list(self.running.values()):
-                        print(progress_line(d), file=self.stream)
-                    self.stream.flush()
+                    self._write_block()
+                elif self.running:  # a log: plain lines, not redrawn
+                    self._write_block()
 
     def _draw(self) -> None:
-        if not self.tty or self.every <= 0:
-            return
+        """After an event line: redraw the block on a terminal (a log gets it on the period)."""
+        if self.tty and self.every > 0:
+            self._write_block()
+
+    def _write_block(self) -> None:
         lines = [progress_line(d) for d in self.running.values()]
         for line in lines:
             print(line, file=self.stream)
         self.stream.flush()
-        self._drawn = len(lines)
+        self._drawn = len(lines) if self.tty else 0
 
     def _clear(self) -> None:
         if self.tty and self._drawn:

@@ -21,10 +21,11 @@ from typing import Any
 from architectures import ALL_PAIRS, PAIRS
 
 from .config import RunConfig, resolve_run_config
-from .errors import UserError, did_you_mean
+from .errors import UserError
 from .experiments import Selection, get_experiment
 from .lease import is_live, read_holder
 from .procedures import PROCEDURES
+from .registry import Registry
 from .results import (
     FID,
     IS_MEAN,
@@ -50,16 +51,21 @@ class Profile:
     cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per CPU core)
 
 
-PROFILES: dict[str, Profile] = {
-    # The paper's LSUN experiment (SPEC.md B): batch 64, DIM 64, 200,000 generator iterations.
-    "paper": Profile(
+PROFILES: Registry[Profile] = Registry("profile")
+# The paper's LSUN experiment (SPEC.md B): batch 64, DIM 64, 200,000 generator iterations.
+PROFILES.register(
+    "paper",
+    Profile(
         "the paper's settings: 200,000 generator iterations, batch 64, width 64 (give --data)",
         {"dim": 64, "batch_size": 64, "iters": 200_000},
         needs_data=True,
     ),
-    # Small enough that all 28 cells finish in minutes on a 2-core CPU, on the built-in data;
-    # every cell is scored by the demo judge (one periodic evaluation and the final one).
-    "demo": Profile(
+)
+# Small enough that all 28 cells finish in minutes on a 2-core CPU, on the built-in data;
+# every cell is scored by the demo judge (one periodic evaluation and the final one).
+PROFILES.register(
+    "demo",
+    Profile(
         "all 28 cells on the built-in demo data at width 8, batch 16, 12 iterations, scored "
         "by the demo judge (CPU, minutes)",
         {
@@ -75,11 +81,14 @@ PROFILES: dict[str, Profile] = {
         },
         cpu_workers=0,
     ),
-    # Figure 2's claim in miniature: long enough on the demo data for the outcome pattern to
-    # show, short enough to run on a 2-core CPU in about an hour (costs.py; --dry-run prints
-    # the estimate). Width, batch and length chosen by measurement (README: "The claim in
-    # miniature").
-    "claims": Profile(
+)
+# Figure 2's claim in miniature: long enough on the demo data for the outcome pattern to
+# show, short enough to run on a 2-core CPU in about an hour (costs.py; --dry-run prints
+# the estimate). Width, batch and length chosen by measurement (README: "The claim in
+# miniature").
+PROFILES.register(
+    "claims",
+    Profile(
         "Figure 2's claim in miniature: all 28 cells on the demo data at width 8, batch 16, "
         "400 iterations, judged by the demo judge (CPU, about an hour on 2 cores)",
         {
@@ -95,14 +104,14 @@ PROFILES: dict[str, Profile] = {
         },
         cpu_workers=0,
     ),
-}
+)
 
 
 def get_profile(name: str) -> Profile:
-    if name not in PROFILES:
-        hint = did_you_mean(name, PROFILES)
-        raise UserError(f"--profile: unknown profile {name!r}{hint}; valid: {', '.join(PROFILES)}")
-    return PROFILES[name]
+    try:
+        return PROFILES[name]
+    except KeyError as e:
+        raise UserError(f"--profile: {e.args[0]}") from None
 
 
 def expand(

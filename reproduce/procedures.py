@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 from architectures import Norm
 
 from . import losses
-from .errors import did_you_mean
+from .registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -164,12 +164,10 @@ class Procedure:
         raise ValueError(f"unknown optimizer {hp.optimizer!r}")
 
 
-PROCEDURES: dict[str, Procedure] = {}
+PROCEDURES: Registry[Procedure] = Registry("procedure")
 
 
 def register(proc: Procedure) -> Procedure:
-    if proc.name in PROCEDURES:
-        raise ValueError(f"procedure {proc.name!r} registered twice")
     if set(proc.defaults) != set(HPARAM_SETS):
         raise ValueError(f"procedure {proc.name!r} must define every set in {HPARAM_SETS}")
     for hp in proc.defaults.values():
@@ -177,18 +175,11 @@ def register(proc: Procedure) -> Procedure:
             raise ValueError(f"procedure {proc.name!r}: gp_lambda must be set iff it penalises")
         if proc.uses_clipping != (hp.clip is not None):
             raise ValueError(f"procedure {proc.name!r}: clip must be set iff it clips")
-    PROCEDURES[proc.name] = proc
-    return proc
+    return PROCEDURES.register(proc.name, proc)
 
 
 def get_procedure(name: str) -> Procedure:
-    try:
-        return PROCEDURES[name]
-    except KeyError:
-        hint = did_you_mean(name, PROCEDURES)
-        raise KeyError(
-            f"unknown procedure {name!r}{hint}; valid: {', '.join(PROCEDURES)}"
-        ) from None
+    return PROCEDURES[name]
 
 
 def _same(hp: Hyperparameters) -> dict[str, Hyperparameters]:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from architectures import ALL_PAIRS, PAIRS
 
+from .config import upgrade_config
 from .errors import UserError
 from .matrix import cell_state, format_value, load_manifests, markdown_table
 from .procedures import PROCEDURES
@@ -146,7 +147,7 @@ def _run_config(cfg: Any) -> dict[str, Any] | None:
     if (cfg.get("arch") not in ALL_PAIRS or cfg.get("procedure") not in PROCEDURES
             or not isinstance(seed, int) or isinstance(seed, bool)):  # fmt: skip
         return None
-    return cfg
+    return upgrade_config(cfg)  # old runs' renamed options under today's names
 
 
 # --------------------------------------------------------------------------------------------

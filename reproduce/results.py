@@ -26,14 +26,14 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import upgrade_config
 from .errors import UserError
 
-SCHEMA = 1
 TERMINAL_STATES = ("completed", "diverged")  # never trained again
 STATES = ("running", "interrupted", "completed", "diverged", "failed")
 
@@ -195,7 +195,13 @@ class RunDir:
         return self.config_file.exists()
 
     def read_config(self) -> dict[str, Any]:
-        return dict(read_json(self.config_file))
+        """``config.json`` with its run config in today's spelling (``upgrade_config``), so
+        every reader of a run directory sees renamed options under their new names; ValueError
+        when the file holds no run config."""
+        doc = read_json(self.config_file)
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ValueError(f"{self.config_file}: not a run's config.json")
+        return {**doc, "config": upgrade_config(doc["config"])}
 
     def read_status(self) -> dict[str, Any] | None:
         try:
@@ -271,14 +277,6 @@ def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
         return
     rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
     atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode())
-
-
-def iter_run_dirs(results: Path) -> Iterator[RunDir]:
-    if not results.is_dir():
-        return
-    for p in sorted(results.iterdir()):
-        if (p / "config.json").is_file():
-            yield RunDir(p)
 
 
 # --------------------------------------------------------------------------------------------

@@ -385,7 +385,7 @@ def train_run(
             )
         doc = run_config_document(cfg, rt, dataset, run_dir.path.name)
         if run_dir.exists():
-            old = upgrade_config(run_dir.read_config().get("config", {}))
+            old = run_dir.read_config()["config"]
             if old != doc["config"]:  # validated before; re-checked under the lease
                 diff = "; ".join(config_diff(old, doc["config"]))
                 return Outcome(

@@ -1,7 +1,11 @@
-"""Shared fixtures: small real datasets and helpers to run the real CLI in subprocesses."""
+"""Shared fixtures and helpers: small real datasets, the real CLI in-process (``run_main``) and
+in subprocesses (``run_cli``, ``popen_cli``), real small filesystems (``tmpfs``), the
+uninterrupted reference runs of the resume tests (``reference``)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reproduce.cli import main
 from reproduce.config import RuntimeConfig, resolve_run_config
 from reproduce.data import ImageDataset, fingerprint, load_demo
 
@@ -166,3 +171,51 @@ def pytest_runtest_logreport(report):
            "seconds": report.duration, "message": str(message)[:300]}  # fmt: skip
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def run_main(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse errors
+            code = int(e.code or 0)
+    return code, out.getvalue(), err.getvalue()
+
+
+def tree(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount real small filesystems (tmpfs, needs root): ``tmpfs("2m") -> Path``."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"tmpfs-{len(mounted)}"
+        mnt.mkdir()
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            if os.environ.get("CI"):
+                pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr.strip()}")
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in mounted:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """``reference(procedure, ...)``: the uninterrupted run that a resumed one must equal,
+    trained once per module and procedure (tests/procs.py)."""
+    from .procs import make_reference
+
+    return make_reference(tmp_path_factory)

@@ -3,37 +3,19 @@ one line on stderr naming the flag or file, exit code 2, and nothing written."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from reproduce.cli import main
 from reproduce.prepare import Options, prepare
 
-from .conftest import run_cli
+from .conftest import run_cli, run_main, tree
 from .lsun import make_folder, make_lmdb
 
 SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress", "--no-eval"]
-
-
-def run_main(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as e:  # argparse errors
-            code = int(e.code or 0)
-    return code, out.getvalue(), err.getvalue()
-
-
-def tree(path: Path) -> list[str]:
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
 
 def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None = None) -> str:
@@ -166,31 +148,6 @@ def test_unwritable_results(tmp_path):
     assert_rejected(
         tmp_path, match="--results: cannot write to /proc", results=Path("/proc/results")
     )
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount real small filesystems (tmpfs, needs root): ``tmpfs("2m") -> Path``."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        mnt = tmp_path / f"tmpfs-{len(mounted)}"
-        mnt.mkdir()
-        r = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode != 0:
-            if os.environ.get("CI"):
-                pytest.fail(f"cannot mount a tmpfs in CI: {r.stderr.strip()}")
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        mounted.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounted:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_no_room_for_a_checkpoint(tmp_path, tmpfs):

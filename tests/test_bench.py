@@ -10,8 +10,7 @@ import pytest
 from reproduce import bench
 from reproduce.errors import UserError
 
-from .conftest import cli_env, run_cli
-from .test_bad_inputs import run_main, tree
+from .conftest import cli_env, run_cli, run_main, tree
 
 
 def fake(path, times: dict[str, float], extra: dict[str, dict] | None = None):

@@ -13,7 +13,7 @@ import pytest
 
 from reproduce.cli import build_parser
 
-from .test_bad_inputs import run_main, tree
+from .conftest import run_main, tree
 
 VALUES = ["0", "-1", "nan", "inf", "1e23", "1e308", "100000000000000000000000",
           str(2**64), "many"]  # fmt: skip

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import cli_env, run_cli
-from .test_bad_inputs import run_main, tree
+from .conftest import cli_env, run_cli, run_main, tree
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU form of the check")
 

@@ -18,9 +18,8 @@ from reproduce.images import to_uint8
 from reproduce.results import RunDir, read_jsonl
 from reproduce.train import train_run
 
-from .conftest import cli_env, popen_cli, quiet_runtime, run_cli, small_config
+from .conftest import cli_env, popen_cli, quiet_runtime, run_cli, run_main, small_config, tree
 from .inception import make_random_inception_weights
-from .test_bad_inputs import run_main, tree
 
 CPU = torch.device("cpu")
 

@@ -22,10 +22,9 @@ from reproduce.errors import UserError
 from reproduce.prepare import Options, held_out
 from reproduce.results import read_json
 
-from .conftest import REPO, assert_states_equal, cli_env, load_final_state, run_cli
+from .conftest import REPO, assert_states_equal, cli_env, load_final_state, run_cli, run_main, tree
 from .lsun import GRAY_KEY, PATTERN_KEY, make_folder, make_lmdb
 from .procs import wait_for
-from .test_bad_inputs import run_main, tree
 
 QUIET = Options(workers=2, progress=False)
 # the module's LMDB: 3 corrupt values in 245 (1.2%), above the default 1% threshold

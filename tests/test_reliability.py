@@ -8,8 +8,6 @@ import re
 import shutil
 import signal
 
-import pytest
-
 from reproduce import checkpoint
 from reproduce.results import read_jsonl
 
@@ -17,18 +15,11 @@ from .conftest import assert_states_equal, cli_env, load_final_state, popen_cli,
 from .procs import (
     assert_same_result,
     finish,
-    make_reference,
     n_rows,
     the_run,
     train_args,
     wait_for,
 )
-from .test_bad_inputs import tmpfs  # noqa: F401  (fixture)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory)
 
 
 def test_sigkill_during_checkpoint_write(tmp_path, reference):
@@ -59,7 +50,7 @@ def test_sigkill_during_checkpoint_write(tmp_path, reference):
     assert_same_result(run, reference("wgan-gp"))
 
 
-def test_disk_full_during_checkpoint(tmpfs, reference):  # noqa: F811
+def test_disk_full_during_checkpoint(tmpfs, reference):
     """A real full disk: the old checkpoint survives, the run is marked failed, no retry."""
     fs = tmpfs("24m")
     results = fs / "results"
@@ -184,7 +175,7 @@ def fill(path, leave: int = 0) -> None:
 
 
 def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_room(
-    tmpfs,  # noqa: F811
+    tmpfs,
     reference,
 ):
     """Issue 18.9: with 0 bytes left, status.json stayed `running` (the atomic write of the

@@ -17,8 +17,7 @@ from PIL import Image
 
 from reproduce.report import by_cell, collect, lsun_grid
 
-from .conftest import cli_env, run_cli
-from .test_bad_inputs import tree
+from .conftest import cli_env, run_cli, tree
 
 TABLES = ("lsun_is_table", "throughput_table")
 PLOTS = ("is_vs_iteration", "is_vs_wallclock", "critic_loss", "throughput", "samples_grid")

@@ -18,16 +18,10 @@ from .procs import (
     KILL_SEED,
     assert_same_result,
     finish,
-    make_reference,
     sigkill_at,
     the_run,
     train_args,
 )
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    return make_reference(tmp_path_factory)
 
 
 @pytest.mark.parametrize("procedure", ["wgan-gp", "wgan", "dcgan", "lsgan", "wgan-gp+adam-torch"])

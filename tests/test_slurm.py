@@ -89,7 +89,7 @@ def test_demo_matrix_is_one_job_array_and_resubmitting_queues_nothing(slurm, tmp
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
+def slurm_reference(tmp_path_factory) -> Path:
     """The preemption/requeue cell trained without interruption, with the job's thread count."""
     results = tmp_path_factory.mktemp("slurm-ref")
     r = run_cli(
@@ -138,7 +138,7 @@ def rows(run: Path) -> int:
 
 
 def test_preemption_by_a_higher_priority_partition_requeues_and_resumes_exactly(
-    slurm, tmp_path, reference
+    slurm, tmp_path, slurm_reference
 ):
     run = submit_slow_cell(tmp_path / "r", "--checkpoint-every", "0")
     wait_until(lambda: state_of(run) == "running" and rows(run) >= 5, 180, "cell never ran")
@@ -160,12 +160,14 @@ def test_preemption_by_a_higher_priority_partition_requeues_and_resumes_exactly(
     sub = json.loads((run / "submission.json").read_text())
     out = Path(sub["folder"]) / f"{sub['job_id']}_0_log.err"
     assert "this job is preempted" in out.read_text()  # submitit's handler took over
-    a, b = load_final_state(run), load_final_state(reference)
+    a, b = load_final_state(run), load_final_state(slurm_reference)
     for part in ("generator", "critic", "opt_g", "opt_d", "data", "rng"):
         assert_states_equal(a[part], b[part], part)
 
 
-def test_plain_scontrol_requeue_completes_from_the_last_checkpoint(slurm, tmp_path, reference):
+def test_plain_scontrol_requeue_completes_from_the_last_checkpoint(
+    slurm, tmp_path, slurm_reference
+):
     run = submit_slow_cell(tmp_path / "r", "--checkpoint-every-iters", "3")
     wait_until(lambda: state_of(run) == "running" and rows(run) >= 7, 180, "cell never ran")
     job = json.loads((run / "submission.json").read_text())["job_id"]
@@ -173,6 +175,6 @@ def test_plain_scontrol_requeue_completes_from_the_last_checkpoint(slurm, tmp_pa
     wait_until(lambda: state_of(run) == "completed", 400, "requeued cell did not complete")
     log = (run / "log.txt").read_text()
     assert "resumed from ckpt-" in log, log
-    a, b = load_final_state(run), load_final_state(reference)
+    a, b = load_final_state(run), load_final_state(slurm_reference)
     for part in ("generator", "critic", "opt_g", "opt_d", "data", "rng"):
         assert_states_equal(a[part], b[part], part)
