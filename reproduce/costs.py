@@ -88,7 +88,7 @@ def measure(archs: list[str], procedures: list[str], dim: int = 8, batch: int = 
 
     from .config import resolve_run_config
     from .data import load_demo
-    from .train import Trainer
+    from .trainer import Trainer
 
     torch.set_num_threads(1)
     ds = load_demo("train")

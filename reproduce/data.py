@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import prepare
+from . import imagecache, prepare
 from .errors import UserError, did_you_mean
-from .prepare import RESOLUTION
+from .imagecache import RESOLUTION
 
 PLACEMENTS = ("auto", "device", "host")
 
@@ -160,7 +160,7 @@ class CachedImages:
 
     def __init__(self, path: Path, rows: np.ndarray) -> None:
         self.path = path
-        self.array = np.load(path / prepare.IMAGES, mmap_mode="r")
+        self.array = np.load(path / imagecache.IMAGES, mmap_mode="r")
         self.rows = rows.astype(np.int64)
         self.shape = (len(self.rows), 3, RESOLUTION, RESOLUTION)
         self.nbytes = len(self.rows) * prepare.ROW_BYTES
@@ -168,7 +168,7 @@ class CachedImages:
     def __len__(self) -> int:
         return len(self.rows)
 
-    # mode="clip" (unbuffered, fast): prepare.verify has proven every split index in range
+    # mode="clip" (unbuffered, fast): imagecache.verify has proven every split index in range
     def __getitem__(self, idx: Tensor) -> Tensor:
         rows = self.rows[idx.numpy()]
         return torch.from_numpy(np.take(self.array, rows, axis=0, mode="clip"))
@@ -191,16 +191,16 @@ _verified: set[tuple[str, str, int, int] | None] = set()  # caches verified in t
 
 def load_cache(path: Path, split: str = "train") -> ImageDataset:
     """A prepared cache; verified against its manifest (once per process and file state)."""
-    manifest = prepare.read_manifest(path)
+    manifest = imagecache.read_manifest(path)
     try:
-        st = os.stat(path / prepare.IMAGES)
+        st = os.stat(path / imagecache.IMAGES)
         key = (str(path.resolve()), manifest["fingerprint"], st.st_mtime_ns, st.st_size)
     except OSError:
         key = None  # missing: verify() raises, naming the file
     if key is None or key not in _verified:
-        prepare.verify(path, manifest)
+        imagecache.verify(path, manifest)
         _verified.add(key)
-    rows = prepare.load_splits(path)[split]
+    rows = imagecache.load_splits(path)[split]
     images = CachedImages(path, rows)
     info = {
         "source": manifest["source"],

@@ -82,7 +82,8 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def _gan(self, stop: Any) -> dict[str, Any]:
         from .data import load_dataset
-        from .train import resolve_device, train_run
+        from .train import train_run
+        from .trainer import resolve_device
 
         cfg = RunConfig.from_dict(self.spec.config)
         rt = RuntimeConfig(**self.spec.runtime)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import judge as demo_judge
-from . import metrics
+from . import metrics, rng
 from .config import RunConfig, RuntimeConfig
 from .data import ImageDataset, derive_seed
 from .results import (
@@ -134,7 +134,7 @@ class Evaluator:
         t = time.perf_counter()
         n = self.rt.samples(kind)
         protocol = self.protocol(n)
-        with metrics.preserved_rng():
+        with rng.preserved():
             images = metrics.generate_uint8(
                 generator, n, self.cfg.batch_size, derive_seed(self.cfg.seed, "eval", iteration),
                 self.device,

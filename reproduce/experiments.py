@@ -23,7 +23,7 @@ class Cell:
     arch: str
     procedure: str
     seed: int
-    # experiment-specific option overrides (keys of config.OPTIONS), applied over the
+    # experiment-specific option overrides (keys of options.OPTIONS), applied over the
     # matrix-wide options; e.g. a figure that needs a particular optimiser
     overrides: tuple[tuple[str, Any], ...] = field(default=())
 

@@ -16,22 +16,19 @@ not counted, as usual for MFU.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
-import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from . import envvars
+from . import envvars, rng
+from .trainer import Trainer
 
 ENV_PEAK = envvars.PEAK_TFLOPS  # override the device's peak (TFLOP/s), e.g. for a CPU
 
@@ -87,30 +84,17 @@ def _count(config_items: tuple[tuple[str, Any], ...]) -> IterationCost:
 
     from .config import RunConfig
     from .data import ImageDataset
-    from .train import Trainer
 
     cfg = RunConfig.from_dict(dict(config_items))
     r = get_pair(cfg.arch).resolution
     images = torch.zeros((cfg.batch_size, 3, r, r), dtype=torch.uint8)
     dataset = ImageDataset("count", images, "count", {})
-    with _rng_preserved():
+    with rng.preserved(all_cuda_devices=True):  # the Trainer reseeds every generator
         trainer = Trainer(cfg, dataset, torch.device("cpu"), data_placement="device")
         trainer.iteration = 1  # iteration 0 skips the generator step; count a full one
         with FlopCounter() as fc:
             trainer.step()
     return IterationCost(fc.total, fc.ops)
-
-
-@contextlib.contextmanager
-def _rng_preserved() -> Iterator[None]:
-    """The Trainer reseeds every global generator (seed_everything); put them all back."""
-    py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 COUNT_BATCH = 2  # batch norm in training mode needs at least 2 samples

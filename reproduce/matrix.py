@@ -46,7 +46,7 @@ from .results import (
 @dataclass(frozen=True)
 class Profile:
     description: str
-    options: Mapping[str, Any]  # defaults for config.OPTIONS keys; explicit flags override
+    options: Mapping[str, Any]  # defaults for options.OPTIONS keys; explicit flags override
     needs_data: bool = False
     cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per CPU core)
 

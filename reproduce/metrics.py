@@ -20,7 +20,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import random
 import shutil
 import tempfile
 import typing
@@ -29,13 +28,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from architectures import Z_DIM
 
+from . import rng
 from .errors import UserError
 from .images import to_uint8
 from .results import FID as FID  # result keys (torch-fidelity's names), re-exported
@@ -193,23 +192,6 @@ class UInt8Images(Dataset):
         return self.images[i]
 
 
-@contextlib.contextmanager
-def preserved_rng() -> Iterator[None]:
-    """Evaluation must never change the training trajectory: restore every global RNG."""
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-        np.random.set_state(np_state)
-        random.setstate(py_state)
-
-
 @torch.no_grad()
 def generate_uint8(
     generator: nn.Module, n: int, batch_size: int, seed: int, device: torch.device
@@ -333,7 +315,7 @@ def inception_metrics(
             kid_subsets=protocol.kid_subsets,
             kid_subset_size=n_kid,
         )
-    with preserved_rng():
+    with rng.preserved():
         if binary and cache_root is not None and reference_name is not None:
             with file_lock(cache_root / f"{reference_name}.lock"):
                 result = torch_fidelity.calculate_metrics(**kwargs)

@@ -30,7 +30,7 @@ from architectures import ALL_PAIRS, PAIRS
 
 from .config import upgrade_config
 from .errors import UserError
-from .matrix import cell_state, format_value, load_manifests, markdown_table
+from .matrix import cell_state, load_manifests
 from .procedures import PROCEDURES
 from .results import (
     FID,
@@ -42,6 +42,7 @@ from .results import (
     finite,
     judge_name,
 )
+from .tables import lsun_grid, throughput_table, write_table
 
 STAT_METRICS = ("critic_loss", "wdist", "d_real", "d_fake", "gp", "generator_loss")
 
@@ -130,11 +131,6 @@ class Loader:
         return rows
 
 
-def _num(v: Any) -> float | None:
-    """A number for the tables, or None (text, null, booleans, nan and inf)."""
-    return finite(v)
-
-
 def _text(v: Any) -> str | None:
     return v[:200] if isinstance(v, str) else None
 
@@ -170,7 +166,96 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+def _curves(
+    loader: Loader, d: Path, base: dict[str, Any]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's tidy rows (training and held-out statistics, evaluations) and its evaluations."""
+    tidy: list[dict[str, Any]] = []
+    for file, split in (("stats.jsonl", "train"), ("heldout.jsonl", "heldout")):
+        for r in loader.jsonl(d / file):
+            step = count(r.get("iter"), -1)
+            if step < 0:
+                continue
+            for k in STAT_METRICS:
+                if finite(r.get(k)) is not None:
+                    tidy.append({**base, "step": step, "metric": k, "value": r[k],
+                                 "split": split, "train_seconds": None})  # fmt: skip
+    evals = [r for r in loader.jsonl(d / "metrics.jsonl") if count(r.get("iter"), -1) >= 0]
+    for r in evals:
+        for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
+                        (KID_MEAN, "kid")):  # fmt: skip
+            if finite(r.get(k)) is not None:
+                tidy.append({**base, "step": count(r["iter"]), "metric": name,
+                             "value": r[k], "split": _text(r.get("kind")) or "periodic",
+                             "train_seconds": finite(r.get("train_seconds"))})  # fmt: skip
+    return tidy, evals
+
+
+def _summary_row(
+    base: dict[str, Any],
+    cfg: dict[str, Any],
+    status: dict[str, Any],
+    state: str,
+    verdict: dict[str, Any],
+    evals: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One run's line of the summary table."""
+    finals = [r for r in evals if r.get("kind") == "final"]
+    final = finals[-1] if finals else None
+    scored = [r for r in evals if finite(r.get(IS_MEAN)) is not None]
+    best = max(scored, key=lambda r: r[IS_MEAN]) if scored else None
+    it_s = finite(status.get("it_per_s"))
+    secs = finite(status.get("train_seconds"))
+    device = _text(status.get("device"))
+    n_critic, batch = finite(cfg.get("n_critic")), finite(cfg.get("batch_size"))
+    on_gpu = isinstance(device, str) and device.startswith("cuda")
+    return {
+        **base,
+        "status": state,
+        "verdict": _text(verdict.get("verdict")),
+        "final_is": finite(final.get(IS_MEAN)) if final else None,
+        "final_is_std": finite(final.get(IS_STD)) if final else None,
+        "best_is": best[IS_MEAN] if best else None,
+        "best_is_iter": count(best["iter"]) if best else None,
+        "fid": finite(final.get(FID)) if final else None,
+        "kid": finite(final.get(KID_MEAN)) if final else None,
+        "judge": judge_name(final),
+        "modes_covered": finite(final.get("modes_covered")) if final else None,
+        "modes_total": finite(final.get("modes_total")) if final else None,
+        "confident_fraction": finite(final.get("confident_fraction")) if final else None,
+        "iterations": count(status.get("iteration")),
+        "iters": count(cfg.get("iters"), -1) if count(cfg.get("iters"), -1) >= 0 else None,
+        "it_per_s": it_s,
+        "images_per_s": it_s * n_critic * batch if it_s and n_critic and batch else None,
+        "train_seconds": secs,
+        "setup_seconds": finite(status.get("setup_seconds")),
+        "gpu_hours": secs / 3600 if secs is not None and on_gpu else None,
+        "tflops": finite(status.get("tflops")),
+        "mfu": finite(status.get("mfu")),
+        "device": device,
+        "mode": _text(cfg.get("mode")) or "exact",
+        "dim": finite(cfg.get("dim")),
+        "batch_size": batch,
+        "dataset": _text(cfg.get("dataset")),
+    }
+
+
+def _in_paper_order(runs: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    order = {a: i for i, a in enumerate(PAIRS)}
+    porder = {p: i for i, p in enumerate(PROCEDURES)}
+    summary = pd.DataFrame(list(runs.values()), columns=SUMMARY_COLUMNS)
+    if len(summary):
+        summary = summary.sort_values(
+            by=["arch", "procedure", "seed"],
+            key=lambda s: s.map(order) if s.name == "arch" else (
+                s.map(porder) if s.name == "procedure" else s),
+        ).reset_index(drop=True)  # fmt: skip
+    return summary
+
+
 def collect(results: Path, strict: bool = False) -> Collected:
+    """Every image run under ``results`` (toy runs are Figure 1's), plus the cells a matrix
+    asked for that never started, as pending."""
     loader = Loader(strict)
     runs: dict[str, dict[str, Any]] = {}
     tidy: list[dict[str, Any]] = []
@@ -193,85 +278,24 @@ def collect(results: Path, strict: bool = False) -> Collected:
             state = f"diverged @{count(status.get('diverged_at'), -1)}"
         base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
                 "seed": cfg["seed"]}  # fmt: skip
-        for file, split in (("stats.jsonl", "train"), ("heldout.jsonl", "heldout")):
-            for r in loader.jsonl(d / file):
-                step = count(r.get("iter"), -1)
-                if step < 0:
-                    continue
-                for k in STAT_METRICS:
-                    if _num(r.get(k)) is not None:
-                        tidy.append({**base, "step": step, "metric": k, "value": r[k],
-                                     "split": split, "train_seconds": None})  # fmt: skip
-        evals = [r for r in loader.jsonl(d / "metrics.jsonl") if count(r.get("iter"), -1) >= 0]
-        for r in evals:
-            for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
-                            (KID_MEAN, "kid")):  # fmt: skip
-                if _num(r.get(k)) is not None:
-                    tidy.append({**base, "step": count(r["iter"]), "metric": name,
-                                 "value": r[k], "split": _text(r.get("kind")) or "periodic",
-                                 "train_seconds": _num(r.get("train_seconds"))})  # fmt: skip
-        finals = [r for r in evals if r.get("kind") == "final"]
-        final = finals[-1] if finals else None
-        scored = [r for r in evals if _num(r.get(IS_MEAN)) is not None]
-        best = max(scored, key=lambda r: r[IS_MEAN]) if scored else None
+        rows, evals = _curves(loader, d, base)
+        tidy += rows
         grids = sorted((d / "samples").glob("iter-*.png"))
         if grids:
             samples[d.name] = grids[-1]
-        it_s = _num(status.get("it_per_s"))
-        secs = _num(status.get("train_seconds"))
-        device = _text(status.get("device"))
-        n_critic, batch = _num(cfg.get("n_critic")), _num(cfg.get("batch_size"))
-        on_gpu = isinstance(device, str) and device.startswith("cuda")
-        runs[d.name] = {
-            **base,
-            "status": state,
-            "verdict": _text(verdict.get("verdict")),
-            "final_is": _num(final.get(IS_MEAN)) if final else None,
-            "final_is_std": _num(final.get(IS_STD)) if final else None,
-            "best_is": best[IS_MEAN] if best else None,
-            "best_is_iter": count(best["iter"]) if best else None,
-            "fid": _num(final.get(FID)) if final else None,
-            "kid": _num(final.get(KID_MEAN)) if final else None,
-            "judge": judge_name(final),
-            "modes_covered": _num(final.get("modes_covered")) if final else None,
-            "modes_total": _num(final.get("modes_total")) if final else None,
-            "confident_fraction": _num(final.get("confident_fraction")) if final else None,
-            "iterations": count(status.get("iteration")),
-            "iters": count(cfg.get("iters"), -1) if count(cfg.get("iters"), -1) >= 0 else None,
-            "it_per_s": it_s,
-            "images_per_s": it_s * n_critic * batch if it_s and n_critic and batch else None,
-            "train_seconds": secs,
-            "setup_seconds": _num(status.get("setup_seconds")),
-            "gpu_hours": secs / 3600 if secs is not None and on_gpu else None,
-            "tflops": _num(status.get("tflops")),
-            "mfu": _num(status.get("mfu")),
-            "device": device,
-            "mode": _text(cfg.get("mode")) or "exact",
-            "dim": _num(cfg.get("dim")),
-            "batch_size": batch,
-            "dataset": _text(cfg.get("dataset")),
-        }
-    # cells a matrix asked for that never started: present, as pending
+        runs[d.name] = _summary_row(base, cfg, status, state, verdict, evals)
     for m in load_manifests(results, loader.warn):
         for c in m["cells"]:
             if c["run_id"] not in runs:
                 runs[c["run_id"]] = {"run_id": c["run_id"], "arch": c["arch"],
                                      "procedure": c["procedure"], "seed": c["seed"],
                                      "status": "pending", "iterations": 0,
-                                     "iters": _num(m["shared"].get("iters")),
+                                     "iters": finite(m["shared"].get("iters")),
                                      "mode": _text(m["shared"].get("mode")) or "exact"}  # fmt: skip
-    order = {a: i for i, a in enumerate(PAIRS)}
-    porder = {p: i for i, p in enumerate(PROCEDURES)}
-    summary = pd.DataFrame(list(runs.values()), columns=SUMMARY_COLUMNS)
-    if len(summary):
-        summary = summary.sort_values(
-            by=["arch", "procedure", "seed"],
-            key=lambda s: s.map(order) if s.name == "arch" else (
-                s.map(porder) if s.name == "procedure" else s),
-        ).reset_index(drop=True)  # fmt: skip
     tidy_cols = ["run_id", "arch", "procedure", "seed", "step", "metric", "value", "split",
                  "train_seconds"]  # fmt: skip
-    return Collected(summary, pd.DataFrame(tidy, columns=tidy_cols), samples, loader.warnings)
+    return Collected(_in_paper_order(runs), pd.DataFrame(tidy, columns=tidy_cols), samples,
+                     loader.warnings)  # fmt: skip
 
 
 def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
@@ -292,144 +316,6 @@ def by_cell(summary: pd.DataFrame) -> pd.DataFrame:
         statuses=("status", lambda s: ", ".join(sorted(set(map(str, s))))),
         verdicts=("verdict", lambda s: ", ".join(sorted({str(v) for v in s if v}))),
     ).reset_index()
-
-
-# --------------------------------------------------------------------------------------------
-# tables
-# --------------------------------------------------------------------------------------------
-MARK = {"trained": "✓", "low-quality": "✗ low IS", "collapsed": "✗ collapsed",
-        "unevaluated": "completed, not evaluated"}  # fmt: skip
-
-
-def _is_text(mean: Any, std: Any) -> str:
-    if _num(mean) is None or not math.isfinite(mean):
-        return ""
-    return f"{mean:.2f} ± {std:.2f}" if _num(std) is not None else f"{mean:.2f}"
-
-
-def _cell_text(part: pd.DataFrame, marks: dict[str, str], mode: str) -> str:
-    """One grid cell's text for the runs of one mode; non-exact modes are labelled."""
-    scores = part["final_is"].dropna()
-    if len(scores) > 1:
-        text = f"{scores.mean():.2f} ± {scores.std(ddof=1):.2f} ({len(scores)} seeds)"
-    elif len(scores) == 1:
-        r = part.loc[scores.index[0]]
-        text = _is_text(r["final_is"], r["final_is_std"])
-    else:
-        text = ""
-    modes = part["modes_covered"].dropna() if "modes_covered" in part else pd.Series()
-    if len(modes) == 1 and len(scores) == 1:
-        r = part.loc[modes.index[0]]
-        text += f", {int(r['modes_covered'])}/{int(r['modes_total'])} modes"
-    verdicts = {v for v in part["verdict"] if isinstance(v, str)}
-    states = sorted({str(s) for s in part["status"]})
-    completed = all(s == "completed" for s in states)
-    if completed and len(verdicts) == 1 and next(iter(verdicts)) in marks:
-        text = f"{text} {marks[next(iter(verdicts))]}".strip()
-    if not text or not completed:
-        text = f"{text} ({', '.join(states)})".strip() if text else ", ".join(states)
-    return f"[{mode}] {text}" if mode != "exact" else text
-
-
-def lsun_grid(summary: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
-    """The 7x4 table: rows = the paper's architecture titles, columns = the four procedures;
-    each cell the final IS (mean ± std over splits; over seeds when several) and the verdict,
-    or the cell's state when it has no score. Runs in a fast mode are labelled with it and
-    never pooled with exact runs."""
-    marks = MARK
-    table = {}
-    for name, pair in PAIRS.items():
-        row = {}
-        for p, proc in PROCEDURES.items():
-            part = summary[(summary["arch"] == name) & (summary["procedure"] == p)]
-            if not len(part):
-                row[proc.title] = "no run"
-                continue
-            modes = part["mode"].fillna("exact")
-            texts = [
-                _cell_text(part[modes == m], marks, m)
-                for m in sorted(set(modes), key=lambda m: (m != "exact", m))
-            ]
-            text = "; ".join(texts)
-            row[proc.title] = tex_text(text) if tex else text
-        table[f"{pair.row}. {pair.title}"] = row
-    return pd.DataFrame.from_dict(table, orient="index")
-
-
-THROUGHPUT_COLUMNS = ["arch", "procedure", "seed", "status", "iterations", "it_per_s",
-                      "images_per_s", "train_seconds", "setup_seconds", "gpu_hours", "tflops",
-                      "mfu", "device", "mode"]  # fmt: skip
-
-
-def throughput_table(summary: pd.DataFrame) -> pd.DataFrame:
-    return summary[THROUGHPUT_COLUMNS].copy()
-
-
-def _cells(df: pd.DataFrame, index: bool) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted rows (missing values as "-", numbers as in the matrix summary)."""
-    cols = ([df.index.name or ""] if index else []) + [str(c) for c in df.columns]
-    rows = [
-        ([str(idx)] if index else [])
-        + [v if isinstance(v, Tex) else format_value(None if pd.isna(v) else v) for v in vals]
-        for idx, vals in zip(df.index, df.itertuples(index=False), strict=True)
-    ]
-    return cols, rows
-
-
-def to_markdown(df: pd.DataFrame, index: bool = False) -> str:
-    cols, rows = _cells(df, index)
-    records = [dict(zip(cols, row, strict=True)) for row in rows]
-    return markdown_table(records, cols)  # escapes every cell
-
-
-TEX_SPECIAL = {"&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-               "$": r"\$", "\\": r"\textbackslash{}", "~": r"\textasciitilde{}",
-               "^": r"\textasciicircum{}", "<": r"\textless{}", ">": r"\textgreater{}",
-               "\n": " ", "\r": " "}  # fmt: skip
-# after escaping, the only TeX the tables add: the grid's marks and the plus-minus sign
-TEX_SYMBOLS = {"±": r"$\pm$", "✓": r"\checkmark", "✗": r"$\times$"}
-
-
-class Tex(str):
-    """Text that is already TeX (built by ``tex_text`` from escaped parts): not escaped
-    again. Every other string that reaches a .tex file is escaped in full by ``_tex``."""
-
-
-def tex_text(s: str) -> Tex:
-    """Plain text as TeX: every special character escaped, then the symbols of TEX_SYMBOLS
-    typeset (whatever a file under --results contains, it cannot inject a command)."""
-    escaped = "".join(TEX_SPECIAL.get(ch, ch) for ch in s)
-    for plain, tex in TEX_SYMBOLS.items():
-        escaped = escaped.replace(plain, tex)
-    return Tex(escaped)
-
-
-def _tex(s: str) -> str:
-    return s if isinstance(s, Tex) else tex_text(s)
-
-
-def to_latex(df: pd.DataFrame, caption: str, index: bool = False) -> str:
-    """A booktabs table (needs \\usepackage{booktabs}, amssymb for the check marks)."""
-    cols, rows = _cells(df, index)
-    align = ("l" if index else "") + "l" * len(df.columns)
-    out = ["\\begin{table}[t]", "\\centering", "\\small", f"\\caption{{{_tex(caption)}}}",
-           f"\\begin{{tabular}}{{{align}}}", "\\toprule",
-           " & ".join(_tex(c) for c in cols) + " \\\\", "\\midrule"]  # fmt: skip
-    out += [" & ".join(_tex(c) for c in cells) + " \\\\" for cells in rows]
-    out += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
-    return "\n".join(out) + "\n"
-
-
-def write_table(
-    out: Path, name: str, df: pd.DataFrame, caption: str, index: bool = False,
-    tex_df: pd.DataFrame | None = None,
-) -> list[Path]:  # fmt: skip
-    paths = [out / f"{name}.md", out / f"{name}.tex", out / f"{name}.csv"]
-    atomic_write_bytes(paths[0], to_markdown(df, index).encode())
-    src = tex_df if tex_df is not None else df
-    atomic_write_bytes(paths[1], to_latex(src, caption, index).encode())
-    atomic_write_bytes(paths[2], df.to_csv(index=index).encode())
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,10 +406,10 @@ def sample_grid(c: Collected, seed: int | None = None) -> Any:
         bits = [str(r["status"])] if r["status"] != "completed" else []
         if isinstance(r.get("verdict"), str) and r["status"] == "completed":
             bits.append(str(r["verdict"]))
-        if _num(r.get("final_is")) is not None and not math.isnan(r["final_is"]):
+        if finite(r.get("final_is")) is not None and not math.isnan(r["final_is"]):
             name = "judge IS" if r.get("judge") == "demo-judge" else "IS"
             bits.append(f"{name} {r['final_is']:.2f}")
-            if _num(r.get("modes_covered")) is not None and not math.isnan(r["modes_covered"]):
+            if finite(r.get("modes_covered")) is not None and not math.isnan(r["modes_covered"]):
                 bits.append(f"{int(r['modes_covered'])}/{int(r['modes_total'])} modes")
         notes[key] = ", ".join(bits) or "completed"
     return plots.sample_grid_figure(images, args["rows"], args["cols"], args["row_titles"],

@@ -39,10 +39,10 @@ def judge_cache(tmp_path_factory) -> Path:
 def verification_stamps(tmp_path_factory) -> Path:
     """The cache-verification stamps of this test run (inherited by CLI subprocesses), never
     the user's."""
-    from reproduce import prepare
+    from reproduce import imagecache
 
     root = tmp_path_factory.getbasetemp().parent / "verified"
-    os.environ[prepare.ENV_STAMPS] = str(root)
+    os.environ[imagecache.ENV_STAMPS] = str(root)
     return root
 
 

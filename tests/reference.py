@@ -19,7 +19,7 @@ from architectures import Z_DIM, get_pair
 from reproduce.config import RunConfig
 from reproduce.data import BatchSource, ImageDataset
 from reproduce.optim import TFRMSprop
-from reproduce.train import seed_everything
+from reproduce.rng import seed_everything
 
 
 class LoopTFAdam(torch.optim.Optimizer):

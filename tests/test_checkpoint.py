@@ -12,7 +12,8 @@ import torch
 
 from reproduce import checkpoint
 from reproduce.results import RunDir
-from reproduce.train import Trainer, train_run
+from reproduce.train import train_run
+from reproduce.trainer import Trainer
 
 from .conftest import quiet_runtime, small_config, states_equal
 

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from reproduce.config import OPTIONS, RunConfig, config_diff, resolve_run_config, upgrade_config
+from reproduce.config import RunConfig, config_diff, resolve_run_config, upgrade_config
 from reproduce.errors import UserError
+from reproduce.options import OPTIONS
 
 
 def cfg(**kw) -> RunConfig:

@@ -149,7 +149,7 @@ def test_training_makes_the_generator_better(demo_judge, demo, tmp_path):
     (Fréchet distance) and far more varied than the same generator's at iteration 0. (At this
     budget they are not yet recognisable as modes: modes covered stays 0 or 1; see the README.)
     With the generator's optimiser step disabled, both assertions fail."""
-    from reproduce.train import Trainer
+    from reproduce.trainer import Trainer
 
     torch.set_num_threads(1)
     cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp")

@@ -266,7 +266,7 @@ def test_default_evaluation_cadence_costs_under_ten_percent_of_training(weights_
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from architectures import PAIRS
-    from reproduce.train import Trainer
+    from reproduce.trainer import Trainer
 
     rt = RuntimeConfig(judge="inception")
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import prepare
+from reproduce import imagecache, prepare
 from reproduce.data import load_dataset
 from reproduce.errors import UserError
 from reproduce.prepare import Options, held_out
@@ -49,11 +49,11 @@ def row_of(lsun, key: bytes) -> int:
 
 def test_lmdb_cache_shapes_counts_split_and_manifest(lsun, cache):
     m = cache.manifest
-    images = np.load(cache.path / prepare.IMAGES, mmap_mode="r")
+    images = np.load(cache.path / imagecache.IMAGES, mmap_mode="r")
     assert images.shape == (len(lsun.keys), 3, 64, 64) and images.dtype == np.uint8
     assert m["skipped"] == {"unreadable": 3, "too-small": 0}
     assert m["count"]["train"] + m["count"]["val"] == lsun.usable == 242
-    splits = prepare.load_splits(cache.path)
+    splits = imagecache.load_splits(cache.path)
     assert not set(splits["train"]) & set(splits["val"])
     # the held-out split is a pure function of each key
     usable = [k for k in lsun.keys if k not in lsun.corrupt]
@@ -67,7 +67,7 @@ def test_lmdb_cache_shapes_counts_split_and_manifest(lsun, cache):
     assert "centre crop 64x64" in m["preprocessing"]
     assert m["fingerprint"].startswith("cache-") and len(m["images"]["shards"]) == 4
     assert not (cache.path / prepare.WORKDIR).exists()
-    prepare.verify(cache.path, m)
+    imagecache.verify(cache.path, m)
     ds = load_dataset(str(cache.path))
     assert len(ds) == m["count"]["train"] and ds.fingerprint == m["fingerprint"]
     val = load_dataset(str(cache.path), split="val")
@@ -75,7 +75,7 @@ def test_lmdb_cache_shapes_counts_split_and_manifest(lsun, cache):
 
 
 def test_the_crop_and_rgb_conversion(lsun, cache):
-    images = np.load(cache.path / prepare.IMAGES, mmap_mode="r")
+    images = np.load(cache.path / imagecache.IMAGES, mmap_mode="r")
     p = images[row_of(lsun, PATTERN_KEY)]  # (3, 64, 64)
     # 256x128 -> 128x64, centre crop keeps columns 32..95: the green band lands on 30..33,
     # the red (left) and blue (right) quarters are cut away
@@ -93,15 +93,15 @@ def test_the_same_source_gives_the_same_bytes_with_any_worker_count(lsun, cache,
         dataclasses.replace(LSUN_OPTS, workers=1),
     )
     assert again.manifest["fingerprint"] == cache.manifest["fingerprint"]
-    for name in (prepare.IMAGES, prepare.SPLITS):
+    for name in (imagecache.IMAGES, imagecache.SPLITS):
         assert (tmp_path / "c" / name).read_bytes() == (cache.path / name).read_bytes()
     # --limit takes the first N keys; the split of each kept key is unchanged
     lim = prepare.prepare(lsun.path, tmp_path / "l", dataclasses.replace(LSUN_OPTS, limit=50))
     assert lim.manifest["rows"] == 50
-    full = np.load(cache.path / prepare.IMAGES, mmap_mode="r")
-    assert np.array_equal(np.load(tmp_path / "l" / prepare.IMAGES), full[:50])
-    val = prepare.load_splits(cache.path)["val"]
-    assert list(prepare.load_splits(tmp_path / "l")["val"]) == [r for r in val if r < 50]
+    full = np.load(cache.path / imagecache.IMAGES, mmap_mode="r")
+    assert np.array_equal(np.load(tmp_path / "l" / imagecache.IMAGES), full[:50])
+    val = imagecache.load_splits(cache.path)["val"]
+    assert list(imagecache.load_splits(tmp_path / "l")["val"]) == [r for r in val if r < 50]
 
 
 def test_a_folder_source_recursive_with_a_few_bad_files(tmp_path):
@@ -123,12 +123,12 @@ def test_too_many_small_images_are_rejected_and_a_higher_threshold_resumes(tmp_p
                             str(tmp_path / "out"), "--no-progress", "--workers", "1")  # fmt: skip
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "6 of 68 images are unusable (0 unreadable, 6 under 64 px on the short side)" in err
-    assert "--max-skipped" in err and not (tmp_path / "out" / prepare.MANIFEST).exists()
+    assert "--max-skipped" in err and not (tmp_path / "out" / imagecache.MANIFEST).exists()
     again = ["--no-progress", "--max-skipped", "0.1"]
     code, _, err = run_main("prepare-data", "--source", str(src.path), "--out",
                             str(tmp_path / "out"), *again)  # fmt: skip
     assert code == 0, err
-    m = read_json(tmp_path / "out" / prepare.MANIFEST)
+    m = read_json(tmp_path / "out" / imagecache.MANIFEST)
     assert m["skipped"]["too-small"] == 6 and m["count"]["train"] == 62
     assert "resuming: 1 of 1 shards already prepared" in err
 
@@ -147,12 +147,12 @@ def test_sigkill_in_the_middle_resumes_to_identical_output(lsun, cache, tmp_path
         os.killpg(proc.pid, signal.SIGKILL)  # the main process and its workers
         proc.communicate()
     done_before = len(list(shards.glob("*.json")))
-    assert 1 <= done_before < 4 and not (out / prepare.MANIFEST).exists()
+    assert 1 <= done_before < 4 and not (out / imagecache.MANIFEST).exists()
     r = subprocess.run(cmd, env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"resuming: {done_before} of 4 shards already prepared" in r.stderr
-    assert read_json(out / prepare.MANIFEST)["fingerprint"] == cache.manifest["fingerprint"]
-    for name in (prepare.IMAGES, prepare.SPLITS):
+    assert read_json(out / imagecache.MANIFEST)["fingerprint"] == cache.manifest["fingerprint"]
+    for name in (imagecache.IMAGES, imagecache.SPLITS):
         assert (out / name).read_bytes() == (cache.path / name).read_bytes()
     # a third run is a no-op
     r = subprocess.run(cmd, env=cli_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -267,7 +267,7 @@ def test_a_cache_that_does_not_match_its_manifest_is_refused(cache, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(cache.path, bad)
-    arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
+    arr = np.load(bad / imagecache.IMAGES, mmap_mode="r+")
     arr[100, 1, 2, 3] ^= 0xFF  # one flipped byte
     arr.flush()
     del arr
@@ -275,8 +275,8 @@ def test_a_cache_that_does_not_match_its_manifest_is_refused(cache, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "does not match its manifest (rows 64..127 have sha256" in err
     assert "prepare it again" in err and not (tmp_path / "r").exists()
-    size = (bad / prepare.IMAGES).stat().st_size
-    with open(bad / prepare.IMAGES, "r+b") as f:
+    size = (bad / imagecache.IMAGES).stat().st_size
+    with open(bad / imagecache.IMAGES, "r+b") as f:
         f.truncate(size - 12288)
     code, _, err = run_main("train", "--data", str(bad), "--results", str(tmp_path / "r"))
     assert code == 2 and "does not match its manifest" in err
@@ -287,23 +287,23 @@ def tampered_copy(cache, tmp_path: Path) -> Path:
 
     bad = tmp_path / "bad"
     shutil.copytree(cache.path, bad)
-    prepare.stamp_path(bad).unlink(missing_ok=True)
+    imagecache.stamp_path(bad).unlink(missing_ok=True)
     return bad
 
 
 def forge(bad: Path, **changes) -> dict:
     """Rewrite the manifest as a forger would (the copy's files stay as they are)."""
-    m = read_json(bad / prepare.MANIFEST)
+    m = read_json(bad / imagecache.MANIFEST)
     for key, value in changes.items():
         m = value(m) if callable(value) else {**m, key: value}
-    (bad / prepare.MANIFEST).write_text(json.dumps(m))
+    (bad / imagecache.MANIFEST).write_text(json.dumps(m))
     return m
 
 
 def shard_sha(bad: Path, shard: dict) -> str:
     import hashlib
 
-    arr = np.load(bad / prepare.IMAGES, mmap_mode="r")
+    arr = np.load(bad / imagecache.IMAGES, mmap_mode="r")
     block = arr[shard["start"] : shard["start"] + shard["rows"]]
     return hashlib.sha256(np.ascontiguousarray(block).data).hexdigest()
 
@@ -322,7 +322,7 @@ def test_changed_images_with_their_shard_hash_forged_change_nothing_silently(cac
     """Issue 18.4: swapped bytes plus a forged shard hash but the old fingerprint trained
     under the original run id; the fingerprint is now recomputed from the shard hashes."""
     bad = tampered_copy(cache, tmp_path)
-    arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
+    arr = np.load(bad / imagecache.IMAGES, mmap_mode="r+")
     arr[[10, 11]] = arr[[11, 10]]  # two images swapped
     arr.flush()
     del arr
@@ -370,16 +370,16 @@ def test_split_indices_out_of_range_are_refused_not_clipped(cache, tmp_path):
     import io
 
     bad = tampered_copy(cache, tmp_path)
-    splits = prepare.load_splits(bad)
+    splits = imagecache.load_splits(bad)
     splits["train"] = np.append(splits["train"][:-1], 10_000)
     buf = io.BytesIO()
     np.savez(buf, **splits)
-    (bad / prepare.SPLITS).write_bytes(buf.getvalue())
+    (bad / imagecache.SPLITS).write_bytes(buf.getvalue())
     sha = hashlib.sha256(buf.getvalue()).hexdigest()
 
     def consistent(m):
         m["splits"]["sha256"] = sha
-        m["fingerprint"] = prepare.cache_fingerprint(m["images"]["shards"], sha)
+        m["fingerprint"] = imagecache.cache_fingerprint(m["images"]["shards"], sha)
         return m
 
     forge(bad, splits=consistent)
@@ -388,18 +388,18 @@ def test_split_indices_out_of_range_are_refused_not_clipped(cache, tmp_path):
 
 def test_full_verification_once_then_sampled_until_the_files_change(cache, tmp_path):
     bad = tampered_copy(cache, tmp_path)
-    m = read_json(bad / prepare.MANIFEST)
-    assert prepare.verify(bad, m) == "full" and prepare.stamp_path(bad).is_file()
-    assert prepare.verify(bad, m) == "sampled"
-    arr = np.load(bad / prepare.IMAGES, mmap_mode="r+")
+    m = read_json(bad / imagecache.MANIFEST)
+    assert imagecache.verify(bad, m) == "full" and imagecache.stamp_path(bad).is_file()
+    assert imagecache.verify(bad, m) == "sampled"
+    arr = np.load(bad / imagecache.IMAGES, mmap_mode="r+")
     arr[200, 0, 0, 0] ^= 1  # the file's mtime moves: the stamp no longer vouches for it
     arr.flush()
     del arr
     with pytest.raises(UserError, match=r"rows 192\.\.244 have sha256"):
-        prepare.verify(bad, m)
-    assert not prepare.stamp_path(bad).exists()
+        imagecache.verify(bad, m)
+    assert not imagecache.stamp_path(bad).exists()
     # where no stamp can be recorded (an unwritable cache directory; here a directory in the
     # stamp's place, since root may write anywhere), every use is a full verification
     ro = tampered_copy(cache, tmp_path / "ro")
-    prepare.stamp_path(ro).mkdir(parents=True)
-    assert [prepare.verify(ro, m) for _ in range(2)] == ["full", "full"]
+    imagecache.stamp_path(ro).mkdir(parents=True)
+    assert [imagecache.verify(ro, m) for _ in range(2)] == ["full", "full"]

@@ -11,7 +11,8 @@ import torch
 from architectures import PAIRS
 from reproduce.procedures import PROCEDURES, get_procedure
 from reproduce.results import RunDir
-from reproduce.train import Trainer, train_run
+from reproduce.train import train_run
+from reproduce.trainer import Trainer
 
 from .conftest import quiet_runtime, small_config
 

@@ -85,6 +85,21 @@ def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
     assert done["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
 
 
+def test_the_grid_of_a_chosen_matrix(results, tmp_path):
+    """`report --matrix ID` (documented in the README, missing from the command until now)."""
+    (manifest,) = json.loads("[" + ",".join(
+        p.read_text() for p in (results / "matrices").glob("*.json")) + "]")  # fmt: skip
+    out = tmp_path / "report"
+    r = run_cli("report", "--results", str(results), "--out", str(out),
+                "--matrix", manifest["matrix_id"][:4])  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (out / "lsun_is_table.csv").exists()
+    r = run_cli("report", "--results", str(results), "--out", str(tmp_path / "no"),
+                "--matrix", "zzzz")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--matrix: no matrix 'zzzz'" in r.stderr and not (tmp_path / "no").exists()
+
+
 def test_corrupt_files_are_skipped_with_a_warning_or_fail_under_strict(results, tmp_path):
     bad = tmp_path / "results"
     shutil.copytree(results, bad)

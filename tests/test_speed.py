@@ -20,7 +20,7 @@ from reproduce.config import RunConfig
 from reproduce.optim import TFAdam, TFRMSprop
 from reproduce.penalties import gradient_penalty, gradient_penalty_func
 from reproduce.procedures import PROCEDURES
-from reproduce.train import Trainer, configure_numerics
+from reproduce.trainer import Trainer, configure_numerics
 
 from .conftest import load_final_state, run_cli, small_config
 from .reference import LoopTFAdam, ReferenceCell

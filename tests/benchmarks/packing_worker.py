@@ -26,7 +26,7 @@ def main() -> None:
 
     from reproduce.config import resolve_run_config
     from reproduce.data import load_demo
-    from reproduce.train import Trainer, configure_numerics
+    from reproduce.trainer import Trainer, configure_numerics
 
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)

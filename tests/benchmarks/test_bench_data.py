@@ -69,7 +69,7 @@ def test_loader_outpaces_the_fastest_cell_tenfold(cache):
     loader (the slower placement). Consumption = real images per generator iteration (64 for
     dcgan/lsgan, 320 for the WGANs) x iterations per second."""
     from reproduce.config import resolve_run_config
-    from reproduce.train import Trainer
+    from reproduce.trainer import Trainer
 
     ds = load_dataset(str(cache.path))
     best = 0.0

@@ -23,7 +23,7 @@ from reproduce import flops
 from reproduce.config import RunConfig, resolve_run_config
 from reproduce.data import load_demo
 from reproduce.procedures import PROCEDURES
-from reproduce.train import Trainer, configure_numerics
+from reproduce.trainer import Trainer, configure_numerics
 
 from ..reference import ReferenceCell
 from .settings import BATCH, DEVICE, DIM, ON_GPU, sync

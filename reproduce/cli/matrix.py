@@ -1,0 +1,533 @@
+"""``reproduce matrix``: plan the cells of an experiment (profile, selection, packing, checks of
+existing runs and disk space), then run them here (local pool, debug) or submit them to SLURM,
+and print the summary."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from architectures import ALL_PAIRS, get_pair
+
+from .. import faults
+from ..config import (
+    RunConfig,
+    RuntimeConfig,
+    resolve_runtime_config,
+)
+from ..errors import UserError
+from ..options import OPTIONS_BY_KEY, SEED_MAX, check_range
+from ..procedures import PROCEDURES
+from ..results import RunDir, check_writable
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    SUBPARSERS,
+    Parser,
+    add_dispatch_options,
+    add_run_options,
+    check_enough_images,
+    check_executor,
+    check_existing_run,
+    check_resolution,
+    checkpoint_bytes,
+    given_options,
+    hms,
+    resolve_device_arg,
+    with_weights,
+)
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
+
+
+@dataclass
+class MatrixPlan:
+    experiment: str
+    configs: list[RunConfig]
+    run_dirs: list[Path]
+    states: list[Any]  # matrix.CellState
+    rt: RuntimeConfig
+    dataset: ImageDataset
+    executor: str
+    results: Path
+    pool: Any  # dispatch.LocalPool (local)
+    slurm: Any  # dispatch.SlurmProfile (slurm)
+
+
+MAX_WORKERS = 1024  # cells at once on one machine's CPUs
+
+
+def parse_gpus(text: str | None) -> list[int]:
+    """--gpus: a comma list, 'none', or (default) every visible GPU."""
+    import torch
+
+    if text is None:
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        gpus = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(
+            f"--gpus: expected a comma-separated list of GPU indices, got {text!r}"
+        ) from None
+    if len(set(gpus)) != len(gpus) or min(gpus) < 0:
+        raise UserError(f"--gpus: indices must be distinct and >= 0, got {text!r}")
+    if not torch.cuda.is_available() and not faults.active("fake-gpus"):
+        raise UserError(
+            f"--gpus: torch sees no CUDA GPU on this machine, got {text!r}; leave --gpus out "
+            "(or give 'none') to train on the CPU"
+        )
+    if torch.cuda.is_available() and max(gpus) >= torch.cuda.device_count():
+        raise UserError(
+            f"--gpus: this machine shows {torch.cuda.device_count()} GPU(s) (indices from 0), "
+            f"got {text!r}"
+        )
+    from ..dispatch import visible_entries
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    count = len(visible_entries(visible)) if visible is not None else None
+    if count is not None and max(gpus) >= count:
+        raise UserError(
+            f"--gpus: indices count the GPUs of CUDA_VISIBLE_DEVICES={visible!r} "
+            f"({count} of them, from 0), got {text!r}"
+        )
+    return gpus
+
+
+def parse_packing(
+    text: str, gpus: Sequence[int], executor: str, results: Path, sizes: set[tuple[int, int]]
+) -> Any:
+    """--cells-per-gpu -> dispatch.Packing: N; ARCH=N,... (a bare N sets the rest); 'auto'
+    (the newest packing benchmark of this GPU model under RESULTS/benchmarks/, measured at the
+    cells' width and batch size ``sizes``); or a benchmark FILE.json."""
+    from ..dispatch import Packing
+
+    flag = "--cells-per-gpu"
+    text = str(text).strip()
+    if text == "1":
+        return Packing()
+    if executor != "local":
+        raise UserError(f"{flag}: packs cells of the local executor, not the {executor} one")
+    if not gpus:
+        raise UserError(
+            f"{flag}: no GPU to pack cells on (none visible, or --gpus none); "
+            "on a CPU, --workers sets how many cells run at once"
+        )
+    if text == "auto" or text.endswith(".json"):
+        return _packing_from_benchmark(text, gpus, results, sizes)
+    default, per_arch = 1, {}
+    for item in (x.strip() for x in text.split(",")):
+        name, _, value = item.rpartition("=")
+        try:
+            k = int(value)
+        except ValueError:
+            raise UserError(
+                f"{flag}: expected N, ARCH=N,..., auto or a benchmark FILE.json, got {item!r}"
+            ) from None
+        if k < 1:
+            raise UserError(f"{flag}: must be at least 1, got {item}")
+        if not name:
+            default = k
+            continue
+        try:
+            get_pair(name)
+        except KeyError as e:
+            raise UserError(f"{flag}: {e.args[0]}") from None
+        per_arch[name] = k
+    return Packing(default, tuple(sorted(per_arch.items())))
+
+
+def _packing_from_benchmark(
+    text: str, gpus: Sequence[int], results: Path, sizes: set[tuple[int, int]]
+) -> Any:
+    """The recommendation of a packing benchmark of this GPU model (the name CUDA reports; any
+    GPU where CUDA is absent) at the width and batch size of every cell."""
+    import torch
+
+    from ..bench import recommended_packing
+    from ..dispatch import Packing
+
+    flag = "--cells-per-gpu"
+    here = torch.cuda.get_device_name(gpus[0]) if torch.cuda.is_available() else None
+
+    def mismatch(advice: Any) -> str | None:
+        if here is not None and advice.device != here:
+            return f"was measured on {advice.device}, not on this machine's {here}"
+        if sizes and sizes != {(advice.dim, advice.batch)}:
+            want = ", ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
+            return f"was measured at width {advice.dim}, batch {advice.batch}; the cells: {want}"
+        return None
+
+    def packing(advice: Any, path: Path) -> Any:
+        source = f"{path}: {advice.device}, width {advice.dim}, batch {advice.batch}"
+        return Packing(1, tuple(sorted(advice.cells.items())), source)
+
+    if text != "auto":
+        advice = recommended_packing(Path(text), flag)
+        if advice is None:
+            raise UserError(f"{flag}: {text} holds no packing benchmark of one GPU and size")
+        why = mismatch(advice)
+        if why:
+            raise UserError(f"{flag}: {text} {why}")
+        return packing(advice, Path(text))
+    folder = results / "benchmarks"
+    files = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
+    for f in files:
+        try:
+            advice = recommended_packing(f, flag)
+        except UserError:
+            continue  # not a benchmark file (or an unfinished one)
+        if advice is not None and mismatch(advice) is None:
+            return packing(advice, f)
+    of = f" of {here}" if here else " of a GPU"
+    at = " and ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
+    if len(sizes) == 1:  # the size to measure at; no size known: the benchmark's own default
+        [(d, b)] = sizes
+        env = f"BENCH_DIM={d} BENCH_BATCH={b} "
+    else:
+        env = "BENCH_DIM=.. BENCH_BATCH=.. " if sizes else ""
+    raise UserError(
+        f"{flag} auto: no packing benchmark{of}{' at ' + at if at else ''} under {folder}; "
+        f"measure one with `{env}python -m reproduce bench -k packing "
+        f"--results {results}`, or give N or ARCH=N,..."
+    )
+
+
+def _check_selection(args: argparse.Namespace) -> None:
+    for flag, names, registry in (("--arch", args.archs, ALL_PAIRS),
+                                  ("--procedure", args.procedures, PROCEDURES)):  # fmt: skip
+        for name in names or ():
+            if name not in registry:
+                raise UserError(f"{flag}: {registry.unknown(name)}")
+    for seed in args.seeds:
+        if seed < 0:
+            raise UserError(f"--seeds: must be >= 0, got {seed}")
+        check_range("--seeds", seed, SEED_MAX)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.workers is not None:
+        check_range("--workers", args.workers, MAX_WORKERS)
+
+
+def _slurm_profile_and_queue(
+    args: argparse.Namespace, rt: RuntimeConfig, run_dirs: list[Path]
+) -> tuple[Any, dict[str, str] | None]:
+    """The SLURM profile (slurm executor) and the queue the cells' states depend on."""
+    from ..dispatch import load_slurm_profile, slurm_queue
+
+    if args.executor != "slurm":
+        submitted = any((d / "submission.json").exists() for d in run_dirs)
+        return None, slurm_queue() if submitted else None
+    slurm, source = load_slurm_profile(args.slurm_profile, args.slurm_overrides)
+    need = rt.checkpoint_every + slurm.signal_delay_s
+    if slurm.time_limit_min * 60 <= need:
+        raise UserError(
+            f"{source}: time_limit {slurm.time_limit_min} min is shorter than one checkpoint "
+            f"interval ({rt.checkpoint_every:.0f} s, --checkpoint-every) plus the signal delay "
+            f"({slurm.signal_delay_s} s): a job could never save its progress"
+        )
+    if args.dry_run:
+        return slurm, None
+    queue = slurm_queue()
+    if queue is None:
+        raise UserError(
+            "--executor slurm: no SLURM controller answers (squeue failed); "
+            "run this on a login node"
+        )
+    return slurm, queue
+
+
+def _check_matrix_space(runnable: list[RunConfig], rt: RuntimeConfig, base: Path) -> None:
+    need = sum(checkpoint_bytes(c) for c in runnable) * (rt.keep_checkpoints + 1)
+    free = shutil.disk_usage(base).free
+    if free < need:
+        raise UserError(
+            f"--results: {base} has {free:,} bytes free; the checkpoints of "
+            f"{len(runnable)} cells need {need:,}"
+        )
+
+
+def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
+    """Every check of a matrix invocation, then its cells, their directories and states."""
+    from ..data import load_dataset
+    from ..dispatch import LocalPool
+    from ..experiments import Selection, get_experiment
+    from ..matrix import cell_state, expand, get_profile
+
+    check_executor(args.executor)
+    profile = get_profile(args.profile)
+    try:
+        exp_options = get_experiment(args.experiment).options
+    except KeyError as e:
+        raise UserError(f"--experiment: {e.args[0]}") from None
+    given = {**profile.options, **exp_options, **given_options(args)}
+    if profile.needs_data and "data" not in given_options(args):
+        raise UserError(
+            f"--data: profile {args.profile!r} trains on LSUN bedrooms; give --data CACHE "
+            "(made by prepare-data), or use --profile demo for the built-in data"
+        )
+    _check_selection(args)
+    workers = args.workers or (
+        os.cpu_count() or 1 if profile.cpu_workers == 0 else profile.cpu_workers
+    )
+    rt = resolve_runtime_config(given)
+    if args.executor != "slurm":  # a login node need not have the GPUs the jobs will get
+        resolve_device_arg(rt.device)
+    dataset = load_dataset(rt.data)
+    shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
+    sel = Selection(archs=args.archs, procedures=args.procedures, seeds=args.seeds)
+    configs = expand(
+        args.experiment, sel, shared, dataset=dataset.kind, data_fingerprint=dataset.fingerprint
+    )
+    if not configs:
+        raise UserError("the selection holds no cells")
+    for cfg in configs:
+        check_resolution(cfg, dataset, rt.data)
+    check_enough_images(dataset, max(c.batch_size for c in configs), rt.data)
+    results = Path(rt.results)
+    gpus = parse_gpus(args.gpus)
+    sizes = {(c.dim, c.batch_size) for c in configs}
+    packing = parse_packing(args.cells_per_gpu, gpus, args.executor, results, sizes)
+    pool = LocalPool(gpus, packing, workers)
+    run_dirs = [results / c.run_id for c in configs]
+    for cfg, d in zip(configs, run_dirs, strict=True):
+        check_existing_run(RunDir(d), cfg)
+    base = check_writable(results, "--results")
+    slurm, queue = _slurm_profile_and_queue(args, rt, run_dirs)
+    states = [cell_state(d, queue) for d in run_dirs]
+    runnable = [c for c, s in zip(configs, states, strict=True) if s.runnable]
+    if runnable and not args.dry_run:
+        _check_matrix_space(runnable, rt, base)
+        rt = with_weights(rt)
+    return MatrixPlan(
+        args.experiment, configs, run_dirs, states, rt, dataset, args.executor, results, pool,
+        slurm,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import dispatch
+    from ..matrix import cell_state, terminal_summary, write_manifest, write_summary
+
+    plan = plan_matrix(args)
+    if args.dry_run:
+        _print_dry_run(plan)
+        return EXIT_OK
+    write_manifest(plan.results, plan.experiment, plan.configs, plan.run_dirs)
+    cells = zip(plan.configs, plan.run_dirs, plan.states, strict=True)
+    todo = [(c, d) for c, d, s in cells if s.runnable]
+    skipped = len(plan.configs) - len(todo)
+    print(f"{len(plan.configs)} cells: {len(todo)} to run, {skipped} skipped", end="")
+    print(" (done, running or queued)")
+    _print_packing(plan)
+    specs = [dispatch.CellSpec(c.to_dict(), cell_runtime(plan), str(d)) for c, d in todo]
+    folder = dispatch.submission_folder(plan.results)
+    if plan.executor == "slurm":
+        if not specs:
+            print("nothing to submit")
+            return EXIT_OK
+        _submit_slurm(plan, specs, todo, folder)
+        if not args.wait:
+            return EXIT_OK
+        wait_slurm(specs)
+    elif specs and not run_here(plan.executor, plan.pool, specs, folder):
+        print(
+            "interrupted: the running cells checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_TEMPFAIL
+    path, rows = write_summary(plan.results, plan.configs, plan.run_dirs)
+    print(terminal_summary(rows), end="")
+    print(f"summary with every column written to {path} (and .csv)")
+    done = all(cell_state(d).state in ("completed", "diverged") for d in plan.run_dirs)
+    return EXIT_OK if done else EXIT_FAILED
+
+
+def _print_dry_run(plan: MatrixPlan) -> None:
+    width = max(len(d.name) for d in plan.run_dirs)
+    for d, st in zip(plan.run_dirs, plan.states, strict=True):
+        extra = f" ({st.detail})" if st.detail else ""
+        print(f"{d.name:<{width}}  {st.state}{extra}")
+    n = sum(s.runnable for s in plan.states)
+    print(
+        f"{len(plan.configs)} cells, {n} to run ({plan.executor} executor); dry run: nothing done"
+    )
+    _print_packing(plan)
+    if plan.executor == "local" and plan.pool.on_cpu and n:
+        print(_cpu_estimate(plan))
+
+
+def _cpu_estimate(plan: MatrixPlan) -> str:
+    """Wall time of the runnable cells on this many CPU workers, largest first, from the
+    per-cell costs measured on the reference machine (costs.py), plus evaluation."""
+    from .. import costs
+
+    cells = []
+    for cfg, st in zip(plan.configs, plan.states, strict=True):
+        if not st.runnable:
+            continue
+        seconds = costs.STARTUP_SECONDS + costs.cell_seconds(cfg.to_dict())
+        if plan.rt.eval_enabled:
+            periodic = (cfg.iters - 1) // plan.rt.eval_interval(cfg.iters)
+            seconds += costs.EVAL_SECONDS * periodic + costs.FINAL_EVAL_SECONDS
+        cells.append(seconds)
+    wall = costs.makespan(cells, plan.pool.cpu_workers)
+    exact = all(
+        c.dim == costs.REFERENCE_DIM and c.batch_size == costs.REFERENCE_BATCH for c in plan.configs
+    )
+    how = (
+        "measured per cell"
+        if exact
+        else f"scaled from width {costs.REFERENCE_DIM}, batch {costs.REFERENCE_BATCH}: rough"
+    )
+    return (
+        f"estimated wall time: {hms(wall)} on {plan.pool.cpu_workers} CPU worker(s), largest "
+        f"cells first ({sum(cells) / 3600:.2f} core-hours; {how} on the reference "
+        f"{costs.REFERENCE_MACHINE}, costs.py)"
+    )
+
+
+def _print_packing(plan: MatrixPlan) -> None:
+    if plan.executor == "local" and not plan.pool.on_cpu:
+        from ..dispatch import Packing
+
+        if plan.pool.packing != Packing():
+            print(plan.pool.packing.describe())
+
+
+def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
+    """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
+    threads = plan.rt.threads
+    if threads is None and plan.executor == "local" and plan.pool.on_cpu:
+        threads = max(1, (os.cpu_count() or 1) // plan.pool.cpu_workers)
+    if threads is None and plan.executor == "slurm":
+        threads = plan.slurm.cpus_per_task
+    return {**plan.rt.to_dict(), "threads": threads}
+
+
+def _submit_slurm(plan: MatrixPlan, specs: list[Any], todo: list[Any], folder: Path) -> None:
+    from .. import dispatch
+    from ..results import atomic_write_json
+    from ..train import run_config_document
+
+    for cfg, d in todo:  # the config first, so that `status` shows queued cells
+        if not RunDir(d).exists():
+            doc = run_config_document(cfg, plan.rt, plan.dataset, d.name)
+            atomic_write_json(RunDir(d).config_file, doc)
+    jobs = dispatch.run_slurm(specs, plan.slurm, folder)
+    array = jobs[0][1].split("_")[0]
+    print(f"submitted {len(jobs)} cells as SLURM job array {array}; logs in {folder}")
+    print(f"watch them with: python -m reproduce status --results {plan.results}")
+
+
+def wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
+    from ..dispatch import slurm_queue
+    from ..matrix import cell_state
+
+    pending = {Path(spec.run_dir) for spec in specs}
+    while pending:
+        time.sleep(poll_s)
+        queue = slurm_queue()
+        pending = {
+            d for d in pending if cell_state(d, queue).state in ("queued", "running", "pending")
+        }
+
+
+def run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
+    """Run cells with the local or debug executor, printing progress; False if interrupted."""
+    from .. import dispatch
+    from ..live import LiveProgress
+
+    total, done = len(specs), 0
+    live = LiveProgress(every=0 if executor == "debug" else None)
+
+    def event(kind: str, spec: Any, info: Any) -> None:
+        nonlocal done
+        if kind == "started":
+            where = "CPU" if info.gpu is None else f"GPU {info.gpu}" + (
+                f", {info.share} of it" if info.share < 1 else "")  # fmt: skip
+            live.started(spec.run_id, Path(spec.run_dir))
+            live.event(f"  start  {spec.run_id} ({where})")
+            return
+        done += 1
+        msg = "" if info.get("state") == "completed" else f" ({info.get('message')})"
+        live.finished(spec.run_id)
+        live.event(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}")
+
+    if executor == "debug":
+        for run_id, result in dispatch.run_debug(specs, folder).items():
+            event("finished", next(s for s in specs if s.run_id == run_id), result)
+        return True
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)  # like Ctrl-C: stop the cells, then exit
+    # A matrix started in the background by a script inherits SIGINT as ignored (Python then
+    # leaves it ignored): a SIGINT sent to it must still stop it, as Ctrl-C does.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with live:
+            dispatch.run_local(specs, pool, folder, on_event=event)
+    except KeyboardInterrupt:
+        return False
+    return True
+
+
+def add_parser(sub: Any) -> Parser:
+    """The ``matrix`` subcommand's arguments."""
+    matrix = sub.add_parser(
+        "matrix",
+        allow_abbrev=False,
+        help="train every cell of an experiment (the 7x4 LSUN matrix), each exactly once",
+        description="Cross architectures x procedures (x seeds), skip finished cells, resume "
+        "interrupted ones, and dispatch the rest to local CPUs/GPUs, SLURM or in-process.",
+    )
+    SUBPARSERS["matrix"] = matrix
+    sel = matrix.add_argument_group("which cells")
+    sel.add_argument("--experiment", default="lsun", help="named experiment (default: lsun)")
+    sel.add_argument(
+        "--profile",
+        default="paper",
+        help="named settings: 'paper' (200k iterations, batch 64, width 64; needs "
+        "--data) or 'demo' (built-in data, small and fast) (default: paper)",
+    )
+    sel.add_argument(
+        "--arch",
+        dest="archs",
+        nargs="+",
+        metavar="ARCH",
+        default=None,
+        help="architectures (default: all seven)",
+    )
+    sel.add_argument(
+        "--procedure",
+        dest="procedures",
+        nargs="+",
+        metavar="PROC",
+        default=None,
+        help="procedures (default: all four)",
+    )
+    sel.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        metavar="SEED",
+        default=[0],
+        help="seeds, one replicate of every cell per seed (default: 0)",
+    )
+    add_run_options(matrix, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
+    add_dispatch_options(matrix)
+    return matrix
