@@ -40,9 +40,6 @@ from .stopping import STOP_GRACE_S as STOP_GRACE_S
 from .stopping import StopFlag as StopFlag
 from .trainer import IterationAbandoned, Trainer, configure_numerics, environment
 
-# --------------------------------------------------------------------------------------------
-# stopping on signals: the handler only sets a flag; the loop checkpoints at the next boundary
-# --------------------------------------------------------------------------------------------
 # StopFlag lives in stopping.py (no torch): a matrix cell installs it before anything heavy
 # is imported, so no signal reaches the process while only submitit's handlers are in place
 
@@ -64,20 +61,8 @@ class Outcome:
 
 
 # --------------------------------------------------------------------------------------------
-# environment and RNG state
+# the run: lease, config, judge, resume
 # --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# the trainer
-# --------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------------------------
-
-
 def run_config_document(
     cfg: RunConfig, rt: RuntimeConfig, dataset: ImageDataset, run_id: str
 ) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..results import check_writable
-from .common import EXIT_FAILED, EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
 
 if TYPE_CHECKING:
     pass
@@ -57,16 +57,15 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> Parser:
     """The ``bench`` subcommand's arguments."""
-    bench = sub.add_parser(
+    bench = subcommand(
+        sub,
         "bench",
-        allow_abbrev=False,
         help="run the speed benchmarks (pytest-benchmark), save them, compare with a baseline",
         description="Run tests/benchmarks (one full generator iteration of every cell, the "
         "Inception-score evaluation, the data path), save the pytest-benchmark JSON under "
         "RESULTS/benchmarks/, print times with TFLOP/s and MFU, and with --compare print the "
         "per-benchmark ratio to a saved run, failing (exit 1) above --fail-above.",
     )
-    SUBPARSERS["bench"] = bench
     bench.add_argument(
         "-k",
         dest="select",

@@ -183,6 +183,14 @@ def add_dispatch_options(p: argparse.ArgumentParser) -> None:
 SUBPARSERS: dict[str, Parser] = {}
 
 
+def subcommand(sub: Any, name: str, help: str, description: str) -> Parser:
+    """A subcommand's parser: no abbreviated flags (a misspelt or shortened flag must fail,
+    never guess), registered in ``SUBPARSERS`` for its one-line errors."""
+    parser: Parser = sub.add_parser(name, allow_abbrev=False, help=help, description=description)
+    SUBPARSERS[name] = parser
+    return parser
+
+
 def resolve_device_arg(name: str) -> torch.device:
     import torch
 

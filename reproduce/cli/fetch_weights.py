@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..results import check_writable
-from .common import EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_OK, Parser, subcommand
 
 if TYPE_CHECKING:
     pass
@@ -33,15 +33,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> Parser:
-    """The ``fetch`` subcommand's arguments."""
-    fetch = sub.add_parser(
+    """The ``fetch-weights`` subcommand's arguments."""
+    fetch = subcommand(
+        sub,
         "fetch-weights",
-        allow_abbrev=False,
         help="download the Inception weights into a cache directory (run on a login node)",
         description="Stage torch-fidelity's TF-compatible Inception weights for machines without "
         "internet: download, record the sha256 beside the file, check that they load.",
     )
-    SUBPARSERS["fetch-weights"] = fetch
     fetch.add_argument(
         "--cache",
         default=None,

@@ -14,12 +14,12 @@ from .common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TEMPFAIL,
-    SUBPARSERS,
     Parser,
     add_dispatch_options,
     add_run_options,
     check_executor,
     given_options,
+    subcommand,
 )
 from .matrix import (
     MatrixPlan,
@@ -176,15 +176,14 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> Parser:
     """The ``figures`` subcommand's arguments."""
-    figures = sub.add_parser(
+    figures = subcommand(
+        sub,
         "figures",
-        allow_abbrev=False,
         help="regenerate the paper's figures (runs what they need first)",
         description="Draw the paper's figures into RESULTS/figures: fig1a, fig1b (fig1: both), "
         "fig2, fig3, fig5a (default: all). Runs each figure needs and that are not done yet "
         "are trained first through the matrix machinery (each exactly once, resumable).",
     )
-    SUBPARSERS["figures"] = figures
     figures.add_argument("names", nargs="*", metavar="NAME", help="figures (default: all)")
     figures.add_argument(
         "--profile",

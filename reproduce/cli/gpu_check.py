@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..results import check_writable
-from .common import EXIT_FAILED, EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
 
 if TYPE_CHECKING:
     pass
@@ -33,10 +33,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> Parser:
-    """The ``check`` subcommand's arguments."""
-    check = sub.add_parser(
+    """The ``gpu-check`` subcommand's arguments."""
+    check = subcommand(
+        sub,
         "gpu-check",
-        allow_abbrev=False,
         help="one prepared, time-boxed run of every CUDA path (for a short GPU loan)",
         description="Run six time-boxed sections in order of value: the CUDA-only tests, "
         "step times (plain eager port vs exact vs fast), a real train/SIGTERM/resume run with "
@@ -45,7 +45,6 @@ def add_parser(sub: Any) -> Parser:
         "after every section. A section that overruns its box is killed and recorded; the "
         "others still run.",
     )
-    SUBPARSERS["gpu-check"] = check
     check.add_argument(
         "--out",
         default=None,

@@ -31,7 +31,6 @@ from .common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TEMPFAIL,
-    SUBPARSERS,
     Parser,
     add_dispatch_options,
     add_run_options,
@@ -43,6 +42,7 @@ from .common import (
     given_options,
     hms,
     resolve_device_arg,
+    subcommand,
     with_weights,
 )
 
@@ -488,14 +488,13 @@ def run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
 
 def add_parser(sub: Any) -> Parser:
     """The ``matrix`` subcommand's arguments."""
-    matrix = sub.add_parser(
+    matrix = subcommand(
+        sub,
         "matrix",
-        allow_abbrev=False,
         help="train every cell of an experiment (the 7x4 LSUN matrix), each exactly once",
         description="Cross architectures x procedures (x seeds), skip finished cells, resume "
         "interrupted ones, and dispatch the rest to local CPUs/GPUs, SLURM or in-process.",
     )
-    SUBPARSERS["matrix"] = matrix
     sel = matrix.add_argument_group("which cells")
     sel.add_argument("--experiment", default="lsun", help="named experiment (default: lsun)")
     sel.add_argument(

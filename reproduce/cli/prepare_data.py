@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_OK, Parser, subcommand
 
 if TYPE_CHECKING:
     pass
@@ -44,16 +44,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> Parser:
-    """The ``prep`` subcommand's arguments."""
-    prep = sub.add_parser(
+    """The ``prepare-data`` subcommand's arguments."""
+    prep = subcommand(
+        sub,
         "prepare-data",
-        allow_abbrev=False,
         help="turn the LSUN LMDB (or a folder of images) into the 64x64 training cache, once",
         description="Decode, convert to RGB, resize the shorter side to 64 (antialiased bicubic) "
         "and centre-crop 64x64 every image of an LSUN LMDB or an image folder, in parallel, into "
         "a memory-mappable uint8 cache with a manifest. Interrupted, it resumes when re-run.",
     )
-    SUBPARSERS["prepare-data"] = prep
     prep.add_argument(
         "--source",
         required=True,

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..results import check_writable
-from .common import EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_OK, Parser, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,15 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> Parser:
     """The ``report`` subcommand's arguments."""
-    report = sub.add_parser(
+    report = subcommand(
+        sub,
         "report",
-        allow_abbrev=False,
         help="tables, plots and an HTML page for every run of a results directory",
         description="Aggregate every run directory into pandas frames and write the 7x4 "
         "Inception-score table and the throughput table (Markdown, LaTeX booktabs, CSV), "
         "seaborn plots (PNG, PDF) and index.html.",
     )
-    SUBPARSERS["report"] = report
     report.add_argument("--results", default="results", help="results directory (default: results)")
     report.add_argument(
         "--out", default=None, metavar="DIR", help="where to write (default: RESULTS/report)"

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
-from .common import EXIT_OK, SUBPARSERS, Parser
+from .common import EXIT_OK, Parser, subcommand
 
 if TYPE_CHECKING:
     pass
@@ -75,14 +75,13 @@ def _status_score(run_dir: Path) -> str | None:
 
 def add_parser(sub: Any) -> Parser:
     """The ``status`` subcommand's arguments."""
-    status = sub.add_parser(
+    status = subcommand(
+        sub,
         "status",
-        allow_abbrev=False,
         help="the 7x4 grid of every matrix in a results directory, with each cell's state",
         description="Show each matrix (per seed) as the paper's 7x4 grid: pending, queued, "
         "running (progress, it/s, ETA), partial, completed, diverged, failed. Safe to run while "
         "a matrix is training, locally or on SLURM.",
     )
-    SUBPARSERS["status"] = status
     status.add_argument("--results", default="results", help="results directory (default: results)")
     return status

@@ -21,7 +21,6 @@ from .common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_TEMPFAIL,
-    SUBPARSERS,
     Parser,
     add_run_options,
     check_enough_images,
@@ -30,6 +29,7 @@ from .common import (
     check_space,
     given_options,
     resolve_device_arg,
+    subcommand,
     with_weights,
 )
 
@@ -140,14 +140,13 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> Parser:
     """The ``train`` subcommand's arguments."""
-    train = sub.add_parser(
+    train = subcommand(
+        sub,
         "train",
-        allow_abbrev=False,
         help="train one architecture x procedure cell (resumes if interrupted)",
         description="Train one cell. Re-running the same command resumes from the newest "
         "checkpoint; a completed or diverged run is never trained again.",
     )
-    SUBPARSERS["train"] = train
     add_run_options(train)
     train.add_argument(
         "--resume",
