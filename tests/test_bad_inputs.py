@@ -37,6 +37,11 @@ def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None
     [
         (["--arch", "basline"], "--arch: unknown value 'basline' (did you mean 'baseline'?)"),
         (
+            ["--arch", "cifar"],
+            "--arch: architecture cifar needs 32x32 images, and the default data (demo) holds "
+            "64x64; give --data with 32x32 data (the CIFAR-10 python archive)",
+        ),
+        (
             ["--procedure", "wgangp"],
             "--procedure: unknown value 'wgangp' (did you mean 'wgan-gp'?)",
         ),

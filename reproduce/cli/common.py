@@ -316,13 +316,23 @@ def check_space(cfg: RunConfig, rt: RuntimeConfig, base: Path, run_dir: RunDir) 
         )
 
 
-def check_resolution(cfg: RunConfig, dataset: Any, data: str) -> None:
+def check_resolution(cfg: RunConfig, dataset: Any, data: str, data_given: bool) -> None:
+    """The data's images are the size the architecture takes; the message blames what the
+    user chose (--data when given, else --arch against the default data)."""
     need = get_pair(cfg.arch).resolution
-    if dataset.resolution != need:
+    have = dataset.resolution
+    if have == need:
+        return
+    if data_given:
         raise UserError(
-            f"--data: {data} holds {dataset.resolution}x{dataset.resolution} images; "
+            f"--data: {data} holds {have}x{have} images; "
             f"architecture {cfg.arch} needs {need}x{need}"
         )
+    raise UserError(
+        f"--arch: architecture {cfg.arch} needs {need}x{need} images, and the default data "
+        f"({data}) holds {have}x{have}; give --data with {need}x{need} data"
+        + (" (the CIFAR-10 python archive)" if cfg.arch == "cifar" else "")
+    )
 
 
 def check_enough_images(dataset: Any, batch_size: int, data: str) -> None:

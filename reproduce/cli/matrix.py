@@ -293,7 +293,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     if not configs:
         raise UserError("the selection holds no cells")
     for cfg in configs:
-        check_resolution(cfg, dataset, rt.data)
+        check_resolution(cfg, dataset, rt.data, data_given="data" in given_options(args))
     check_enough_images(dataset, max(c.batch_size for c in configs), rt.data)
     results = Path(rt.results)
     gpus = parse_gpus(args.gpus)

@@ -58,7 +58,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
 
     dataset = load_dataset(rt.data)
     cfg = resolve_run_config(given, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
-    check_resolution(cfg, dataset, rt.data)
+    check_resolution(cfg, dataset, rt.data, data_given="data" in given)
     check_enough_images(dataset, cfg.batch_size, rt.data)
     results = Path(rt.results)
     run_dir = RunDir(results / (rt.name or cfg.run_id))
