@@ -6,14 +6,11 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import UserError
 from ..results import check_writable
 from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
-
-if TYPE_CHECKING:
-    pass
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .common import EXIT_OK, Parser, subcommand
-
-if TYPE_CHECKING:
-    pass
 
 
 def prepare_defaults() -> Any:
