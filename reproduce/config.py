@@ -2,10 +2,11 @@
 (``RuntimeConfig``: paths, device, logging cadence; never part of the id).
 
 Every user-settable key is declared once in ``options.OPTIONS`` (type, default, help,
-choices); the command line, ``--config`` files and validation are generated from that table.
-Here: the two configs, reading a config file, and resolving what the user gave into a
-validated ``RunConfig`` (the procedure's defaults filled in, options that mean nothing for the
-choice refused).
+choices, bounds; the runtime ones as the fields of ``runtime.RuntimeConfig``); the command
+line, ``--config`` files and validation are generated from that table. Here: the run config,
+reading a config file, and resolving what the user gave into a validated ``RunConfig`` (the
+procedure's defaults filled in, options that mean nothing for the choice refused) and
+``RuntimeConfig`` (the checks that involve more than one option).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .procedures import (
     Procedure,
     get_procedure,
 )
+from .runtime import RuntimeConfig
 
 # Bump when the meaning of a result-affecting field or of the training maths changes, so that
 # old run directories are never resumed by code that would compute something else.
@@ -141,87 +143,6 @@ def upgrade_config(d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-# default (periodic, final) evaluation sizes per judge: Inception as the paper (Table 3: 50,000
-# samples, 10 splits); the demo judge scores 10,000 samples in seconds, but 2,000 (200 per
-# split) already put its score within about 0.05 of the full set's on the demo data
-JUDGE_SAMPLES = {"inception": (5_000, 50_000), "demo": (500, 2_000)}
-
-
-@dataclass(frozen=True)
-class RuntimeConfig:
-    """How a run is executed; changing these never changes the numbers (on one device and
-    thread count) and never changes the run id."""
-
-    data: str = "demo"
-    data_placement: str = "auto"  # auto | device | host
-    results: str = "results"
-    name: str | None = None
-    device: str = "auto"
-    threads: int | None = None
-    checkpoint_every: float = 600.0
-    checkpoint_every_iters: int = 0
-    keep_checkpoints: int = 2
-    log_every: int = 100
-    sample_every: int = 1000
-    progress: bool = True
-    count_flops: bool = True
-    cuda_graphs: bool | None = None  # None: on for exact-mode runs on a CUDA device
-    compile_mode: str = "default"  # torch.compile mode of --mode fast / fast-bf16
-    # evaluation (Inception score, FID, KID; SPEC.md D): never changes the training numbers
-    eval: bool | None = None  # None: on
-    # the network that scores samples: auto = the demo judge on the demo data, Inception else
-    judge: str = "auto"
-    eval_every: int = 0  # 0: iters // 20 (20 periodic evaluations)
-    eval_samples: int | None = None  # samples per periodic evaluation (None: the judge's)
-    final_eval_samples: int | None = None  # samples of the final evaluation (None: the judge's)
-    reference_samples: int = 50_000  # training images for FID/KID and the real-data scores
-    inception_weights: str | None = None
-    inception_sha256: str | None = None  # set after verification; checked again at job start
-    # held-out critic loss (Figure 5a): on when the data has a held-out split
-    heldout: bool | None = None
-    heldout_every: int = 0  # 0: iters // 100
-    restart_invalid_checkpoints: bool = False  # train from 0 when no checkpoint is usable
-    is_threshold: float = 0.5  # verdict: final IS >= this fraction of the data's IS
-    diversity_threshold: float = 0.5  # verdict: sample diversity >= this fraction of the data's
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @property
-    def eval_enabled(self) -> bool:
-        return self.eval if self.eval is not None else True
-
-    @property
-    def judge_kind(self) -> str:
-        """``demo`` (the demo judge) or ``inception``: what --judge auto means for the data
-        (the demo judge on the demo data, unless --inception-weights asks for Inception)."""
-        if self.judge != "auto":
-            return self.judge
-        return "demo" if self.data == "demo" and not self.inception_weights else "inception"
-
-    def samples(self, kind: str) -> int:
-        """Generated samples of a ``periodic`` or ``final`` evaluation: the option when given,
-        else the judge's default (JUDGE_SAMPLES)."""
-        given = self.final_eval_samples if kind == "final" else self.eval_samples
-        if given is not None:
-            return given
-        periodic, final = JUDGE_SAMPLES[self.judge_kind]
-        return final if kind == "final" else periodic
-
-    def eval_interval(self, iters: int) -> int:
-        """--eval-every, else 20 periodic evaluations (Inception), or 5 with the demo judge,
-        whose runs are short: a run of under 50 iterations is judged at its end only."""
-        if self.eval_every:
-            return self.eval_every
-        if self.judge_kind == "demo":
-            every = iters // 5
-            return every if every >= 10 else iters
-        return max(1, iters // 20)
-
-    def heldout_interval(self, iters: int) -> int:
-        return self.heldout_every or max(1, iters // 100)
-
-
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON file of option keys. A run directory's ``config.json`` is accepted
     as it is (its ``config`` and ``runtime`` sections are used)."""
@@ -246,48 +167,14 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return check_keys(raw, f"--config {p}")
 
 
-def _finite(opt: str, v: float) -> None:
-    if not math.isfinite(v):
-        raise UserError(f"--{opt}: must be finite, got {v}")
-
-
-def _check_numbers(
-    lr: float,
-    beta1: float | None,
-    beta2: float | None,
-    n_critic: int,
-    gp_lambda: float | None,
-    clip: float | None,
-) -> None:
-    _finite("lr", lr)
-    if lr <= 0:
-        raise UserError(f"--lr: must be positive, got {lr}")
+def _check_betas(beta1: float | None, beta2: float | None) -> None:
+    """Adam's betas in [0, 1) (each option's other bounds are checked with its type)."""
     for key, b in (("beta1", beta1), ("beta2", beta2)):
         if b is not None:
-            _finite(key, b)
+            if not math.isfinite(b):
+                raise UserError(f"--{key}: must be finite, got {b}")
             if not 0.0 <= b < 1.0:
                 raise UserError(f"--{key}: must be in [0, 1), got {b}")
-    if n_critic < 1:
-        raise UserError(f"--n-critic: must be at least 1, got {n_critic}")
-    if gp_lambda is not None:
-        _finite("gp-lambda", gp_lambda)
-        if gp_lambda < 0:
-            raise UserError(f"--gp-lambda: must be >= 0, got {gp_lambda}")
-    if clip is not None:
-        _finite("clip", clip)
-        if clip <= 0:
-            raise UserError(f"--clip: must be positive, got {clip}")
-
-
-def _check_sizes(dim: int, batch: int, iters: int, seed: int) -> None:
-    if dim < 4 or dim % 4:
-        raise UserError(f"--dim: must be a positive multiple of 4, got {dim}")
-    if batch < 1:
-        raise UserError(f"--batch-size: must be at least 1, got {batch}")
-    if iters < 1:
-        raise UserError(f"--iters: must be at least 1, got {iters}")
-    if seed < 0:
-        raise UserError(f"--seed: must be >= 0, got {seed}")
 
 
 def _critic_norm(norm: str, pair: ArchitecturePair, proc: Procedure) -> Norm:
@@ -354,8 +241,9 @@ def resolve_run_config(
     clip = given.get("clip", base.clip)
     dim, batch, iters, seed = get("dim"), get("batch_size"), get("iters"), get("seed")
 
-    _check_numbers(lr, beta1, beta2, n_critic, gp_lambda, clip)
-    _check_sizes(dim, batch, iters, seed)
+    _check_betas(beta1, beta2)
+    if dim < 4 or dim % 4:
+        raise UserError(f"--dim: must be a positive multiple of 4, got {dim}")
     norm = _critic_norm(get("critic_norm"), pair, proc)
 
     return RunConfig(
@@ -388,32 +276,7 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         for k, v in check_keys(choices, "options").items()
         if v is not None and OPTIONS_BY_KEY[k].section == "runtime"
     }
-    rt = RuntimeConfig(**given)
-    if rt.threads is not None and rt.threads < 1:
-        raise UserError(f"--threads: must be at least 1, got {rt.threads}")
-    if rt.checkpoint_every < 0 or not math.isfinite(rt.checkpoint_every):
-        raise UserError(f"--checkpoint-every: must be >= 0 seconds, got {rt.checkpoint_every}")
-    if rt.checkpoint_every_iters < 0:
-        raise UserError(f"--checkpoint-every-iters: must be >= 0, got {rt.checkpoint_every_iters}")
-    if rt.keep_checkpoints < 1:
-        raise UserError(f"--keep-checkpoints: must be at least 1, got {rt.keep_checkpoints}")
-    if rt.log_every < 1:
-        raise UserError(f"--log-every: must be at least 1, got {rt.log_every}")
-    if rt.sample_every < 0:
-        raise UserError(f"--sample-every: must be >= 0, got {rt.sample_every}")
-    if rt.eval_every < 0:
-        raise UserError(f"--eval-every: must be >= 0, got {rt.eval_every}")
-    if rt.heldout_every < 0:
-        raise UserError(f"--heldout-every: must be >= 0, got {rt.heldout_every}")
-    for key in ("eval_samples", "final_eval_samples", "reference_samples"):
-        if getattr(rt, key) is not None and getattr(rt, key) < 20:  # 10 splits of >= 2 samples
-            raise UserError(
-                f"--{key.replace('_', '-')}: must be at least 20, got {getattr(rt, key)}"
-            )
-    for key in ("is_threshold", "diversity_threshold"):
-        v = getattr(rt, key)
-        if not (math.isfinite(v) and v > 0):
-            raise UserError(f"--{key.replace('_', '-')}: must be positive, got {v}")
+    rt = RuntimeConfig(**given)  # each option's type, choices and bounds: checked above
     if rt.judge == "demo" and rt.data != "demo" and rt.eval_enabled:
         raise UserError(
             f"--judge: the demo judge knows only the demo data's eight modes, but --data is "

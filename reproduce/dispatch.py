@@ -29,8 +29,9 @@ import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from . import costs, faults
-from .config import RunConfig, RuntimeConfig
+from .config import RunConfig
 from .results import RunDir, atomic_write_json, now_iso
+from .runtime import RuntimeConfig
 
 SUBMITIT_DIR = ".submitit"  # under the results directory
 
@@ -132,7 +133,7 @@ def submission_folder(results: Path) -> Path:
 
 def record_submission(run_dir: Path, executor: str, job_id: str, folder: Path) -> None:
     atomic_write_json(
-        run_dir / "submission.json",
+        RunDir(run_dir).submission_file,
         {"executor": executor, "job_id": job_id, "folder": str(folder), "submitted": now_iso()},
     )
 
@@ -538,9 +539,9 @@ def load_slurm_profile(name: str, overrides: Sequence[str] = ()) -> tuple[SlurmP
         elif key in ("partition", "account", "qos", "constraint", "exclude"):
             values[key] = value or None  # "" means "not set"
         elif key == "setup":
-            values[key] = tuple(str(x) for x in cast(list, value))
+            values[key] = tuple(str(x) for x in cast(list[object], value))
         elif key == "additional":
-            values[key] = tuple(sorted(cast(dict, value).items()))
+            values[key] = tuple(sorted(cast(dict[str, object], value).items()))
         else:
             values[key] = value
     profile = SlurmProfile(**values)

@@ -26,16 +26,16 @@ from torch import nn
 
 from . import judge as demo_judge
 from . import metrics, rng
-from .config import RunConfig, RuntimeConfig
+from .config import RunConfig
 from .data import ImageDataset, derive_seed
 from .results import (
     RunDir,
     atomic_write_bytes,
     atomic_write_json,
     final_metrics,
-    metrics_rows,
     read_json,
 )
+from .runtime import RuntimeConfig
 
 CACHE_DIR = ".cache/fidelity"  # under the results directory
 
@@ -72,10 +72,10 @@ class Evaluator:
 
     @property
     def path(self) -> Path:
-        return self.run_dir.path / "metrics.jsonl"
+        return self.run_dir.metrics_file
 
     def recorded(self) -> list[dict[str, Any]]:
-        return metrics_rows(self.run_dir.path)
+        return self.run_dir.read_metrics()
 
     def due(self, iteration: int) -> bool:
         return iteration % self.every == 0 and iteration < self.cfg.iters
@@ -168,5 +168,5 @@ def write_verdict(
     run_dir: Path, state: str, thresholds: metrics.VerdictThresholds
 ) -> dict[str, Any]:
     v = metrics.verdict(state, final_metrics(run_dir), thresholds)
-    atomic_write_json(run_dir / "verdict.json", v)
+    atomic_write_json(RunDir(run_dir).verdict_file, v)
     return v

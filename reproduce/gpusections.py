@@ -32,6 +32,7 @@ from .gpucheck import (
     child_env,
     tail,
 )
+from .results import RunDir
 
 
 class Box:
@@ -233,10 +234,7 @@ def section_step_times(s: Settings, box: Box, work: Path) -> dict[str, Any]:
 
 
 def _status(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return RunDir(run_dir).read_status() or {}
 
 
 def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
@@ -281,10 +279,11 @@ def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
                        "data_placement": st.get("data_placement"),
                        "setup_seconds": st.get("setup_seconds"), "tflops": st.get("tflops"),
                        "mfu": st.get("mfu")})  # fmt: skip
-    log = (run_dir / "log.txt").read_text() if (run_dir / "log.txt").is_file() else ""
+    rd = RunDir(run_dir)
+    log = rd.log_file.read_text() if rd.log_file.is_file() else ""
     from . import checkpoint
 
-    ckpts = sorted(c.iteration for c in checkpoint.list_checkpoints(run_dir / "checkpoints"))
+    ckpts = sorted(c.iteration for c in checkpoint.list_checkpoints(rd.checkpoints_dir))
     first_stop = stints[0]["iteration"]
     resumed = bool(first_stop) and f"resumed from ckpt-{first_stop:08d} at iteration" in log
     checks = {

@@ -8,7 +8,6 @@ starts each according to its state on disk.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import html
 import json
@@ -31,15 +30,14 @@ from .results import (
     IS_MEAN,
     IS_STD,
     KID_MEAN,
+    LoadedRun,
     RunDir,
     atomic_write_bytes,
     atomic_write_json,
     count,
     finite,
     judge_name,
-    last_jsonl_row,
-    latest_metrics,
-    read_json,
+    load_run,
 )
 
 
@@ -224,33 +222,27 @@ SLURM_ACTIVE = {
 }
 
 
-def read_submission(run_dir: Path) -> dict[str, Any]:
-    """How the run was last dispatched (``submission.json``: executor, job id), or {}."""
-    with contextlib.suppress(OSError, ValueError, TypeError):
-        return dict(read_json(run_dir / "submission.json"))
-    return {}
-
-
 def waits_on_slurm(run_dir: Path) -> bool:
     """Whether the run's state may depend on the SLURM queue: submitted to SLURM and not
     finished. Local and debug cells, and finished ones, never ask squeue."""
-    if read_submission(run_dir).get("executor") != "slurm":
+    rd = RunDir(run_dir)
+    if rd.read_submission().get("executor") != "slurm":
         return False
-    status = RunDir(run_dir).read_status() or {}
+    status = rd.read_status() or {}
     return status.get("state") not in ("completed", "diverged")
 
 
-def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellState:
+def cell_state(run: Path | LoadedRun, queue: Mapping[str, str] | None = None) -> CellState:
     """The state of one run from its directory (and the SLURM queue, when given)."""
-    rd = RunDir(run_dir)
-    status = rd.read_status() or {}
+    rd = run.dir if isinstance(run, LoadedRun) else RunDir(run)
+    status = run.status if isinstance(run, LoadedRun) else rd.read_status() or {}
+    submission = run.submission if isinstance(run, LoadedRun) else rd.read_submission()
     st = CellState(
         state="pending",
         iteration=count(status.get("iteration")),
         iters=count(status.get("iters")),
         it_per_s=finite(status.get("it_per_s")),
     )
-    submission = read_submission(run_dir)
     st.job_id = submission.get("job_id")
     state = status.get("state")
     if state in ("completed", "diverged"):
@@ -258,7 +250,7 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
         if state == "diverged":
             st.detail = f"at iteration {count(status.get('diverged_at'), -1)}"
         return st
-    if is_live(read_holder(run_dir)):
+    if is_live(read_holder(rd.path)):
         st.state = "running"
         return st
     if queue is not None and submission.get("executor") == "slurm":
@@ -272,13 +264,9 @@ def cell_state(run_dir: Path, queue: Mapping[str, str] | None = None) -> CellSta
     if state == "failed":
         st.state = "failed"
         st.detail = str(status.get("message", ""))[:500]
-    elif state in ("running", "interrupted") or (run_dir / "checkpoints").exists():
+    elif state in ("running", "interrupted") or rd.checkpoints_dir.exists():
         st.state = "partial"  # interrupted (signal, kill, preemption): resumes when run again
     return st
-
-
-def last_stats(run_dir: Path) -> dict[str, Any]:
-    return last_jsonl_row(run_dir / "stats.jsonl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,14 +302,10 @@ SUMMARY_COLUMNS = (
 def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list[dict[str, Any]]:
     rows = []
     for cfg, run_dir in zip(configs, run_dirs, strict=True):
-        st = cell_state(run_dir)
-        status = RunDir(run_dir).read_status() or {}
-        last = last_stats(run_dir)
+        run = load_run(run_dir)
+        st = cell_state(run)
+        status, last, m, verdict = run.status, run.last, run.latest, run.verdict
         secs = status.get("train_seconds")
-        m = latest_metrics(run_dir) or {}
-        verdict: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            verdict = dict(read_json(run_dir / "verdict.json"))
         it_s = st.it_per_s
         rows.append(
             {

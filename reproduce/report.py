@@ -37,10 +37,13 @@ from .results import (
     IS_MEAN,
     IS_STD,
     KID_MEAN,
+    LoadedRun,
+    RunDir,
     atomic_write_bytes,
     count,
     finite,
     judge_name,
+    load_run,
 )
 from .tables import lsun_grid, throughput_table, write_table
 
@@ -167,12 +170,12 @@ SUMMARY_COLUMNS = [
 
 
 def _curves(
-    loader: Loader, d: Path, base: dict[str, Any]
+    loader: Loader, run: LoadedRun, base: dict[str, Any]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's tidy rows (training and held-out statistics, evaluations) and its evaluations."""
     tidy: list[dict[str, Any]] = []
-    for file, split in (("stats.jsonl", "train"), ("heldout.jsonl", "heldout")):
-        for r in loader.jsonl(d / file):
+    for file, split in ((run.dir.stats_file, "train"), (run.dir.heldout_file, "heldout")):
+        for r in loader.jsonl(file):
             step = count(r.get("iter"), -1)
             if step < 0:
                 continue
@@ -180,7 +183,7 @@ def _curves(
                 if finite(r.get(k)) is not None:
                     tidy.append({**base, "step": step, "metric": k, "value": r[k],
                                  "split": split, "train_seconds": None})  # fmt: skip
-    evals = [r for r in loader.jsonl(d / "metrics.jsonl") if count(r.get("iter"), -1) >= 0]
+    evals = [r for r in run.evaluations if count(r.get("iter"), -1) >= 0]
     for r in evals:
         for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
                         (KID_MEAN, "kid")):  # fmt: skip
@@ -261,26 +264,27 @@ def collect(results: Path, strict: bool = False) -> Collected:
     tidy: list[dict[str, Any]] = []
     samples: dict[str, Path] = {}
     for d in sorted(p for p in results.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (d / "config.json").exists():
+        rd = RunDir(d)
+        if not rd.config_file.exists():
             continue
-        doc = loader.json(d / "config.json")
+        doc = loader.json(rd.config_file)
         if doc is None or doc.get("kind") == "toy":
             continue
         cfg = _run_config(doc.get("config"))
         if cfg is None:
             loader.warn(f"skipped {d}: config.json has no valid arch, procedure and seed")
             continue
-        status = loader.json(d / "status.json") or {}
-        verdict = loader.json(d / "verdict.json") or {}
-        unreadable = (d / "status.json").exists() and not status  # warned above
-        state = "unreadable" if unreadable else cell_state(d).state
+        run = load_run(d, loader)
+        status, verdict = run.status, run.verdict
+        unreadable = rd.status_file.exists() and not status  # warned by the loader
+        state = "unreadable" if unreadable else cell_state(run).state
         if state == "diverged":
             state = f"diverged @{count(status.get('diverged_at'), -1)}"
         base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
                 "seed": cfg["seed"]}  # fmt: skip
-        rows, evals = _curves(loader, d, base)
+        rows, evals = _curves(loader, run, base)
         tidy += rows
-        grids = sorted((d / "samples").glob("iter-*.png"))
+        grids = sorted(rd.samples_dir.glob("iter-*.png"))
         if grids:
             samples[d.name] = grids[-1]
         runs[d.name] = _summary_row(base, cfg, status, state, verdict, evals)

@@ -1,6 +1,7 @@
 """The run-directory contract and atomic file writes.
 
-Layout of one run (``<results>/<run id>/``)::
+Layout of one run (``<results>/<run id>/``); ``RunDir`` names every file, and ``load_run`` is
+the one reader of a run's state (``status``, the matrix summary and the report use it)::
 
     config.json      resolved RunConfig ("config"), RuntimeConfig ("runtime"), run id, schema,
                      dataset description; written once when the run is created
@@ -8,6 +9,13 @@ Layout of one run (``<results>/<run id>/``)::
                      done, timings, message; rewritten atomically
     stats.jsonl      one JSON object per generator iteration (losses, Wasserstein estimate,
                      penalty, step wall time); append-only, cut back to the checkpoint on resume
+    heldout.jsonl    the critic's statistics on held-out real images, at the log cadence
+    metrics.jsonl    one row per evaluation (IS/FID/KID or the demo judge's numbers, the
+                     judge, its checksum and thresholds); see evaluation.py
+    verdict.json     trained | low-quality | collapsed | diverged | failed, and why; written
+                     when the run finishes (evaluation.write_verdict)
+    submission.json  how the run was last dispatched (executor, SLURM job id); dispatch.py
+    result.json      a toy run's (Figure 1) scalars; its arrays are in result.npz
     log.txt          human-readable event log (append-only)
     samples/         iter-NNNNNNN.png: fixed-noise 8x8 sample grids
     checkpoints/     ckpt-NNNNNNNN/{state.pt, meta.json}; see checkpoint.py
@@ -29,7 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .config import upgrade_config
 from .errors import UserError
@@ -191,6 +199,30 @@ class RunDir:
     def checkpoints_dir(self) -> Path:
         return self.path / "checkpoints"
 
+    @property
+    def heldout_file(self) -> Path:
+        return self.path / "heldout.jsonl"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def verdict_file(self) -> Path:
+        return self.path / "verdict.json"
+
+    @property
+    def submission_file(self) -> Path:
+        return self.path / "submission.json"
+
+    @property
+    def toy_result_file(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def toy_arrays_file(self) -> Path:
+        return self.path / "result.npz"
+
     def exists(self) -> bool:
         return self.config_file.exists()
 
@@ -204,11 +236,15 @@ class RunDir:
         return {**doc, "config": upgrade_config(doc["config"])}
 
     def read_status(self) -> dict[str, Any] | None:
-        try:
-            status = read_json(self.status_file)
-        except (OSError, ValueError):
-            return None
-        return status if isinstance(status, dict) else None
+        return _read_dict(self.status_file)
+
+    def read_verdict(self) -> dict[str, Any]:
+        """``verdict.json``, or {} before the run has one (or when it cannot be read)."""
+        return _read_dict(self.verdict_file) or {}
+
+    def read_submission(self) -> dict[str, Any]:
+        """How the run was last dispatched (``submission.json``: executor, job id), or {}."""
+        return _read_dict(self.submission_file) or {}
 
     def write_status(self, state: str, **fields: Any) -> None:
         """Atomically (a temporary file renamed over it). On a disk with no byte left even
@@ -255,10 +291,6 @@ class RunDir:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
         _keep_rows(self.stats_file, lambda it: it < iteration)
 
-    @property
-    def heldout_file(self) -> Path:
-        return self.path / "heldout.jsonl"
-
     def append_heldout(self, row: dict[str, Any]) -> None:
         _append(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
 
@@ -270,6 +302,21 @@ class RunDir:
     def read_stats(self) -> list[dict[str, Any]]:
         return read_jsonl(self.stats_file)
 
+    def last_stats(self) -> dict[str, Any]:
+        """The newest row of ``stats.jsonl`` (read from the end of the file), or {}."""
+        return last_jsonl_row(self.stats_file)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_file)
+
+
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
 
 def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
     """Rewrite a JSON-lines file atomically with the rows whose ``iter`` passes ``keep``."""
@@ -277,6 +324,60 @@ def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
         return
     rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
     atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode())
+
+
+class RunReader(Protocol):
+    """How ``load_run`` reads a run's files: plainly (``PlainReader``), or as the report does,
+    with size limits and a warning for each unreadable file (``report.Loader``)."""
+
+    def json(self, path: Path) -> dict[str, Any] | None: ...
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]: ...
+
+
+class PlainReader:
+    """Missing or unreadable JSON reads as None; a torn last JSON line is ignored."""
+
+    def json(self, path: Path) -> dict[str, Any] | None:
+        return _read_dict(path)
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        return read_jsonl(path)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """One run directory's state, read once: what ``status``, the matrix summary and the report
+    show. Missing or unreadable files read as empty ({} or [])."""
+
+    dir: RunDir
+    status: dict[str, Any]
+    verdict: dict[str, Any]
+    submission: dict[str, Any]
+    evaluations: list[dict[str, Any]]  # metrics.jsonl, in file order
+    last: dict[str, Any]  # the newest stats.jsonl row
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        """The newest evaluation ({} before the first)."""
+        return newest_metrics(self.evaluations) or {}
+
+
+def load_run(path: Path, reader: RunReader | None = None) -> LoadedRun:
+    """The one reader of a run directory's state (see the layout above)."""
+    rd, read = RunDir(path), reader or PlainReader()
+    return LoadedRun(
+        dir=rd,
+        status=read.json(rd.status_file) or {},
+        verdict=read.json(rd.verdict_file) or {},
+        submission=read.json(rd.submission_file) or {},
+        evaluations=read.jsonl(rd.metrics_file),
+        last=rd.last_stats(),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,7 +390,7 @@ KID_MEAN, KID_STD = "kernel_inception_distance_mean", "kernel_inception_distance
 
 
 def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
-    return read_jsonl(run_dir / "metrics.jsonl")
+    return RunDir(run_dir).read_metrics()
 
 
 def judge_name(row: dict[str, Any] | None) -> str | None:
@@ -306,6 +407,10 @@ def final_metrics(run_dir: Path) -> dict[str, Any] | None:
     return finals[-1] if finals else None
 
 
-def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
-    rows = metrics_rows(run_dir)
+def newest_metrics(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest evaluation (the final one at a tie), or None before the first."""
     return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None
+
+
+def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
+    return newest_metrics(metrics_rows(run_dir))

@@ -463,8 +463,8 @@ def run_toy(
         arrays, scalars = trainer.results()
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
-        atomic_write_bytes(run_dir / "result.npz", buf.getvalue())
-        atomic_write_json(run_dir / "result.json", {"config": cfg.to_dict(), **scalars})
+        atomic_write_bytes(rd.toy_arrays_file, buf.getvalue())
+        atomic_write_json(rd.toy_result_file, {"config": cfg.to_dict(), **scalars})
         write_status("completed")
         rd.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s")
         return _outcome("completed", trainer.iteration, "completed", run_dir)
@@ -475,6 +475,7 @@ def _outcome(state: str, iteration: int, message: str, run_dir: Path) -> dict[st
 
 
 def load_result(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    with np.load(run_dir / "result.npz") as z:
+    rd = RunDir(run_dir)
+    with np.load(rd.toy_arrays_file) as z:
         arrays = {k: z[k] for k in z.files}
-    return arrays, json.loads((run_dir / "result.json").read_text())
+    return arrays, json.loads(rd.toy_result_file.read_text())

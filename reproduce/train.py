@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import checkpoint, faults, flops, judge, metrics
 from .bookkeeping import RunStatus, StatsBuffer, Stopwatch
-from .config import SCHEMA_VERSION, RunConfig, RuntimeConfig, config_diff, upgrade_config
+from .config import SCHEMA_VERSION, RunConfig, config_diff, upgrade_config
 from .data import (
     ImageDataset,
     load_split_if_any,
@@ -36,6 +36,7 @@ from .evaluation import Evaluator, write_verdict
 from .images import grid, save_png
 from .lease import Lease
 from .results import TERMINAL_STATES, RunDir, atomic_write_json
+from .runtime import RuntimeConfig
 from .stopping import STOP_GRACE_S as STOP_GRACE_S
 from .stopping import StopFlag as StopFlag
 from .trainer import IterationAbandoned, Trainer, configure_numerics, environment

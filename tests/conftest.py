@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from reproduce.cli import main
-from reproduce.config import RuntimeConfig, resolve_run_config
+from reproduce.config import resolve_run_config
 from reproduce.data import ImageDataset, fingerprint, load_demo
+from reproduce.runtime import RuntimeConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,7 +86,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run ``python -m reproduce ARGS`` in a fresh process."""
     return subprocess.run(

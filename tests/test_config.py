@@ -109,3 +109,54 @@ def test_mlp_width_builds_the_named_width_and_only_for_the_mlp():
         cfg(arch="baseline", mlp_width="fixed-512")
     with pytest.raises(ValueError):
         get_pair("baseline").generator(16, "tf-same", "scaled")
+
+
+def test_runtime_options_are_the_fields_of_runtime_config():
+    """Declared once: every RuntimeConfig field a user sets is an option with the field's own
+    default, type and bounds (the checksum of the weights is set by the code, not an option)."""
+    from reproduce.options import OPTIONS_BY_KEY
+    from reproduce.runtime import RuntimeConfig
+
+    defaults = RuntimeConfig()
+    runtime = {o.key: o for o in OPTIONS if o.section == "runtime"}
+    settable = [f.name for f in dataclasses.fields(RuntimeConfig) if f.name != "inception_sha256"]
+    assert list(runtime) == settable
+    for key, opt in runtime.items():
+        assert opt.default == getattr(defaults, key), key
+    assert OPTIONS_BY_KEY["threads"].type is int and OPTIONS_BY_KEY["eval"].type is bool
+    assert (OPTIONS_BY_KEY["reference_samples"].minimum, OPTIONS_BY_KEY["threads"].maximum) == (
+        20, 1024)  # fmt: skip
+
+
+def test_the_procedures_defaults_in_the_help_come_from_the_procedures():
+    from reproduce.options import OPTIONS_BY_KEY, procedure_defaults
+    from reproduce.procedures import PROCEDURES
+
+    assert procedure_defaults("lr") == "dcgan 2e-4, lsgan 1e-4, wgan 5e-5, wgan-gp 1e-4"
+    assert procedure_defaults("beta1") == "dcgan 0.5, wgan-gp 0.5 paper / 0 official-code"
+    assert procedure_defaults("clip") == "wgan 0.01"
+    for key in ("optimizer", "lr", "beta1", "beta2", "n_critic", "gp_lambda", "clip"):
+        assert procedure_defaults(key) in OPTIONS_BY_KEY[key].help, key
+        for name, proc in PROCEDURES.items():
+            if getattr(proc.defaults["paper"], key) is not None:
+                assert name in procedure_defaults(key), (key, name)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"reference_samples": 10}, "--reference-samples: must be at least 20, got 10"),
+        ({"checkpoint_every": -1.0}, "--checkpoint-every: must be >= 0, got -1.0"),
+        ({"is_threshold": 0.0}, "--is-threshold: must be positive, got 0.0"),
+        ({"lr": 0.0}, "--lr: must be positive, got 0.0"),
+        ({"seed": -1}, "--seed: must be >= 0, got -1"),
+    ],
+)
+def test_an_option_out_of_bounds_is_refused_with_its_keys(values, message):
+    """The bounds of every option are checked with its type, wherever the value comes from
+    (a --config file here)."""
+    from reproduce.options import check_keys
+
+    with pytest.raises(UserError) as e:
+        check_keys(values, "--config f.toml")
+    assert str(e.value) == message

@@ -13,9 +13,9 @@ import torch_fidelity
 from torch_fidelity.metric_isc import isc_features_to_metric
 
 from reproduce import metrics
-from reproduce.config import RuntimeConfig
 from reproduce.images import to_uint8
 from reproduce.results import RunDir, read_jsonl
+from reproduce.runtime import RuntimeConfig
 from reproduce.train import train_run
 
 from .conftest import cli_env, popen_cli, quiet_runtime, run_cli, run_main, small_config, tree

@@ -18,7 +18,6 @@ from architectures import get_pair
 
 from ..config import (
     RunConfig,
-    RuntimeConfig,
     config_diff,
     load_config_file,
 )
@@ -27,6 +26,7 @@ from ..options import OPTIONS, OPTIONS_BY_KEY
 from ..procedures import ADAMS
 from ..registry import Registry
 from ..results import RunDir
+from ..runtime import RuntimeConfig
 
 if TYPE_CHECKING:
     import torch
@@ -213,6 +213,19 @@ def resolve_device_arg(name: str) -> torch.device:
     elif dev.type != "cpu":
         raise UserError(f"--device: unsupported device type {dev.type!r}; use cpu or cuda")
     return dev
+
+
+def add_results_dir(p: argparse.ArgumentParser) -> None:
+    """--results of the commands that read a results directory (status, report)."""
+    p.add_argument("--results", default="results", help="results directory (default: results)")
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """The --results directory a reading command was given, which must exist."""
+    results = Path(args.results)
+    if not results.is_dir():
+        raise UserError(f"--results: no such directory: {results}")
+    return results
 
 
 def given_options(args: argparse.Namespace) -> dict[str, Any]:

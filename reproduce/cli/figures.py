@@ -13,7 +13,6 @@ from ..results import check_writable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_TEMPFAIL,
     Parser,
     add_dispatch_options,
     add_run_options,
@@ -22,29 +21,28 @@ from .common import (
     subcommand,
 )
 from .matrix import (
+    Execution,
     MatrixPlan,
+    MatrixRequest,
     cell_runtime,
+    execute,
     parse_gpus,
     parse_packing,
     plan_matrix,
-    run_here,
-    wait_slurm,
 )
 
 
-def _figure_matrix_args(args: argparse.Namespace, need: Any, results: Path) -> argparse.Namespace:
-    """The arguments of a ``matrix`` invocation for a figure's cells (same validation, same
-    dispatch), with the figure's options under the ones given on the command line."""
-    ns = argparse.Namespace(
-        experiment=need.experiment, profile=need.profile, archs=need.archs,
+def _figure_request(args: argparse.Namespace, need: Any, results: Path) -> MatrixRequest:
+    """The matrix request of a figure's cells (same validation, same dispatch as ``matrix``),
+    with the figure's options and the results directory as the options given."""
+    return MatrixRequest(
+        experiment=need.experiment, profile=need.profile,
+        options={**need.options, "results": str(results)}, archs=need.archs,
         procedures=need.procedures, seeds=[args.seed], executor=args.executor, gpus=args.gpus,
         cells_per_gpu=args.cells_per_gpu, workers=args.workers,
         slurm_profile=args.slurm_profile, slurm_overrides=args.slurm_overrides,
-        dry_run=args.dry_run, config=None,
+        dry_run=args.dry_run,
     )  # fmt: skip
-    for k, v in {**need.options, "results": str(results)}.items():
-        setattr(ns, k, v)
-    return ns
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -141,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         need = figures.FIGURES[name].needs(ctx)
         if isinstance(need, figures.MatrixRuns):
-            plans[name] = plan_matrix(_figure_matrix_args(args, need, results))
+            plans[name] = plan_matrix(_figure_request(args, need, results))
         else:
             plans[name] = need
     workers = args.workers or os.cpu_count() or 1
@@ -159,18 +157,17 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(plan, MatrixPlan):
             write_manifest(plan.results, plan.experiment, plan.configs, plan.run_dirs)
     print(f"figures {', '.join(names)}: {len(todo)} runs to train")
-    folder = dispatch.submission_folder(results)
-    if todo and args.executor == "slurm":
-        slurm, _ = dispatch.load_slurm_profile(args.slurm_profile, args.slurm_overrides)
-        jobs = dispatch.run_slurm(todo, slurm, folder)
-        print(f"submitted {len(jobs)} runs as SLURM job array {jobs[0][1].split('_')[0]}")
-        if not args.wait:
-            print("run the same command again when they are done to draw the figures")
-            return EXIT_OK
-        wait_slurm(todo)
-    elif todo and not run_here(args.executor, pool, todo, folder):
-        print("interrupted: the runs checkpointed; run the same command to resume", file=sys.stderr)
-        return EXIT_TEMPFAIL
+    if todo:
+        slurm = None
+        if args.executor == "slurm":
+            slurm, _ = dispatch.load_slurm_profile(args.slurm_profile, args.slurm_overrides)
+        how = Execution(args.executor, pool, slurm, dispatch.submission_folder(results),
+                        wait=args.wait, noun="runs", running="runs",
+                        submitted_hint="" if args.wait else "run the same command again when "
+                        "they are done to draw the figures")  # fmt: skip
+        stop = execute(how, todo)
+        if stop is not None:
+            return stop
     return _draw(args, ctx, plans)
 
 

@@ -5,12 +5,13 @@ and print the summary."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +21,13 @@ from architectures import ALL_PAIRS, get_pair
 from .. import faults
 from ..config import (
     RunConfig,
-    RuntimeConfig,
     resolve_runtime_config,
 )
 from ..errors import UserError
 from ..options import OPTIONS_BY_KEY, SEED_MAX, check_range
 from ..procedures import PROCEDURES
 from ..results import RunDir, check_writable
+from ..runtime import RuntimeConfig
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -48,6 +49,36 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
+
+
+@dataclass(frozen=True)
+class MatrixRequest:
+    """What a matrix invocation asks for, typed: ``matrix`` makes one from its arguments
+    (``from_args``), ``figures`` one per figure that needs matrix cells."""
+
+    experiment: str
+    profile: str
+    options: dict[str, Any]  # the options given (flags, --config file), by options.OPTIONS key
+    archs: list[str] | None = None  # None: every architecture of the experiment
+    procedures: list[str] | None = None
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0])
+    executor: str = "local"
+    gpus: str | None = None
+    cells_per_gpu: str = "1"
+    workers: int | None = None
+    slurm_profile: str = "default"
+    slurm_overrides: list[str] = dataclasses.field(default_factory=list)
+    dry_run: bool = False
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> MatrixRequest:
+        return cls(
+            experiment=args.experiment, profile=args.profile, options=given_options(args),
+            archs=args.archs, procedures=args.procedures, seeds=args.seeds,
+            executor=args.executor, gpus=args.gpus, cells_per_gpu=args.cells_per_gpu,
+            workers=args.workers, slurm_profile=args.slurm_profile,
+            slurm_overrides=args.slurm_overrides, dry_run=args.dry_run,
+        )  # fmt: skip
 
 
 @dataclass
@@ -204,7 +235,7 @@ def _packing_from_benchmark(
     )
 
 
-def _check_selection(args: argparse.Namespace) -> None:
+def _check_selection(args: MatrixRequest) -> None:
     for flag, names, registry in (("--arch", args.archs, ALL_PAIRS),
                                   ("--procedure", args.procedures, PROCEDURES)):  # fmt: skip
         for name in names or ():
@@ -221,13 +252,13 @@ def _check_selection(args: argparse.Namespace) -> None:
 
 
 def _slurm_profile_and_queue(
-    args: argparse.Namespace, rt: RuntimeConfig, run_dirs: list[Path]
+    args: MatrixRequest, rt: RuntimeConfig, run_dirs: list[Path]
 ) -> tuple[Any, dict[str, str] | None]:
     """The SLURM profile (slurm executor) and the queue the cells' states depend on."""
     from ..dispatch import load_slurm_profile, slurm_queue
 
     if args.executor != "slurm":
-        submitted = any((d / "submission.json").exists() for d in run_dirs)
+        submitted = any(RunDir(d).submission_file.exists() for d in run_dirs)
         return None, slurm_queue() if submitted else None
     slurm, source = load_slurm_profile(args.slurm_profile, args.slurm_overrides)
     need = rt.checkpoint_every + slurm.signal_delay_s
@@ -258,7 +289,7 @@ def _check_matrix_space(runnable: list[RunConfig], rt: RuntimeConfig, base: Path
         )
 
 
-def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
+def plan_matrix(args: MatrixRequest) -> MatrixPlan:
     """Every check of a matrix invocation, then its cells, their directories and states."""
     from ..data import load_dataset
     from ..dispatch import LocalPool
@@ -271,8 +302,8 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
         exp_options = get_experiment(args.experiment).options
     except KeyError as e:
         raise UserError(f"--experiment: {e.args[0]}") from None
-    given = {**profile.options, **exp_options, **given_options(args)}
-    if profile.needs_data and "data" not in given_options(args):
+    given = {**profile.options, **exp_options, **args.options}
+    if profile.needs_data and "data" not in args.options:
         raise UserError(
             f"--data: profile {args.profile!r} trains on LSUN bedrooms; give --data CACHE "
             "(made by prepare-data), or use --profile demo for the built-in data"
@@ -293,7 +324,7 @@ def plan_matrix(args: argparse.Namespace) -> MatrixPlan:
     if not configs:
         raise UserError("the selection holds no cells")
     for cfg in configs:
-        check_resolution(cfg, dataset, rt.data, data_given="data" in given_options(args))
+        check_resolution(cfg, dataset, rt.data, data_given="data" in args.options)
     check_enough_images(dataset, max(c.batch_size for c in configs), rt.data)
     results = Path(rt.results)
     gpus = parse_gpus(args.gpus)
@@ -320,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import dispatch
     from ..matrix import cell_state, terminal_summary, write_manifest, write_summary
 
-    plan = plan_matrix(args)
+    plan = plan_matrix(MatrixRequest.from_args(args))
     if args.dry_run:
         _print_dry_run(plan)
         return EXIT_OK
@@ -332,21 +363,18 @@ def run(args: argparse.Namespace) -> int:
     print(" (done, running or queued)")
     _print_packing(plan)
     specs = [dispatch.CellSpec(c.to_dict(), cell_runtime(plan), str(d)) for c, d in todo]
-    folder = dispatch.submission_folder(plan.results)
-    if plan.executor == "slurm":
-        if not specs:
-            print("nothing to submit")
-            return EXIT_OK
-        _submit_slurm(plan, specs, todo, folder)
-        if not args.wait:
-            return EXIT_OK
-        wait_slurm(specs)
-    elif specs and not run_here(plan.executor, plan.pool, specs, folder):
-        print(
-            "interrupted: the running cells checkpointed; run the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_TEMPFAIL
+    if plan.executor == "slurm" and not specs:
+        print("nothing to submit")
+        return EXIT_OK
+    stop = execute(
+        Execution(plan.executor, plan.pool, plan.slurm, dispatch.submission_folder(plan.results),
+                  wait=args.wait, noun="cells", running="running cells",
+                  submitted_hint=f"watch them with: python -m reproduce status --results "
+                  f"{plan.results}"),
+        specs, before_submit=lambda: _write_configs(plan, todo),
+    )  # fmt: skip
+    if stop is not None:
+        return stop
     path, rows = write_summary(plan.results, plan.configs, plan.run_dirs)
     print(terminal_summary(rows), end="")
     print(f"summary with every column written to {path} (and .csv)")
@@ -416,19 +444,58 @@ def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
     return {**plan.rt.to_dict(), "threads": threads}
 
 
-def _submit_slurm(plan: MatrixPlan, specs: list[Any], todo: list[Any], folder: Path) -> None:
-    from .. import dispatch
+def _write_configs(plan: MatrixPlan, todo: list[tuple[RunConfig, Path]]) -> None:
+    """Each cell's config.json before it is submitted, so that `status` shows queued cells."""
     from ..results import atomic_write_json
     from ..train import run_config_document
 
-    for cfg, d in todo:  # the config first, so that `status` shows queued cells
+    for cfg, d in todo:
         if not RunDir(d).exists():
             doc = run_config_document(cfg, plan.rt, plan.dataset, d.name)
             atomic_write_json(RunDir(d).config_file, doc)
-    jobs = dispatch.run_slurm(specs, plan.slurm, folder)
-    array = jobs[0][1].split("_")[0]
-    print(f"submitted {len(jobs)} cells as SLURM job array {array}; logs in {folder}")
-    print(f"watch them with: python -m reproduce status --results {plan.results}")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a command's cells run: here (local pool, debug) or on SLURM, and what it says."""
+
+    executor: str
+    pool: Any  # dispatch.LocalPool
+    slurm: Any  # dispatch.SlurmProfile (slurm executor)
+    folder: Path  # submitit's folder of this invocation
+    wait: bool = False  # slurm: wait for the jobs to finish
+    noun: str = "cells"  # in "submitted 28 cells as SLURM job array ..."
+    running: str = "running cells"  # in "interrupted: the running cells checkpointed"
+    submitted_hint: str = ""  # printed after submitting (slurm)
+
+
+def execute(
+    how: Execution, specs: list[Any], before_submit: Callable[[], None] | None = None
+) -> int | None:
+    """The one way every command (``matrix``, ``figures``) runs its cells: here, printing
+    progress, or submitted to SLURM (then waited for with ``how.wait``). Returns the exit code
+    to stop with (interrupted, or submitted without waiting), or None when the cells have
+    finished and the command goes on."""
+    from .. import dispatch
+
+    if how.executor == "slurm":
+        if before_submit is not None:
+            before_submit()
+        jobs = dispatch.run_slurm(specs, how.slurm, how.folder)
+        array = jobs[0][1].split("_")[0]
+        print(f"submitted {len(jobs)} {how.noun} as SLURM job array {array}; logs in {how.folder}")
+        if how.submitted_hint:
+            print(how.submitted_hint)
+        if not how.wait:
+            return EXIT_OK
+        wait_slurm(specs)
+    elif specs and not run_here(how.executor, how.pool, specs, how.folder):
+        print(
+            f"interrupted: the {how.running} checkpointed; run the same command to resume",
+            file=sys.stderr,
+        )
+        return EXIT_TEMPFAIL
+    return None
 
 
 def wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:

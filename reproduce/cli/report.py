@@ -7,17 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
 from ..results import check_writable
-from .common import EXIT_OK, Parser, subcommand
+from .common import EXIT_OK, Parser, add_results_dir, results_dir, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
     from ..report import build
 
-    results = Path(args.results)
-    if not results.is_dir():
-        raise UserError(f"--results: no such directory: {results}")
+    results = results_dir(args)
     out = Path(args.out) if args.out else results / "report"
     check_writable(out, "--out")
     rep = build(
@@ -45,7 +42,7 @@ def add_parser(sub: Any) -> Parser:
         "Inception-score table and the throughput table (Markdown, LaTeX booktabs, CSV), "
         "seaborn plots (PNG, PDF) and index.html.",
     )
-    report.add_argument("--results", default="results", help="results directory (default: results)")
+    add_results_dir(report)
     report.add_argument(
         "--out", default=None, metavar="DIR", help="where to write (default: RESULTS/report)"
     )

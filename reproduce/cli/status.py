@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..errors import UserError
-from .common import EXIT_OK, Parser, subcommand
+from .common import EXIT_OK, Parser, add_results_dir, results_dir, subcommand
+
+if TYPE_CHECKING:
+    from ..results import LoadedRun
 
 
 def run(args: argparse.Namespace) -> int:
     from ..dispatch import slurm_queue
     from ..matrix import cell_state, grid_text, load_manifests, waits_on_slurm
+    from ..results import load_run
 
-    results = Path(args.results)
-    if not results.is_dir():
-        raise UserError(f"--results: no such directory: {results}")
+    results = results_dir(args)
     manifests = load_manifests(results)
     if not manifests:
         print(f"no matrix in {results} (start one with: python -m reproduce matrix ...)")
@@ -37,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
             for c in m["cells"]:
                 if c["seed"] != seed:
                     continue
-                st = cell_state(results / c["run_id"], queue)
-                cells[(c["arch"], c["procedure"])] = (st, _status_score(results / c["run_id"]))
+                run = load_run(results / c["run_id"])
+                st = cell_state(run, queue)
+                cells[(c["arch"], c["procedure"])] = (st, _status_score(run))
                 counts[st.state] = counts.get(st.state, 0) + 1
             summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
             print(f"matrix {m['matrix_id']} ({m['experiment']}; {desc}), seed {seed}: {summary}")
@@ -49,22 +49,19 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status_score(run_dir: Path) -> str | None:
+def _status_score(run: LoadedRun) -> str | None:
     """The newest score of a cell for the status grid (``IS 6.12`` or ``judge 5.43 7/8``),
     and its verdict once it has one."""
-    from ..results import IS_MEAN, latest_metrics
+    from ..results import IS_MEAN
 
-    latest = latest_metrics(run_dir) or {}
+    latest = run.latest
     bits = []
     if isinstance(latest.get(IS_MEAN), int | float):
         name = "judge" if latest.get("judge") == "demo-judge" else "IS"
         bits.append(f"{name} {latest[IS_MEAN]:.2f}")
         if "modes_covered" in latest:
             bits.append(f"{latest['modes_covered']}/{latest['modes_total']}")
-    try:
-        verdict = json.loads((run_dir / "verdict.json").read_text()).get("verdict")
-    except (OSError, ValueError, AttributeError):
-        verdict = None
+    verdict = run.verdict.get("verdict")
     if isinstance(verdict, str) and verdict not in ("incomplete", "diverged", "failed"):
         bits.append(verdict)
     return " ".join(bits) or None
@@ -80,5 +77,5 @@ def add_parser(sub: Any) -> Parser:
         "running (progress, it/s, ETA), partial, completed, diverged, failed. Safe to run while "
         "a matrix is training, locally or on SLURM.",
     )
-    status.add_argument("--results", default="results", help="results directory (default: results)")
+    add_results_dir(status)
     return status

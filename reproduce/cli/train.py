@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import (
     RunConfig,
-    RuntimeConfig,
     resolve_run_config,
     resolve_runtime_config,
 )
 from ..errors import UserError
 from ..options import OPTIONS_BY_KEY
 from ..results import RunDir, check_writable
+from ..runtime import RuntimeConfig
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
