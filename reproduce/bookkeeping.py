@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from . import flops
+from .board import Board
 from .config import RunConfig
 from .results import RunDir
 from .trainer import Trainer, steady_rate
@@ -33,8 +34,10 @@ class RunStatus:
         cost: flops.IterationCost | None,
         peak: float | None,
         skipped: list[dict[str, str | None]],
+        board: Board,
     ) -> None:
         self.cfg, self.run_dir, self.trainer, self.env = cfg, run_dir, trainer, env
+        self.board = board
         self.cost, self.peak, self.skipped = cost, peak, skipped
         self.started_at = time.time()  # this process's start (epoch seconds)
         self.start_iteration = trainer.iteration  # where this process started (resumed) from
@@ -48,6 +51,11 @@ class RunStatus:
         }
         if self.cost is not None:
             speed |= self.cost.to_dict() | flops.utilisation(self.cost.flops, it_per_s, self.peak)
+        if state == "running" and it_per_s is not None and trainer.iteration > self.start_iteration:
+            images = it_per_s * self.cfg.n_critic * self.cfg.batch_size
+            self.board.speed(trainer.iteration, trainer.train_seconds, {
+                "it_per_s": it_per_s, "images_per_s": images,
+                "tflops": speed.get("tflops"), "mfu": speed.get("mfu")})  # fmt: skip
         self.run_dir.write_status(
             state,
             iteration=trainer.iteration,
@@ -112,8 +120,11 @@ class StatsBuffer:
     """Each iteration's statistics, kept on the device until ``flush`` reads them all with one
     host sync, appends one row per iteration to ``stats.jsonl`` and finds divergence."""
 
-    def __init__(self, trainer: Trainer, run_dir: RunDir, bar: Any, clock: Stopwatch) -> None:
+    def __init__(
+        self, trainer: Trainer, run_dir: RunDir, bar: Any, clock: Stopwatch, board: Board
+    ) -> None:
         self.trainer, self.run_dir, self.bar, self.clock = trainer, run_dir, bar, clock
+        self.board = board
         # (iteration, stats, seconds, set-up), timings counted once the window is flushed
         self.pending: list[tuple[int, dict[str, Tensor], float, bool]] = []
         self.noted = False  # the engine's note logged
@@ -132,7 +143,8 @@ class StatsBuffer:
         values = torch.stack(
             [torch.stack([s.get(k, self.nan) for k in keys]) for _, s, _, _ in pending]
         ).tolist()  # (n, len(keys)): the only device->host read of the statistics
-        trainer.train_seconds += self.clock.close_window()
+        window = self.clock.close_window()
+        trainer.train_seconds += window
         for _, _, secs, setup in pending:
             if setup:
                 trainer.setup_seconds += secs
@@ -150,6 +162,7 @@ class StatsBuffer:
         if diverged_at is None and not trainer.parameters_finite():
             diverged_at = pending[-1][0]
         self.run_dir.append_stats(rows)
+        self.board.stats(rows, trainer.train_seconds, window)
         if trainer.steps.note and not self.noted:
             self.noted = True
             self.run_dir.log(f"warning: {trainer.steps.note}")

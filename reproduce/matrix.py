@@ -429,7 +429,7 @@ def _short(st: CellState, metric: str | None) -> str:
         pct = f"{100 * st.iteration / st.iters:.0f}%" if st.iters else ""
         rate = f" {st.it_per_s:.2f}it/s" if st.it_per_s else ""
         eta = f" ETA {duration_text(st.eta_s)}" if st.eta_s is not None else ""
-        return f"running {pct}{rate}{eta}"
+        return f"running {pct}{rate}{eta}" + (f" {metric}" if metric else "")
     text = st.state
     if st.state == "partial" and st.iters:
         text += f" {st.iteration}/{st.iters}"

@@ -21,6 +21,9 @@ the one reader of a run's state (``status``, the matrix summary and the report u
     checkpoints/     ckpt-NNNNNNNN/{state.pt, meta.json}; see checkpoint.py
     lease.G          while a process trains the run; see lease.py
 
+Outside it, ``<results>/tensorboard/<arch>/<procedure>/s<seed>-<hash>/`` holds the run's
+TensorBoard event files (board.py), so that one ``--logdir`` shows a whole matrix.
+
 Every whole-file write is atomic: temp file in the same directory, fsync, rename, fsync of the
 directory. A reader therefore sees either the old or the new file, never a torn one.
 """

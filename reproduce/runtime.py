@@ -68,6 +68,10 @@ class RuntimeConfig:
     sample_every: int = option(1000, "iterations between fixed-noise 8x8 sample grids (0: only "
                                "the final grid)", minimum=0, maximum=10**9)
     progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(True, "write TensorBoard event files while training (under "
+                               "RESULTS/tensorboard/<arch>/<procedure>/s<seed>-<hash>: "
+                               "statistics, evaluations, throughput, sample grids, the config); "
+                               "--no-tensorboard turns them off")
     count_flops: bool = option(True, "count the FLOPs of one generator iteration when the run "
                                "starts (seconds; about a minute for ResNet-101 WGAN-GP) and "
                                "report achieved TFLOP/s and MFU in its status")

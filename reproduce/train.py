@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint, faults, flops, judge, metrics
+from .board import Board, board_dir
 from .bookkeeping import RunStatus, StatsBuffer, Stopwatch
 from .config import SCHEMA_VERSION, RunConfig, config_diff, upgrade_config
 from .data import (
@@ -291,7 +292,12 @@ def _train_locked(
     if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
     # -- train; a full disk is recorded as a failure and never retried automatically
-    status = RunStatus(cfg, run_dir, trainer, env, cost, peak, found.skipped)
+    board = Board(board_dir(Path(rt.results), cfg) if rt.tensorboard else None,
+                  trainer.iteration, at_end=trainer.iteration == cfg.iters,
+                  evaluations=run_dir.read_metrics())  # fmt: skip
+    if trainer.iteration == 0:
+        board.config(cfg, run_dir.path.name)
+    status = RunStatus(cfg, run_dir, trainer, env, cost, peak, found.skipped, board)
     status("running")
     try:
         return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status, evaluator, val)
@@ -307,15 +313,19 @@ def _train_locked(
         if not lease.lost:
             status.failed(f"{type(e).__name__}: {e}", "exception")
         raise
+    finally:
+        board.close()
 
 
 # --------------------------------------------------------------------------------------------
 # side work at an iteration boundary (none of it is training time)
 # --------------------------------------------------------------------------------------------
 def _save(trainer: Trainer, run_dir: RunDir, cfg: RunConfig, rt: RuntimeConfig,
-          env: dict[str, Any], clock: Stopwatch) -> float:  # fmt: skip
-    """Checkpoint the trainer; returns when it was saved (time.monotonic)."""
+          env: dict[str, Any], clock: Stopwatch, board: Board) -> float:  # fmt: skip
+    """Checkpoint the trainer (its events on disk first); returns when it was saved
+    (time.monotonic)."""
     with clock.aside():
+        board.flush()
         path = checkpoint.save_checkpoint(
             run_dir.checkpoints_dir,
             trainer.iteration,
@@ -328,9 +338,11 @@ def _save(trainer: Trainer, run_dir: RunDir, cfg: RunConfig, rt: RuntimeConfig,
     return saved
 
 
-def _sample_grid(trainer: Trainer, run_dir: RunDir, clock: Stopwatch) -> None:
+def _sample_grid(trainer: Trainer, run_dir: RunDir, clock: Stopwatch, board: Board) -> None:
     with clock.aside():
-        save_png(grid(trainer.samples()), run_dir.samples_dir / f"iter-{trainer.iteration:07d}.png")
+        image = grid(trainer.samples())
+        save_png(image, run_dir.samples_dir / f"iter-{trainer.iteration:07d}.png")
+        board.samples(image, trainer.iteration, trainer.train_seconds)
 
 
 def _heldout(trainer: Trainer, run_dir: RunDir, val: ImageDataset | None, clock: Stopwatch) -> None:
@@ -341,13 +353,14 @@ def _heldout(trainer: Trainer, run_dir: RunDir, val: ImageDataset | None, clock:
 
 
 def _evaluate(evaluator: Evaluator | None, trainer: Trainer, run_dir: RunDir, clock: Stopwatch,
-              kind: str) -> None:  # fmt: skip
+              kind: str, board: Board) -> None:  # fmt: skip
     if evaluator is None:
         return
     with clock.aside() as t:
         so_far = trainer.train_seconds + clock.elapsed(t)
         row = evaluator.evaluate(trainer.G, trainer.iteration, kind, train_seconds=so_far)
     if row is not None:
+        board.evaluation(row)
         name = "IS" if row["judge"] == "inception" else "judge IS"
         modes = (
             f", {row['modes_covered']}/{row['modes_total']} modes" if "modes_covered" in row else ""
@@ -392,7 +405,7 @@ def _loop(
     last_ckpt = time.monotonic()
     clock = Stopwatch()
     bar = _progress_bar(cfg, rt, run_dir, trainer)
-    buffer = StatsBuffer(trainer, run_dir, bar, clock)
+    buffer = StatsBuffer(trainer, run_dir, bar, clock, status.board)
     heldout_every = rt.heldout_interval(cfg.iters)
     step_sleep = float(faults.value("step-sleep") or 0.0)
     with bar:
@@ -432,24 +445,24 @@ def _loop(
                     status("running")  # progress for `status` (after a checkpoint: below)
             # -- samples, held-out loss, periodic evaluation
             if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
-                _sample_grid(trainer, run_dir, clock)
+                _sample_grid(trainer, run_dir, clock, status.board)
             if done % heldout_every == 0 or done == cfg.iters:
                 _heldout(trainer, run_dir, val, clock)
             if evaluator is not None and evaluator.due(done):
-                _evaluate(evaluator, trainer, run_dir, clock, "periodic")
+                _evaluate(evaluator, trainer, run_dir, clock, "periodic", status.board)
             # -- checkpoint, then stop if asked
             if due_ckpt and done < cfg.iters:
-                last_ckpt = _save(trainer, run_dir, cfg, rt, env, clock)
+                last_ckpt = _save(trainer, run_dir, cfg, rt, env, clock, status.board)
                 status("running")
             if stopping:
                 status("interrupted", message=f"stopped by {stop.reason}")
                 run_dir.log(f"interrupted by {stop.reason} at iteration {done}")
                 return Outcome("interrupted", done, f"stopped by {stop.reason}", run_dir.path)
     # -- the end: last grid, checkpoint, final evaluation, verdict
-    _sample_grid(trainer, run_dir, clock)
-    _save(trainer, run_dir, cfg, rt, env, clock)  # before the final evaluation: never lost
+    _sample_grid(trainer, run_dir, clock, status.board)
+    _save(trainer, run_dir, cfg, rt, env, clock, status.board)  # before the final evaluation
     time.sleep(float(faults.value("eval-sleep") or 0.0))
-    _evaluate(evaluator, trainer, run_dir, clock, "final")
+    _evaluate(evaluator, trainer, run_dir, clock, "final", status.board)
     return _completed(cfg, run_dir, trainer, evaluator, status, thresholds)
 
 

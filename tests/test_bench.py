@@ -126,13 +126,13 @@ def test_a_real_benchmark_run_saves_reports_and_fails_a_faster_baseline(tmp_path
 def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     """The plain-eager reference and the exact step of one cell (the speed-up table), the
     packing benchmark with real worker processes at k = 1 and 2, and the Inception-score
-    evaluation through torch-fidelity, all at toy sizes."""
+    evaluation through torch-fidelity, and the cost of TensorBoard logging, all at toy sizes."""
     env = cli_env(BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="1", BENCH_PACK_K="1,2",
                   BENCH_PACK_ITERS="2", BENCH_EVAL_SAMPLES="40",
                   BENCH_JUDGE_SAMPLES="100")  # fmt: skip
     sel = ("(test_generator_iteration or test_reference_iteration) and mlp-generator-lsgan "
            "or test_packing and mlp-generator or test_inception_score "
-           "or test_demo_judge")  # fmt: skip
+           "or test_demo_judge or test_tensorboard_logging")  # fmt: skip
     r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "b", env=env,
                 timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -142,6 +142,7 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
         "test_reference_iteration[mlp-generator-lsgan]",
         "test_packing[mlp-generator-1]", "test_packing[mlp-generator-2]",
         "test_inception_score_evaluation", "test_demo_judge_evaluation",
+        "test_tensorboard_logging_overhead",
     }  # fmt: skip
     assert results["test_reference_iteration[mlp-generator-lsgan]"]["extra"]["mode"] == "reference"
     (row,) = bench.speedup_rows(results)
@@ -155,3 +156,6 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     assert ev["samples"] == 40 and ev["generate_s"] > 0 and ev["score_s"] > 0
     judged = results["test_demo_judge_evaluation"]["extra"]
     assert judged["samples"] == 100 and judged["score_s"] > 0 and judged["modes_s"] > 0
+    board = results["test_tensorboard_logging_overhead"]["extra"]
+    assert board["overhead_fraction"] > 0 and board["bytes_per_read"] > 0
+    assert "TensorBoard logging at the default cadences: " in r.stdout

@@ -78,6 +78,9 @@ def test_the_readme_commands_are_all_accounted_for():
     for c in commands:
         if "python -m reproduce" in c:
             continue
+        if c.startswith("tensorboard "):  # run (with --inspect, offline) by test_board
+            assert '"--inspect", "--logdir"' in (REPO / "tests" / "test_board.py").read_text()
+            continue
         if c.startswith("export "):
             name = c.split()[1].split("=")[0]
             assert name in (REPO / "reproduce" / "metrics.py").read_text(), c  # a variable we read

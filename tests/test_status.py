@@ -3,6 +3,7 @@ block a running matrix draws."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -148,3 +149,50 @@ def test_live_progress_redraws_its_block_on_a_terminal(tmp_path):
         live.started("a", runs[0])
         live.event("  start  a")
     assert plain.getvalue() == "  start  a\n"
+
+
+def test_status_watch_follows_a_running_matrix_until_it_finishes(tmp_path):
+    """`status --watch` on a pipe: plain text (no escape codes), a new view only when the grid
+    changed, the running cell with its progress and last critic loss, and it ends by itself
+    (exit 0) once every cell has finished. On a terminal (a pseudo-terminal here) it redraws
+    in place: cursor home and clear before each view."""
+    import pty
+    import subprocess
+    import sys
+
+    from .conftest import REPO, popen_cli
+    from .procs import n_rows, wait_for
+
+    results = tmp_path / "r"
+    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "wgan-gp", "--iters", "12",
+            "--no-eval", "--results", str(results)]  # fmt: skip
+    matrix = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4"))
+    try:
+        wait_for(lambda: n_rows(results) >= 1, matrix)
+        watch = [sys.executable, "-m", "reproduce", "status", "--results", str(results), "--watch"]
+        plain = subprocess.run([*watch, "0.2"], capture_output=True, text=True, env=cli_env(),
+                               cwd=REPO, timeout=600)  # fmt: skip
+        assert matrix.wait(timeout=600) == 0
+    finally:
+        if matrix.poll() is None:
+            matrix.kill()
+    assert plain.returncode == 0 and plain.stderr == "", plain.stderr
+    out = plain.stdout
+    assert "\x1b" not in out and out.rstrip().endswith("every cell has finished")
+    views = re.split(r"^-- \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n", out, flags=re.M)[1:]
+    assert len(views) >= 2 and len(set(views)) == len(views)  # printed again only on a change
+    assert re.search(r"running \d+% [\d.]+it/s ETA \S+ D -?[\d.e+-]+", out), out
+    assert "1 completed" in views[-1]
+    # on a terminal: redrawn in place (the matrix has finished: one view, then the end)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*watch, "0.2"], stdout=slave, stderr=slave, env=cli_env(), cwd=REPO)
+    os.close(slave)
+    assert proc.wait(timeout=600) == 0
+    seen = b""
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 65536):
+            seen += chunk
+    os.close(master)
+    text = seen.decode()
+    assert text.startswith("\x1b[H\x1b[2J") and "every cell has finished" in text, text
+    assert run_main("status", "--results", str(results), "--watch", "0")[0] == 2
