@@ -15,7 +15,6 @@ them; ``strict=True`` raises instead.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from .config import upgrade_config
 from .errors import UserError
 from .matrix import cell_state, load_manifests
 from .procedures import PROCEDURES
+from .reportpage import link_grid, render_html, write_cell_pages
 from .results import (
     FID,
     IS_MEAN,
@@ -498,76 +498,16 @@ def build(results: Path, out: Path, strict: bool = False, matrix: str | None = N
     plotted = plot_all(g, c.summary, out)
     for paths in plotted.values():
         files += paths
+    progress("pages")
+    pages = write_cell_pages(g.summary, g.tidy, results, out)
+    files += [*pages.values(), *(out / "cells").glob("*.png")]
     html_path = out / "index.html"
-    atomic_write_bytes(html_path, render_html(c, grid, plotted, out, chosen).encode())
+    links = link_grid(g.summary, pages, out)
+    page = render_html(c.summary, c.warnings, grid, plotted, out, chosen, links,
+                       score_label(c.summary), len(g.summary))  # fmt: skip
+    atomic_write_bytes(html_path, page.encode())
     files.append(html_path)
     if c.warnings:
         atomic_write_bytes(out / "warnings.txt", ("\n".join(c.warnings) + "\n").encode())
         files.append(out / "warnings.txt")
     return Report(out, files, c.warnings, c.summary)
-
-
-PLOT_TITLES = {
-    "samples_grid": "Figure 2: fixed-noise samples of every cell",
-    "is_vs_iteration": "Inception score against generator iterations",
-    "is_vs_wallclock": "Inception score against training time",
-    "critic_loss": "Negative critic loss, train and held-out (Figure 5a)",
-    "throughput": "Throughput (real images per second)",
-}
-
-
-EMPTY_NOTES = {
-    "is_vs_iteration": "No run recorded a score (evaluation was off in every run).",
-    "is_vs_wallclock": "No run recorded a score with its training time.",
-    "critic_loss": "No run recorded training statistics yet.",
-}
-JUDGE_NOTE = (
-    "Scores come from the run's judge: Inception (torch-fidelity's TF-compatible network, the "
-    "paper's protocol) or, on the built-in demo data, the demo judge (a classifier of its 8 "
-    "modes; its score is the Inception score's analogue over 8 classes, at most 8), with the "
-    "modes its confident samples cover. Verdicts compare each cell with the real data's own "
-    "scores under the same judge."
-)
-
-
-def render_html(c: Collected, grid: pd.DataFrame, plotted: dict[str, list[Path]],
-                out: Path, matrix: str | None) -> str:  # fmt: skip
-    def table(df: pd.DataFrame, index: bool) -> str:
-        return df.to_html(index=index, na_rep="-", float_format=lambda v: f"{v:.4g}",
-                          border=0, classes="t", escape=True)  # fmt: skip
-
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>WGAN-GP reproduction report</title><style>",
-        "body{font-family:sans-serif;margin:2em;max-width:1400px}",
-        "table.t{border-collapse:collapse;font-size:13px;margin:1em 0}",
-        "table.t td,table.t th{border-bottom:1px solid #ccc;padding:3px 8px;text-align:left}",
-        "img{max-width:100%;border:1px solid #eee}.warn{color:#a40}</style></head><body>",
-        "<h1>WGAN-GP reproduction report</h1>",
-        f"<p>{len(c.summary)} runs; {int((c.summary['status'] == 'completed').sum())} "
-        "completed.</p>",
-    ]
-    if c.warnings:
-        parts.append("<h2 class='warn'>Skipped files</h2><ul class='warn'>")
-        parts += [f"<li>{html.escape(w)}</li>" for w in c.warnings]
-        parts.append("</ul>")
-    source = f"matrix {html.escape(matrix)}" if matrix else "every run"
-    label = score_label(c.summary)
-    parts += [f"<h2>Final {html.escape(label)} and verdict (7x4; {source})</h2>",
-              f"<p>{html.escape(JUDGE_NOTE)}</p>", table(grid, True)]  # fmt: skip
-    for name in ("samples_grid", "is_vs_iteration", "is_vs_wallclock", "critic_loss",
-                 "throughput"):  # fmt: skip
-        title = PLOT_TITLES[name].replace("Inception score", label)
-        if not plotted[name]:
-            parts += [f"<h2>{html.escape(title)}</h2>",
-                      f"<p>{html.escape(EMPTY_NOTES[name])}</p>"]  # fmt: skip
-            continue
-        png = next(p for p in plotted[name] if p.suffix == ".png")
-        pdf = next(p for p in plotted[name] if p.suffix == ".pdf")
-        parts += [f"<h2>{html.escape(title)}</h2>",
-                  f"<p><img src='{png.relative_to(out)}' alt='{name}'>"
-                  f"<br><a href='{pdf.relative_to(out)}'>PDF</a></p>"]  # fmt: skip
-    parts += ["<h2>Throughput and cost</h2>", table(throughput_table(c.summary), False)]
-    parts += ["<h2>All runs</h2>", table(c.summary, False)]
-    parts.append("<p>Tables as Markdown, LaTeX and CSV next to this page.</p></body></html>")
-    return "\n".join(parts)

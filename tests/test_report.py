@@ -4,6 +4,7 @@ warning naming them (``--strict``: an error); the page rendered in headless Chro
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -364,3 +365,30 @@ def test_status_and_report_import_no_torch(results, tmp_path):
     out = probe_imports("report", "--results", str(results), "--out", str(tmp_path / "report"))
     assert out["rc"] == 0 and not set(out["loaded"]) & set(HEAVY), out
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_each_run_has_a_page_that_the_grid_links_to(results, tmp_path):
+    """Issue 19: a page per run (samples over time, curves, config, log tail), the linked
+    7x4 grid on the main page, a caption under every figure, and `--open`'s file URL."""
+    out = tmp_path / "report"
+    r = run_cli("report", "--results", str(results), "--out", str(out), "--open")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == (out / "index.html").resolve().as_uri()
+    text = (out / "index.html").read_text()
+    links = re.findall(r"<a href='(cells/[^']+\.html)'>s0 ([a-z]+)", text)
+    started = {d.name for d in results.iterdir() if (d / "config.json").exists()}
+    in_grid = {Path(h).stem for h, _ in links}
+    assert in_grid and in_grid <= started and len(links) == len(in_grid)
+    assert text.count("<p class='cap'>") == text.count("<img src=")  # every figure captioned
+    for href, _ in links:
+        page = (out / href).read_text()
+        run = results / Path(href).stem
+        grids = sorted((run / "samples").glob("iter-*.png"))
+        srcs = re.findall(r"<img src='([^']+)' width='160'", page)
+        assert len(srcs) == len(grids) > 0, href  # the strip: every grid (4 iterations)
+        assert all((out / "cells" / s).resolve() == g.resolve() for s, g in
+                   zip(srcs, grids, strict=True))  # fmt: skip
+        assert (out / "cells" / f"{run.name}.png").stat().st_size > 1000  # the curves
+        assert html.escape(json.loads((run / "config.json").read_text())["run_id"]) in page
+        assert html.escape((run / "log.txt").read_text().splitlines()[-1]) in page
+        assert page.count("class='cap'") >= 2

@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     counts = rep.summary["status"].map(lambda s: str(s).split()[0]).value_counts()
     print(f"{len(rep.summary)} runs (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")")
     print(f"wrote {len(rep.files)} files to {out}; open {out / 'index.html'}")
+    if args.open:
+        print((out / "index.html").resolve().as_uri())  # to paste into a browser
     return EXIT_OK
 
 
@@ -52,6 +54,11 @@ def add_parser(sub: Any) -> Parser:
         metavar="ID",
         help="the matrix whose cells fill the 7x4 grid and its plots: a matrix id or its "
         "prefix, as `status` shows it (default: the LSUN matrix with the most cells)",
+    )
+    report.add_argument(
+        "--open",
+        action="store_true",
+        help="print the page's file:// URL last, to paste into a browser",
     )
     report.add_argument(
         "--strict",
