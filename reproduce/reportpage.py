@@ -54,6 +54,7 @@ def _curves(tidy: pd.DataFrame, run_id: str, path: Path) -> str | None:
         axes[1].plot(g["step"], g["value"].astype(float), marker="o", label=str(kind))
     axes[1].set_xlabel("generator iteration")
     axes[1].set_ylabel("score")
+    axes[1].ticklabel_format(axis="y", useOffset=False)
     if len(scores):
         axes[1].legend(fontsize=7)
     fig.tight_layout()

@@ -20,12 +20,11 @@ from .common import (
     given_options,
     subcommand,
 )
+from .execute import Execution, execute
 from .matrix import (
-    Execution,
     MatrixPlan,
     MatrixRequest,
     cell_runtime,
-    execute,
     parse_gpus,
     parse_packing,
     plan_matrix,
