@@ -173,7 +173,7 @@ def test_resume_without_checkpoint_and_with_changed_config(tmp_path):
     results = tmp_path / "results"
     code, _, err = run_main("train", "--results", str(results), *SMALL)
     assert code == 0, err
-    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    (run,) = [p for p in results.iterdir() if (p / "config.json").exists()]
     # a changed config under the same --name is refused, listing the differences
     code, _, err = run_main(
         "train",
@@ -219,7 +219,7 @@ def test_config_file_and_run_config_roundtrip(tmp_path):
     cfg.write_text('procedure = "wgan"\nseed = 4\nclip = 0.02\n')
     code, out, err = run_main("train", "--config", str(cfg), "--results", str(results), *SMALL)
     assert code == 0, err
-    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    (run,) = [p for p in results.iterdir() if (p / "config.json").exists()]
     doc = json.loads((run / "config.json").read_text())
     assert doc["config"]["clip"] == 0.02 and doc["config"]["seed"] == 4
     assert run.name == doc["run_id"] and run.name.startswith("baseline-wgan-s4-")
@@ -276,7 +276,7 @@ def test_a_run_directory_with_linked_files_is_refused_and_never_written_through(
     results = tmp_path / "results"
     code, _, err = run_main("train", "--results", str(results), *SMALL)
     assert code == 0, err
-    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    (run,) = [p for p in results.iterdir() if (p / "config.json").exists()]
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
     (run / "log.txt").unlink()
@@ -321,7 +321,7 @@ def test_resume_of_a_run_whose_config_json_was_edited_is_refused_up_front(tmp_pa
     code, _, err = run_main("train", "--results", str(results), *SMALL, "--iters", "3",
                             "--checkpoint-every-iters", "1")  # fmt: skip
     assert code == 0, err
-    (run,) = [p for p in results.iterdir() if not p.name.startswith(".")]
+    (run,) = [p for p in results.iterdir() if (p / "config.json").exists()]
     doc = json.loads((run / "config.json").read_text())
     doc["config"]["lr"] = 3e-4
     (run / "config.json").write_text(json.dumps(doc))

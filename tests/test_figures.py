@@ -183,7 +183,7 @@ def test_figure_5a_end_to_end_and_heldout_changes_no_training_number(tmp_path):
                 "--no-progress", "--results", str(other), "--log-every", "4",
                 "--sample-every", "0")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    (plain,) = [p for p in other.iterdir() if not p.name.startswith(".")]
+    (plain,) = [p for p in other.iterdir() if (p / "config.json").exists()]
     assert not (plain / "heldout.jsonl").exists()
     strip = lambda rows: [{k: v for k, v in x.items() if k != "time"} for x in rows]  # noqa: E731
     assert strip(read_jsonl(plain / "stats.jsonl")) == strip(read_jsonl(run / "stats.jsonl"))

@@ -249,7 +249,7 @@ def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
             "--no-count-flops"]  # fmt: skip
     r = run_cli(*args, "--fast")
     assert r.returncode == 0, r.stderr[-2000:]
-    (run,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    (run,) = [p for p in tmp_path.iterdir() if (p / "config.json").exists()]
     doc = json.loads((run / "config.json").read_text())
     status = json.loads((run / "status.json").read_text())
     assert doc["config"]["mode"] == "fast" and status["mode"] == "fast"
@@ -269,7 +269,7 @@ def test_the_mode_is_in_the_run_id_and_in_every_record(tmp_path, small_demo):
 
     r = run_cli(*args)  # exact mode on the CPU: eager, nothing to set up
     assert r.returncode == 0, r.stderr[-2000:]
-    (run,) = (d for d in tmp_path.iterdir() if d.name != run.name and d.name[0] != ".")
+    (run,) = (d for d in tmp_path.iterdir() if d.name != run.name and (d / "config.json").exists())
     status = json.loads((run / "status.json").read_text())
     assert status["engine"] == "eager" and status["mode"] == "exact"
     assert status["setup_iterations"] == 0 and status["setup_seconds"] == 0
