@@ -29,8 +29,10 @@ Nothing here contacts the network.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +107,25 @@ def purge(events: Path, last_step: int, at_end: bool = False) -> int:
     return dropped
 
 
+def _quiet_writer_threads() -> None:
+    """TensorBoard writes events in a thread; when a write fails there (a full disk), the
+    thread keeps the exception and the next write or flush raises it in the training thread,
+    where the run handles it (a full disk marks the run failed, as ever). Python would also
+    print the thread's traceback on stderr: not for these threads."""
+    from tensorboard.summary.writer.event_file_writer import _AsyncWriterThread
+
+    if getattr(threading.excepthook, "_board", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not isinstance(args.thread, _AsyncWriterThread):
+            previous(args)
+
+    hook._board = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 def board_dir(results: Path, cfg: RunConfig) -> Path:
     """Where a run's event files go (see the module docstring)."""
     return results / "tensorboard" / cfg.arch / cfg.procedure / f"s{cfg.seed}-{cfg.hash()}"
@@ -126,6 +147,7 @@ class Board:
             return
         from torch.utils.tensorboard import SummaryWriter
 
+        _quiet_writer_threads()
         path.mkdir(parents=True, exist_ok=True)
         for old in sorted(path.glob("events.out.tfevents.*")):
             purge(old, start_iteration, at_end)
@@ -198,6 +220,9 @@ class Board:
             self.writer.flush()
 
     def close(self) -> None:
+        """Best effort: a run that stops on a full disk (or any error) has already recorded
+        why; the events it could not write are lost with it, and closing never raises."""
         if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            with contextlib.suppress(Exception):
+                writer.close()

@@ -292,9 +292,13 @@ def _train_locked(
     if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
     # -- train; a full disk is recorded as a failure and never retried automatically
-    board = Board(board_dir(Path(rt.results), cfg) if rt.tensorboard else None,
-                  trainer.iteration, at_end=trainer.iteration == cfg.iters,
-                  evaluations=run_dir.read_metrics())  # fmt: skip
+    try:
+        board = Board(board_dir(Path(rt.results), cfg) if rt.tensorboard else None,
+                      trainer.iteration, at_end=trainer.iteration == cfg.iters,
+                      evaluations=run_dir.read_metrics())  # fmt: skip
+    except OSError as e:  # no room for event files: train without them, and say so
+        run_dir.log(f"warning: no TensorBoard events ({e.strerror or e})")
+        board = Board(None, trainer.iteration)
     if trainer.iteration == 0:
         board.config(cfg, run_dir.path.name)
     status = RunStatus(cfg, run_dir, trainer, env, cost, peak, found.skipped, board)

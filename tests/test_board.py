@@ -145,3 +145,28 @@ def test_a_matrix_reads_as_arch_procedure_seed_runs_in_tensorboard(tmp_path):
         assert [e.step for e in ea.Scalars("train/critic_loss")] == [1, 2, 3, 4]
         assert [e.step for e in ea.Images("samples")] == [2, 4]
         assert [e.step for e in ea.Scalars("eval/inception_score/final")] == [4]
+
+
+def test_a_full_disk_under_the_event_writer_is_the_runs_error_not_a_thread_traceback(tmpfs, capfd):
+    """TensorBoard writes in a thread. On a full disk the failed write must reach the
+    training thread as the OSError it is (the run then records a disk-full failure, as
+    test_reliability checks with real runs), with no thread traceback on stderr, and closing
+    the board afterwards must not raise (it runs in a `finally`)."""
+    import errno
+
+    from reproduce.board import Board
+
+    from .test_reliability import fill
+
+    fs = tmpfs("1m")
+    board = Board(fs / "board", 0)
+    fill(fs / "ballast")  # not one byte left
+    rows = [{"iter": i, "time": 0.01, **{k: 0.5 for k in ("critic_loss", "wdist", "d_real",
+            "d_fake", "gp", "generator_loss")}} for i in range(100)]  # fmt: skip
+    with pytest.raises(OSError) as e:
+        for n in range(100):
+            board.stats([{**r, "iter": r["iter"] + 100 * n} for r in rows], float(n), 1.0)
+    assert e.value.errno == errno.ENOSPC
+    board.close()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
