@@ -138,7 +138,6 @@ def _runtime_options() -> tuple[Option, ...]:
 
 OPTIONS: tuple[Option, ...] = RUN_OPTIONS + _runtime_options()
 OPTIONS_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
-MAXIMA: dict[str, float] = {o.key: o.maximum for o in OPTIONS if o.maximum is not None}
 
 
 def check_range(flag: str, value: float, maximum: float) -> None:

@@ -38,10 +38,7 @@ def _curves(tidy: pd.DataFrame, run_id: str, path: Path) -> str | None:
     scores = rows[rows["metric"] == "is"]
     if not len(losses) and not len(scores):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plt  # the Agg backend and the report's style
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
     for (metric, split), g in losses.groupby(["metric", "split"]):
