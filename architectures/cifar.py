@@ -12,7 +12,17 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import Conv2d, Deconv2d, Linear, Norm, Padding, activation, norm2d
+from .layers import (
+    Conv2d,
+    Deconv2d,
+    Linear,
+    Norm,
+    Padding,
+    activation,
+    mirror,
+    mirror_layers,
+    norm2d,
+)
 
 Z_DIM = 128
 
@@ -36,9 +46,13 @@ class CifarGenerator(nn.Module):
             Deconv2d(d, 3, 5, padding=padding),  # (B, 3, 32, 32)
             nn.Tanh(),
         )
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(self.input(z).view(-1, 4 * self.dim, 4, 4))
+        x = self.input(z).view(-1, 4 * self.dim, 4, 4)
+        if self.mirrored:
+            return mirror(self.net(mirror(x)))
+        return self.net(x)
 
 
 class CifarCritic(nn.Module):
@@ -54,9 +68,10 @@ class CifarCritic(nn.Module):
             Conv2d(2 * d, 4 * d, 5, 2, padding=padding),  # (B, 4d, 4, 4)
             norm2d(norm, 4 * d),
             activation("lrelu"),
-            nn.Flatten(),
         )
         self.output = Linear(4 * 4 * 4 * d, 1)
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.net(x)).view(-1)
+        h = mirror(self.net(mirror(x))) if self.mirrored else self.net(x)
+        return self.output(h.flatten(1)).view(-1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import Deconv2d, Linear, Padding
+from .layers import Deconv2d, Linear, Padding, mirror, mirror_layers
 
 Z_DIM = 128
 
@@ -31,7 +31,10 @@ class ConstantFilterGenerator(nn.Module):
             Deconv2d(d, 3, 5, padding=padding),
             nn.Tanh(),  # (B, 3, 64, 64)
         )
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.input(z).relu().view(-1, self.dim, 4, 4)
+        if self.mirrored:
+            return mirror(self.net(mirror(x)))
         return self.net(x)

@@ -11,7 +11,17 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from .layers import Conv2d, Deconv2d, Linear, Norm, Padding, activation, norm2d
+from .layers import (
+    Conv2d,
+    Deconv2d,
+    Linear,
+    Norm,
+    Padding,
+    activation,
+    mirror,
+    mirror_layers,
+    norm2d,
+)
 
 DCGAN_STD = 0.02  # tflib set_weights_stdev(0.02) inside DCGANGenerator / DCGANDiscriminator
 Z_DIM = 128
@@ -52,9 +62,12 @@ class DCGANGenerator(nn.Module):
             Deconv2d(d, 3, 5, weights_std=std, padding=padding),  # (B, 3, 64, 64)
             nn.Tanh(),
         )
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.input(z).view(-1, 8 * self.dim, 4, 4)
+        if self.mirrored:
+            return mirror(self.net(mirror(x)))
         return self.net(x)
 
 
@@ -87,9 +100,10 @@ class DCGANCritic(nn.Module):
             Conv2d(4 * d, 8 * d, 5, 2, weights_std=std, padding=padding),  # (B, 8d, 4, 4)
             norm2d(norm, 8 * d),
             activation(nonlinearity),
-            nn.Flatten(),
         )
         self.output = Linear(4 * 4 * 8 * d, 1, weights_std=std)
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.net(x)).view(-1)
+        h = mirror(self.net(mirror(x))) if self.mirrored else self.net(x)
+        return self.output(h.flatten(1)).view(-1)

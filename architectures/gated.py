@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .layers import Conv2d, Deconv2d, Gate, Linear, Norm, Padding, norm2d
+from .layers import Conv2d, Deconv2d, Gate, Linear, Norm, Padding, mirror, mirror_layers, norm2d
 
 Z_DIM = 128
 
@@ -37,9 +37,13 @@ class GatedGenerator(nn.Module):
             Deconv2d(d, 3, 5, padding=padding),
             nn.Tanh(),  # (B, 3, 64, 64)
         )
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.net(self.input(z).view(-1, 16 * self.dim, 4, 4))
+        x = self.input(z).view(-1, 16 * self.dim, 4, 4)
+        if self.mirrored:
+            return mirror(self.net(mirror(x)))
+        return self.net(x)
 
 
 class GatedCritic(nn.Module):
@@ -60,9 +64,10 @@ class GatedCritic(nn.Module):
             Conv2d(4 * d, 16 * d, 5, 2, padding=padding),
             norm2d(norm, 16 * d),
             Gate(),  # (B, 8d, 4, 4)
-            nn.Flatten(),
         )
         self.output = Linear(4 * 4 * 8 * d, 1)
+        self.mirrored = mirror_layers(self.net, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.output(self.net(x)).view(-1)
+        h = mirror(self.net(mirror(x))) if self.mirrored else self.net(x)
+        return self.output(h.flatten(1)).view(-1)

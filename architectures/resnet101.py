@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import Conv2d, Deconv2d, Linear, Norm, Padding, depth_to_space_tf, norm2d
+from .layers import (
+    Conv2d,
+    Deconv2d,
+    Linear,
+    Norm,
+    Padding,
+    depth_to_space_tf,
+    mirror,
+    mirror_layers,
+    norm2d,
+)
 
 Z_DIM = 128
 RESIDUAL_SCALE = 0.3  # out = shortcut + 0.3 * branch (the authors' constant)
@@ -24,12 +35,23 @@ Resample = Literal["none", "down", "up"]
 class SubpixelShortcut(nn.Module):
     """tflib SubpixelConv2D: 1x1 conv Cin -> 4 Cout, then TF depth-to-space x2."""
 
+    mirrored = False  # compute in the mirrored frame (layers.mirror_layers)
+
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.conv = Conv2d(cin, 4 * cout, 1, he_init=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return depth_to_space_tf(self.conv(x), 2)
+        if not self.mirrored:
+            return depth_to_space_tf(self.conv(x), 2)
+        # mirrored, pixel (i, j) of each 2x2 block is pixel (1 - i, 1 - j) of the unmirrored
+        # block: the four channel groups that depth-to-space reads in reverse order, i.e. the
+        # 1x1 conv's output channels (four groups) reversed
+        w = self.conv.weight
+        weight = w.view(4, -1, *w.shape[1:]).flip(0).reshape(w.shape)
+        bias = self.conv.bias
+        assert bias is not None
+        return depth_to_space_tf(F.conv2d(x, weight, bias.view(4, -1).flip(0).reshape(-1)), 2)
 
 
 class BottleneckBlock(nn.Module):
@@ -104,10 +126,13 @@ class ResNetGenerator(nn.Module):
         blocks += _stage(d, d // 2, "up", 5, n, padding)  # (B, d/2, 64, 64)
         self.blocks = nn.Sequential(*blocks)
         self.output = Conv2d(d // 2, 3, 1, he_init=False)
+        self.mirrored = mirror_layers(self.blocks, padding)
 
     def forward(self, z: Tensor) -> Tensor:
-        x = self.blocks(self.input(z).view(-1, 8 * self.dim, 4, 4))
-        return (self.output(x) / OUTPUT_SCALE).tanh()
+        x = self.input(z).view(-1, 8 * self.dim, 4, 4)
+        if self.mirrored:  # the 1x1 output conv and tanh are indifferent to the frame
+            return mirror((self.output(self.blocks(mirror(x))) / OUTPUT_SCALE).tanh())
+        return (self.output(self.blocks(x)) / OUTPUT_SCALE).tanh()
 
 
 class ResNetCritic(nn.Module):
@@ -127,7 +152,11 @@ class ResNetCritic(nn.Module):
         blocks += _stage(4 * d, 8 * d, "down", 6, norm, padding)  # (B, 8d, 4, 4)
         self.blocks = nn.Sequential(*blocks)
         self.output = Linear(4 * 4 * 8 * d, 1)
+        self.mirrored = mirror_layers(self.blocks, padding)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.blocks(self.input(x)).flatten(1)
-        return (self.output(x) / OUTPUT_SCALE).view(-1)
+        if self.mirrored:  # the 1x1 input conv is indifferent to the frame
+            x = mirror(self.blocks(self.input(mirror(x))))
+        else:
+            x = self.blocks(self.input(x))
+        return (self.output(x.flatten(1)) / OUTPUT_SCALE).view(-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from architectures import PAIRS, get_pair
+from architectures import ALL_PAIRS, PAIRS, get_pair
 from architectures.dcgan import DCGAN_STD
 from architectures.layers import (
     Conv2d,
@@ -20,6 +21,8 @@ from architectures.layers import (
     depth_to_space_tf,
     gated,
     linear_std,
+    mirror,
+    mirror_layers,
 )
 
 # SPEC.md A.8 (DIM 64): (generator, critic) parameters, biases and gamma/beta included
@@ -184,10 +187,126 @@ def test_deconv_is_the_adjoint_of_the_tf_same_conv(k):
     assert out.shape == (2, 3, 16, 16)
     conv_x = tf_same_conv_reference(x, de.weight, None, 2)  # (2, 4, 8, 8)
     assert torch.allclose((out * x).sum(), (y * conv_x).sum(), rtol=1e-5)
-    # the spec's explicit crops: k5 keeps [1:1+2H], k3 keeps [0:2H]
+    # the spec's explicit crops: k5 keeps [1:1+2H], k3 keeps [0:2H] (computed without the
+    # crop, so in another summation order: to float32 rounding)
     full = F.conv_transpose2d(y, de.weight, None, 2)
     start = 1 if k == 5 else 0
-    assert torch.equal(out, full[:, :, start : start + 16, start : start + 16])
+    torch.testing.assert_close(out, full[:, :, start : start + 16, start : start + 16],
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def tf_same_deconv_reference(y, weight, bias):
+    """The adjoint of the SAME stride-2 conv, by definition: the full transposed convolution
+    (size 2H + k - 2) cropped at the forward convolution's padding before the input."""
+    k, h = weight.shape[-1], 2 * y.shape[-1]
+    before = max((h // 2 - 1) * 2 + k - h, 0) // 2
+    return F.conv_transpose2d(y, weight, bias, 2)[:, :, before : before + h, before : before + h]
+
+
+def _penalty_pass(layer_fn, x, weight, bias):
+    """A layer's output, and the weight, bias and input gradients of a WGAN-GP-style penalty
+    on it (the input gradient's squared norm), i.e. through its double backward."""
+    x, weight, bias = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+    out = layer_fn(x, weight, bias)
+    (gx,) = torch.autograd.grad((out * out.tanh()).sum(), x, create_graph=True)
+    (gx * gx).sum().backward()
+    return [out.detach(), weight.grad, bias.grad, x.grad]
+
+
+def _relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+LAYERS = {"conv5s2": (5, 2), "conv3s2": (3, 2), "conv1s2": (1, 2), "conv3s1": (3, 1),
+          "conv5s1": (5, 1), "deconv5": (5, 0), "deconv3": (3, 0)}  # fmt: skip
+
+
+@pytest.mark.parametrize("frame", ["plain", "mirrored"])
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_tf_same_layers_match_a_direct_pad_and_crop_reference(layer, frame):
+    """Forward and the penalty's double backward of each TF-SAME layer against the definition
+    (F.pad + conv2d; the full transposed convolution, cropped) on random inputs.
+
+    Plain: a layer on its own computes exactly the definition (tolerance 0 where it issues the
+    same ops: the stride-2 layers). Mirrored (as inside the networks, ``mirror_layers``):
+    ``mirror(layer(mirror(x)))`` with the mirrored kernel and symmetric padding, the same
+    products summed in the backend's order for that form: float32 rounding, 1e-5 relative to
+    each tensor's largest entry (measured: at most 4e-7)."""
+    torch.manual_seed(0)
+    k, stride = LAYERS[layer]
+    if stride:
+        mod: nn.Module = Conv2d(6, 8, k, stride)
+        x = torch.randn(3, 6, 16, 16)
+
+        def ref(x, w, b):
+            return tf_same_conv_reference(x, w, b, stride)
+    else:
+        mod = Deconv2d(8, 6, k)
+        x = torch.randn(3, 8, 8, 8)
+        ref = tf_same_deconv_reference
+    nn.init.normal_(mod.bias)  # nonzero, so that the bias path is checked too
+    if frame == "mirrored":
+        assert mirror_layers(mod, "tf-same") and mod.mirrored
+
+    def ours(x, w, b):
+        if frame == "mirrored":
+            return mirror(torch.func.functional_call(mod, {"weight": w, "bias": b}, (mirror(x),)))
+        return torch.func.functional_call(mod, {"weight": w, "bias": b}, (x,))
+
+    got = _penalty_pass(ours, x, mod.weight, mod.bias)
+    want = _penalty_pass(ref, x, mod.weight, mod.bias)
+    for name, a, b in zip(("output", "weight grad", "bias grad", "input grad"), got, want,
+                          strict=True):  # fmt: skip
+        assert a.shape == b.shape, name
+        if frame == "plain" and stride != 1:
+            assert torch.equal(a, b), name
+        else:
+            assert _relative_error(a, b) <= 1e-5, (name, _relative_error(a, b))
+
+
+def _unmirrored(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` that computes TF-SAME with explicit pads and crops."""
+    plain = copy.deepcopy(net)
+    for m in plain.modules():
+        if hasattr(m, "mirrored"):
+            m.mirrored = False
+    return plain
+
+
+@pytest.mark.parametrize("name", list(ALL_PAIRS))
+def test_every_network_computes_tf_same_in_the_mirrored_frame(name):
+    """Each TF-SAME network as built (mirrored) against the same network with explicit pads
+    and crops: the generator's output, the penalty, and every parameter gradient of a WGAN-GP
+    step (the critic's through the penalty's double backward). In float64, so that the check
+    is of the maths (measured: at most 1e-14 relative); in float32 the two differ by rounding
+    only, which a randomly initialised ResNet-101 critic amplifies to 2e-2 of its largest
+    gradient (the same network agrees to 1e-14 in float64)."""
+    pair = ALL_PAIRS[name]
+    r = pair.resolution
+    torch.manual_seed(0)
+    G = pair.generator(8, "tf-same").double()
+    D = pair.critic(8, "layer" if pair.critic_has_norm else "none", "tf-same").double()
+    assert D.mirrored and getattr(G, "mirrored", name == "mlp-generator")
+    z = torch.randn(4, 128, dtype=torch.float64)
+    real = torch.rand(4, 3, r, r, dtype=torch.float64) * 2 - 1
+
+    def step(G, D):
+        fake = G(z)
+        x = (0.3 * real + 0.7 * fake.detach()).requires_grad_(True)
+        (gx,) = torch.autograd.grad(D(x).sum(), x, create_graph=True)
+        penalty = ((gx.flatten(1).norm(dim=1) - 1) ** 2).mean()
+        (D(fake).mean() - D(real).mean() + penalty).backward()
+        grads = [p.grad for p in (*G.parameters(), *D.parameters())]
+        return fake.detach(), penalty.detach(), grads
+
+    (fake, penalty, grads), (fake0, penalty0, grads0) = step(G, D), step(*map(_unmirrored, (G, D)))
+    assert _relative_error(fake, fake0) <= 1e-12
+    assert _relative_error(penalty, penalty0) <= 1e-12
+    scale = max(g.abs().max() for g in grads0)  # some are 0 in exact arithmetic (biases before BN)
+    assert (
+        max(((a - b).abs().max() / scale).item() for a, b in zip(grads, grads0, strict=True))
+        <= 1e-12
+    )
 
 
 def test_symmetric_padding_option():
@@ -302,5 +421,6 @@ def test_resnet_residual_scale_and_output_scaling():
     assert isinstance(conv2, nn.Conv2d) and conv2.bias is None  # Conv2 has no bias
     d = get_pair("resnet101").critic(8, "layer")
     img = torch.randn(2, 3, 64, 64)
-    feats = d.blocks(d.input(img)).flatten(1)
+    assert d.mirrored  # its blocks compute in the mirrored frame (TF-SAME; see layers.py)
+    feats = mirror(d.blocks(d.input(mirror(img)))).flatten(1)
     assert torch.allclose(d(img), d.output(feats).view(-1) / 5)

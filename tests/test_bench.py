@@ -30,10 +30,11 @@ def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
     times, extra = {}, {}
     for a in PAIRS:
         for p in PROCEDURES:
+            times[f"test_user_port_iteration[{a}-{p}]"] = 0.060
             times[f"test_reference_iteration[{a}-{p}]"] = 0.090
             times[f"test_generator_iteration[{a}-{p}]"] = 0.030
-            extra[f"test_reference_iteration[{a}-{p}]"] = extra[
-                f"test_generator_iteration[{a}-{p}]"] = gpu  # fmt: skip
+            for kind in ("user_port", "reference", "generator"):
+                extra[f"test_{kind}_iteration[{a}-{p}]"] = gpu
     times["test_generator_iteration_fast[baseline-wgan-gp-fast-bf16]"] = 0.018
     times["test_generator_iteration_fast[baseline-dcgan-fast]"] = 0.015
     for arch, rates in (("baseline", {1: 10.0, 2: 16.0, 4: 17.0}),
@@ -45,17 +46,24 @@ def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
     results = bench.load_results(fake(tmp_path / "r.json", times, extra), "x")
     rows = {r["cell"]: r for r in bench.speedup_rows(results)}
     assert len(rows) == 28
-    assert rows["baseline-wgan-gp"]["exact_speedup"] == pytest.approx(3.0)
-    assert rows["baseline-wgan-gp"]["fast-bf16_speedup"] == pytest.approx(5.0)
-    assert rows["baseline-dcgan"]["fast_speedup"] == pytest.approx(6.0)
+    # over the user port (symmetric padding, 60 ms) and over the faithful port (90 ms)
+    assert rows["baseline-wgan-gp"]["exact_speedup"] == pytest.approx(2.0)
+    assert rows["baseline-wgan-gp"]["exact_speedup_faithful"] == pytest.approx(3.0)
+    assert rows["baseline-wgan-gp"]["fast-bf16_speedup"] == pytest.approx(60 / 18)
+    assert rows["baseline-wgan-gp"]["fast-bf16_speedup_faithful"] == pytest.approx(5.0)
+    assert rows["baseline-dcgan"]["fast_speedup"] == pytest.approx(4.0)
     assert rows["baseline-dcgan"]["fast-bf16_speedup"] is None
     hours = bench.paper_matrix_hours(results)
-    assert hours == {"reference": pytest.approx(28 * 0.09 * 200_000 / 3600),
+    assert hours == {"user": pytest.approx(28 * 0.06 * 200_000 / 3600),
+                     "reference": pytest.approx(28 * 0.09 * 200_000 / 3600),
                      "exact": pytest.approx(28 * 0.03 * 200_000 / 3600)}  # fmt: skip
     packing = {r["arch"]: r["recommended"] for r in bench.packing_rows(results)}
     assert packing == {"baseline": 4, "resnet101": 1}  # +70% at k=4; +7% is below 10%
     text = bench.derived_tables(results)
-    assert "3.00x" in text and "5.00x" in text and "GPU-hours" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("baseline-wgan-gp "))
+    assert line.split()[1:] == ["60.00", "90.00", "30.00", "2.00x", "3.00x", "-", "-", "-",
+                                "18.00", "3.33x", "5.00x"]  # fmt: skip
+    assert "GPU-hours" in text
     assert "--cells-per-gpu" in text
 
 
@@ -131,7 +139,8 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     env = cli_env(BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="1", BENCH_PACK_K="1,2",
                   BENCH_PACK_ITERS="2", BENCH_EVAL_SAMPLES="40",
                   BENCH_JUDGE_SAMPLES="100")  # fmt: skip
-    sel = ("(test_generator_iteration or test_reference_iteration) and mlp-generator-lsgan "
+    sel = ("(test_generator_iteration or test_reference_iteration or test_user_port_iteration) "
+           "and mlp-generator-lsgan "
            "or test_packing and mlp-generator or test_inception_score "
            "or test_demo_judge or test_tensorboard_logging")  # fmt: skip
     r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "b", env=env,
@@ -141,6 +150,7 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     assert set(results) == {
         "test_generator_iteration[mlp-generator-lsgan]",
         "test_reference_iteration[mlp-generator-lsgan]",
+        "test_user_port_iteration[mlp-generator-lsgan]",
         "test_packing[mlp-generator-1]", "test_packing[mlp-generator-2]",
         "test_inception_score_evaluation", "test_demo_judge_evaluation",
         "test_tensorboard_logging_overhead",
@@ -148,8 +158,10 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     assert results["test_reference_iteration[mlp-generator-lsgan]"]["extra"]["mode"] == "reference"
     (row,) = bench.speedup_rows(results)
     assert row["cell"] == "mlp-generator-lsgan" and row["exact_speedup"] > 0
+    assert row["exact_speedup_faithful"] > 0
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("mlp-generator-lsgan "))
-    assert f"{row['exact_speedup']:.2f}x" in line
+    speedups = [f"{row['exact_speedup']:.2f}x", f"{row['exact_speedup_faithful']:.2f}x"]
+    assert line.split()[-2:] == speedups, line
     (pack,) = bench.packing_rows(results)
     assert set(pack["rates"]) == {1, 2} and all(v > 0 for v in pack["rates"].values())
     assert pack["recommended"] in (1, 2)
