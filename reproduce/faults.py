@@ -11,6 +11,8 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      bit-exact resume test can fail
     step-sleep=S     sleep S seconds after every generator iteration (slows a tiny run down
                      so that tests can interrupt it)
+    pause@K          after committing checkpoint K, stop the process (SIGSTOP) until a
+                     SIGCONT: the test changes the world (fills the disk) at a known point
     critic-sleep=S   sleep S seconds after every critic step (a long iteration: the stop
                      flag is read between critic steps)
     eval-sleep=S     sleep S seconds before the final evaluation (a cell that completes
@@ -31,6 +33,7 @@ Unset in normal use; every check is a dictionary lookup.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 ENV = "REPRODUCE_FAULTS"
@@ -63,6 +66,12 @@ def active(name: str, value: object = "") -> bool:
 def value(name: str) -> str | None:
     values = _parsed().get(name)
     return next(iter(values)) if values else None
+
+
+def pause_here(iteration: int) -> None:
+    """``pause@K``: stop this process at checkpoint K until someone sends SIGCONT."""
+    if active("pause", iteration):
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def stall() -> None:  # pragma: no cover - only ever ended by SIGKILL

@@ -458,6 +458,7 @@ def _loop(
             if due_ckpt and done < cfg.iters:
                 last_ckpt = _save(trainer, run_dir, cfg, rt, env, clock, status.board)
                 status("running")
+                faults.pause_here(done)
             if stopping:
                 status("interrupted", message=f"stopped by {stop.reason}")
                 run_dir.log(f"interrupted by {stop.reason} at iteration {done}")

@@ -80,6 +80,16 @@ def wait_for(pred, proc: subprocess.Popen | None = None, timeout: float = 120.0)
         time.sleep(0.02)
 
 
+def wait_stopped(proc: subprocess.Popen, timeout: float = 300.0) -> None:
+    """Wait until ``proc`` has stopped itself (``REPRODUCE_FAULTS=pause@K``: SIGSTOP)."""
+
+    def stopped() -> bool:
+        stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+    wait_for(stopped, proc, timeout)
+
+
 def n_rows(results: Path) -> int:
     try:
         return len(read_jsonl(the_run(results) / "stats.jsonl"))

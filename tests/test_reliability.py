@@ -19,6 +19,7 @@ from .procs import (
     the_run,
     train_args,
     wait_for,
+    wait_stopped,
 )
 
 
@@ -162,7 +163,8 @@ def fill(path, leave: int = 0) -> None:
     """Write ``path`` until the filesystem has ``leave`` bytes free (0: until ENOSPC)."""
     import errno
 
-    with path.open("wb") as f:
+    with path.open("r+b" if path.exists() else "wb") as f:
+        f.seek(0, 2)
         chunk = max(shutil.disk_usage(path.parent).free - leave, 0)
         try:
             while chunk >= 512:
@@ -189,13 +191,18 @@ def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_roo
     fs = tmpfs("24m")
     results = fs / "results"
     args = train_args(results, "wgan-gp")
-    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"))
     ballast = fs / "ballast"
+    ballast.touch()  # created while there is room: filling it later needs no new inode
+    # the run stops itself (SIGSTOP) right after committing checkpoint 6, so the disk is
+    # filled at a known point however loaded the machine is (a 0.3 s sleep per iteration
+    # was once outrun under CI's load)
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="pause@6"))
     try:
-        wait_for(lambda: results.exists() and n_rows(results) > 6, proc)
+        wait_stopped(proc)
         run = the_run(results)
-        wait_for(lambda: (run / "checkpoints" / "ckpt-00000006").exists(), proc)
+        assert [c.iteration for c in checkpoint.list_checkpoints(run / "checkpoints")] == [6, 3]
         fill(ballast)  # not one byte left
+        proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
