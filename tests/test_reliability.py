@@ -56,14 +56,15 @@ def test_disk_full_during_checkpoint(tmpfs, reference):
     fs = tmpfs("24m")
     results = fs / "results"
     args = train_args(results, "wgan-gp")
-    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3"))
     ballast = fs / "ballast"
+    ballast.touch()
+    # stopped (SIGSTOP) right after checkpoint 3 until the disk is full: no race with the run
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="pause@3"))
     try:
-        wait_for(lambda: results.exists() and n_rows(results) > 3, proc)
+        wait_stopped(proc)
         assert (the_run(results) / "checkpoints" / "ckpt-00000003").exists()
-        free = shutil.disk_usage(fs).free
-        with ballast.open("wb") as f:  # leave 64 KiB: room for status and log, not a checkpoint
-            f.write(b"\0" * max(free - 64 * 1024, 0))
+        fill(ballast, leave=64 * 1024)  # room for status and log, not for a checkpoint
+        proc.send_signal(signal.SIGCONT)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -75,7 +76,7 @@ def test_disk_full_during_checkpoint(tmpfs, reference):
     assert status["state"] == "failed" and status["reason"] == "disk-full"
     assert not list((run / "checkpoints").glob(".tmp-*"))  # partial write removed
     loaded = checkpoint.load_latest(run / "checkpoints")
-    assert loaded is not None and loaded[0].iteration >= 3 and not loaded[2]
+    assert loaded is not None and loaded[0].iteration == 3 and not loaded[2]
     ballast.unlink()
     finish(args)  # after freeing space the same command resumes and finishes exactly
     assert_same_result(run, reference("wgan-gp"))
