@@ -26,10 +26,12 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .results import atomic_write_json
+from .config import config_diff
+from .results import TERMINAL_STATES, RunDir, atomic_write_json
 
 PREFIX = "lease."
 STALE_AFTER = 300.0  # seconds without a heartbeat before a lease may be taken over
@@ -190,3 +192,55 @@ class Lease:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a run directory is not trained now: ``busy``, ``failed`` or ``already-<state>``."""
+
+    state: str
+    iteration: int
+    message: str
+
+
+def claim(run_dir: RunDir, doc: dict[str, Any]) -> Lease | Refusal:
+    """Take a run directory for training, as every run (image or toy) does: its lease (a run
+    that another live process holds is left alone), no symbolic links among its files, not
+    finished (a completed or diverged run is never trained again), and the config of
+    ``config.json`` the same as ``doc["config"]`` (``doc`` is written when the run is new).
+    Returns the held lease (train under ``with lease``), or the refusal, with the lease
+    released. The command line checked links and configs before submitting; they are
+    checked again here, under the lease."""
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    lease = Lease(run_dir.path)
+    if not lease.acquire():
+        return Refusal("busy", 0, f"{run_dir.path} is being trained by another process")
+    refusal = _refusal(run_dir, doc)
+    if refusal is not None:
+        lease.release()
+        return refusal
+    if not run_dir.exists():
+        atomic_write_json(run_dir.config_file, doc)
+    return lease
+
+
+def _refusal(run_dir: RunDir, doc: dict[str, Any]) -> Refusal | None:
+    linked = run_dir.linked_files()
+    if linked:
+        return Refusal(
+            "failed", 0, f"{run_dir.path} holds symbolic links ({', '.join(linked[:3])}); "
+            "a run's files are never written through links",
+        )  # fmt: skip
+    status = run_dir.read_status() or {}
+    if status.get("state") in TERMINAL_STATES:
+        return Refusal(
+            f"already-{status['state']}",
+            int(status.get("iteration", 0)),
+            f"run {run_dir.path.name} already {status['state']}; nothing to do",
+        )
+    if run_dir.exists():
+        old = run_dir.read_config()["config"]
+        if old != doc["config"]:
+            diff = "; ".join(config_diff(old, doc["config"]))
+            return Refusal("failed", 0, f"config differs from {run_dir.config_file}: {diff}")
+    return None

@@ -60,13 +60,19 @@ class EagerSteps:
         D: nn.Module,
         proc: Procedure,
         hp: Hyperparameters,
-        opt_g: torch.optim.Optimizer,
+        opt_g: torch.optim.Optimizer | None,  # None: a fixed generator (toy Figure 1a)
         opt_d: torch.optim.Optimizer,
     ) -> None:
         self.G, self.D, self.proc, self.hp = G, D, proc, hp
         self.opt_g, self.opt_d = opt_g, opt_d
         self.note = ""  # why this engine runs instead of the one asked for, if so
         self.setups = 0  # one-off set-up steps so far (graph captures, compilations)
+
+    @property
+    def generator_optimizer(self) -> torch.optim.Optimizer:
+        if self.opt_g is None:
+            raise RuntimeError("a fixed generator has no generator step")
+        return self.opt_g
 
     # -- the forward computations (what graphs capture and torch.compile traces) --------------
     def critic_forward(self, real: Tensor, z: Tensor, alpha: Tensor | None) -> tuple[Tensor, Stats]:
@@ -90,9 +96,9 @@ class EagerSteps:
         self.D.requires_grad_(False)  # no critic weight gradients in the generator step
         try:
             loss, stats = self.generator_forward(z)
-            self.opt_g.zero_grad(set_to_none=True)
+            self.generator_optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt_g.step()
+            self.generator_optimizer.step()
         finally:
             self.D.requires_grad_(True)
         return stats
@@ -224,7 +230,7 @@ class GraphedSteps(EagerSteps):
         if self._generator is None:
             self.D.requires_grad_(False)  # captured with the critic frozen
             try:
-                self._generator = self._capture(self._generator_body, self.opt_g)
+                self._generator = self._capture(self._generator_body, self.generator_optimizer)
             except RuntimeError as e:
                 self._fall_back("generator", e)
                 return super().generator(z)
@@ -233,7 +239,7 @@ class GraphedSteps(EagerSteps):
         self.D.requires_grad_(False)  # frozen through the update, as in EagerSteps
         try:
             stats = self._generator.replay()
-            self.opt_g.step()
+            self.generator_optimizer.step()
         finally:
             self.D.requires_grad_(True)
         return stats

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,13 +37,18 @@ from . import checkpoint
 from .config import SCHEMA_VERSION
 from .data import derive_seed
 from .errors import UserError
-from .lease import Lease
-from .optim import TFAdam, TFRMSprop
-from .penalties import clip_weights_, gradient_penalty
+from .lease import Refusal, claim
+from .penalties import gradient_penalty
+from .procedures import Hyperparameters, OptimizerName, Procedure, get_procedure
 from .results import RunDir, atomic_write_bytes, atomic_write_json
+from .steps import EagerSteps, Stats
+from .trainer import one_iteration
 
 TOY_DATASETS = ("8gaussians", "25gaussians", "swissroll")
-METHODS = ("clip", "gp")
+# each toy method is one of the LSUN procedures (its objective, regulariser and critic
+# schedule), at the toy code's hyperparameters (toy_config)
+PROCEDURE_OF = {"clip": "wgan", "gp": "wgan-gp"}
+METHODS = tuple(PROCEDURE_OF)
 TOY_SCHEMA = 1
 GRID_SIZE = 128  # value-surface resolution (the authors' N_POINTS)
 GRID_RANGE = 3.0  # surface over [-3, 3]^2
@@ -182,12 +187,23 @@ class ToyConfig:
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
     @property
+    def procedure(self) -> Procedure:
+        return get_procedure(PROCEDURE_OF[self.method])
+
+    @property
+    def hyperparameters(self) -> Hyperparameters:
+        return Hyperparameters(
+            cast(OptimizerName, self.optimizer), self.lr, beta1=self.beta1, beta2=self.beta2,
+            n_critic=self.n_critic, gp_lambda=self.gp_lambda, clip=self.clip,
+        )  # fmt: skip
+
+    @property
     def label(self) -> str:
-        return f"clip c={self.clip:g}" if self.method == "clip" else "gradient penalty"
+        return f"clip c={self.clip:g}" if self.procedure.uses_clipping else "gradient penalty"
 
     @property
     def run_id(self) -> str:
-        m = f"clip{self.clip:g}" if self.method == "clip" else "gp"
+        m = f"clip{self.clip:g}" if self.procedure.uses_clipping else "gp"
         return f"toy{self.figure}-{self.dataset}-{m}-s{self.seed}-{self.hash()}"
 
 
@@ -212,7 +228,7 @@ def toy_config(
         raise UserError(f"unknown toy dataset {dataset!r}; valid: {', '.join(TOY_DATASETS)}")
     if iters < 1 or width < 1 or batch_size < 2:
         raise UserError("toy runs need iters >= 1, width >= 1, batch size >= 2")
-    is_clip = method == "clip"
+    is_clip = get_procedure(PROCEDURE_OF[method]).uses_clipping
     return ToyConfig(
         figure=figure,
         dataset=dataset,
@@ -237,62 +253,55 @@ def toy_config(
 # training
 # --------------------------------------------------------------------------------------------
 class ToyTrainer:
+    """One toy run's networks, optimisers and random streams. Its iterations are the image
+    runs': the procedure's objective and regulariser (``ToyConfig.procedure``), run by the
+    eager engine (steps.py) on the shared schedule (``trainer.one_iteration``).
+
+    Figure 1a's fixed generator is the identity on the latent ``real + N(0, I)``: fake is
+    the real batch plus Gaussian noise, and there is no generator step."""
+
     def __init__(self, cfg: ToyConfig) -> None:
         self.cfg = cfg
+        self.proc, self.hp = cfg.procedure, cfg.hyperparameters
         torch.manual_seed(derive_seed(cfg.seed, "toy-init"))
         self.D = ToyMLP(2, cfg.width, cfg.layers, 1)
-        self.G = None if cfg.fixed_generator else ToyMLP(2, cfg.width, cfg.layers, 2)
-        self.opt_d = self._optimizer(self.D)
-        self.opt_g = self._optimizer(self.G) if self.G is not None else None
+        self.G: nn.Module = (
+            nn.Identity() if cfg.fixed_generator else ToyMLP(2, cfg.width, cfg.layers, 2)
+        )
+        self.opt_d = self.proc.make_optimizer(self.D.parameters(), self.hp)
+        self.opt_g = (
+            None if cfg.fixed_generator else self.proc.make_optimizer(self.G.parameters(), self.hp)
+        )
+        self.steps = EagerSteps(self.G, self.D, self.proc, self.hp, self.opt_g, self.opt_d)
         self.data = ToyData(cfg.dataset, cfg.batch_size, cfg.seed)
         self.noise = torch.Generator().manual_seed(derive_seed(cfg.seed, "toy-noise"))
         self.iteration = 0
         self.train_seconds = 0.0
 
-    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
-        c = self.cfg
-        if c.optimizer == "adam-tf":
-            assert c.beta1 is not None and c.beta2 is not None
-            return TFAdam(net.parameters(), lr=c.lr, betas=(c.beta1, c.beta2), eps=1e-8)
-        return TFRMSprop(net.parameters(), lr=c.lr)
+    def latent(self, real: Tensor, gen: torch.Generator) -> Tensor:
+        """What the generator maps to a fake batch: N(0, I) noise, or for Figure 1a's fixed
+        generator (the identity) the real batch plus that noise."""
+        z = torch.randn(real.shape[0], 2, generator=gen)
+        return real + z if self.cfg.fixed_generator else z
 
-    def fake(self, real: Tensor) -> Tensor:
-        b = real.shape[0]
-        if self.G is None:  # Figure 1a: the fixed "generator" is the real batch plus N(0, I)
-            return real + torch.randn(b, 2, generator=self.noise)
+    def fake(self, real: Tensor, gen: torch.Generator) -> Tensor:
         with torch.no_grad():
-            return self.G(torch.randn(b, 2, generator=self.noise))
-
-    def critic_loss(self, real: Tensor, fake: Tensor, alpha: Tensor | None) -> Tensor:
-        """E[D(fake)] - E[D(real)], plus lambda times the penalty when ``alpha`` is given."""
-        loss = self.D(fake).mean() - self.D(real).mean()
-        if alpha is not None:
-            assert self.cfg.gp_lambda is not None
-            gp, _ = gradient_penalty(self.D, real, fake, alpha)
-            loss = loss + self.cfg.gp_lambda * gp
-        return loss
+            return self.G(self.latent(real, gen))
 
     def step(self) -> None:
         c = self.cfg
-        if self.G is not None and self.opt_g is not None and self.iteration > 0:
-            self.D.requires_grad_(False)
-            z = torch.randn(c.batch_size, 2, generator=self.noise)
-            loss_g = -self.D(self.G(z)).mean()
-            self.opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            self.opt_g.step()
-            self.D.requires_grad_(True)
-        for _ in range(c.n_critic):
+
+        def generator() -> Stats:
+            return self.steps.generator(torch.randn(c.batch_size, 2, generator=self.noise))
+
+        def critic(k: int) -> Stats:
             real = self.data.next()
-            fake = self.fake(real)
-            alpha = torch.rand(c.batch_size, 1, generator=self.noise) if c.method == "gp" else None
-            loss = self.critic_loss(real, fake, alpha)
-            self.opt_d.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt_d.step()
-            if c.method == "clip":
-                assert c.clip is not None
-                clip_weights_(self.D.parameters(), c.clip)
+            z = self.latent(real, self.noise)
+            penalised = self.proc.uses_penalty
+            alpha = torch.rand(c.batch_size, 1, generator=self.noise) if penalised else None
+            return self.steps.critic(real, z, alpha)
+
+        one_iteration(self.iteration, c.n_critic, None if self.opt_g is None else generator, critic)
         self.iteration += 1
 
     def state_dict(self) -> dict[str, Any]:
@@ -301,7 +310,7 @@ class ToyTrainer:
             "train_seconds": self.train_seconds,
             "critic": self.D.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "generator": self.G.state_dict() if self.G is not None else {},
+            "generator": self.G.state_dict(),
             "opt_g": self.opt_g.state_dict() if self.opt_g is not None else {},
             "data": self.data.state_dict(),
             "noise": self.noise.get_state(),
@@ -311,8 +320,8 @@ class ToyTrainer:
         self.iteration, self.train_seconds = int(s["iteration"]), float(s["train_seconds"])
         self.D.load_state_dict(s["critic"])
         self.opt_d.load_state_dict(s["opt_d"])
-        if self.G is not None and self.opt_g is not None:
-            self.G.load_state_dict(s["generator"])
+        self.G.load_state_dict(s["generator"])
+        if self.opt_g is not None:
             self.opt_g.load_state_dict(s["opt_g"])
         self.data.load_state_dict(s["data"])
         self.noise.set_state(s["noise"])
@@ -331,11 +340,7 @@ class ToyTrainer:
         norms = np.zeros(c.layers + 1)
         for _ in range(c.measure_batches):
             real = data.next()
-            if self.G is None:
-                fake = real + torch.randn(real.shape, generator=gen)
-            else:
-                with torch.no_grad():
-                    fake = self.G(torch.randn(c.batch_size, 2, generator=gen))
+            fake = self.fake(real, gen)
             x = torch.cat([real, fake])
             acts = self.D.activations(x)
             sign = torch.cat([-torch.ones(len(real)), torch.ones(len(fake))]) / len(real)
@@ -359,11 +364,7 @@ class ToyTrainer:
         gen = torch.Generator().manual_seed(derive_seed(c.seed, "toy-slopes"))
         data = ToyData(c.dataset, c.batch_size, derive_seed(c.seed, "toy-slopes-data"))
         real = data.next()
-        fake = (
-            real + torch.randn(real.shape, generator=gen)
-            if self.G is None
-            else self.G(torch.randn(c.batch_size, 2, generator=gen)).detach()
-        )
+        fake = self.fake(real, gen)
         alpha = torch.rand(c.batch_size, 1, generator=gen)
         _, slopes = gradient_penalty(self.D, real, fake, alpha)
         return slopes.detach().numpy()
@@ -408,19 +409,12 @@ def run_toy(
     """Train (or resume) one toy run to completion and write its results; exactly once per
     run directory (lease), like an image run. Returns {state, iteration, message, run_dir}."""
     rd = RunDir(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lease = Lease(run_dir)
-    if not lease.acquire():
-        return _outcome("busy", 0, "held by another process", run_dir)
-    with lease:
-        status = rd.read_status() or {}
-        if status.get("state") == "completed":
-            return _outcome("already-completed", cfg.iters, "nothing to do", run_dir)
-        doc = {"schema": SCHEMA_VERSION, "kind": "toy", "run_id": run_dir.name,
-               "config_hash": cfg.hash(), "config": cfg.to_dict()}  # fmt: skip
-        if rd.exists() and rd.read_config().get("config") != doc["config"]:
-            return _outcome("failed", 0, f"{rd.config_file} holds another config", run_dir)
-        atomic_write_json(rd.config_file, doc)
+    doc = {"schema": SCHEMA_VERSION, "kind": "toy", "run_id": run_dir.name,
+           "config_hash": cfg.hash(), "config": cfg.to_dict()}  # fmt: skip
+    claimed = claim(rd, doc)
+    if isinstance(claimed, Refusal):
+        return _outcome(claimed.state, claimed.iteration, claimed.message, run_dir)
+    with claimed as lease:
         if threads is not None:
             torch.set_num_threads(threads)
         trainer = ToyTrainer(cfg)

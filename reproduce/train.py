@@ -35,8 +35,8 @@ from .data import (
 from .errors import DiskFullError
 from .evaluation import Evaluator, write_verdict
 from .images import grid, save_png
-from .lease import Lease
-from .results import TERMINAL_STATES, RunDir, atomic_write_json
+from .lease import Lease, Refusal, claim
+from .results import RunDir
 from .runtime import RuntimeConfig
 from .stopping import STOP_GRACE_S as STOP_GRACE_S
 from .stopping import StopFlag as StopFlag
@@ -92,37 +92,10 @@ def train_run(
     ("busy"), and a completed or diverged run is never trained again.
     """
     stop = stop if stop is not None else StopFlag()
-    run_dir.path.mkdir(parents=True, exist_ok=True)
-    lease = Lease(run_dir.path)
-    if not lease.acquire():
-        return Outcome(
-            "busy", 0, f"{run_dir.path} is being trained by another process", run_dir.path
-        )
-    with lease:
-        linked = run_dir.linked_files()
-        if linked:  # checked before submission too; re-checked under the lease
-            return Outcome(
-                "failed", 0, f"{run_dir.path} holds symbolic links ({', '.join(linked[:3])}); "
-                "a run's files are never written through links", run_dir.path,
-            )  # fmt: skip
-        status = run_dir.read_status() or {}
-        if status.get("state") in TERMINAL_STATES:
-            return Outcome(
-                f"already-{status['state']}",
-                int(status.get("iteration", 0)),
-                f"run {run_dir.path.name} already {status['state']}; nothing to do",
-                run_dir.path,
-            )
-        doc = run_config_document(cfg, rt, dataset, run_dir.path.name)
-        if run_dir.exists():
-            old = run_dir.read_config()["config"]
-            if old != doc["config"]:  # validated before; re-checked under the lease
-                diff = "; ".join(config_diff(old, doc["config"]))
-                return Outcome(
-                    "failed", 0, f"config differs from {run_dir.config_file}: {diff}", run_dir.path
-                )
-        else:
-            atomic_write_json(run_dir.config_file, doc)
+    claimed = claim(run_dir, run_config_document(cfg, rt, dataset, run_dir.path.name))
+    if isinstance(claimed, Refusal):
+        return Outcome(claimed.state, claimed.iteration, claimed.message, run_dir.path)
+    with claimed as lease:
         return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
 
 

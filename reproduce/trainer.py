@@ -13,6 +13,7 @@ import os
 import platform
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -95,6 +96,26 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+def one_iteration(
+    iteration: int,
+    n_critic: int,
+    generator: Callable[[], steps.Stats] | None,
+    critic: Callable[[int], steps.Stats],
+) -> steps.Stats:
+    """The schedule of one generator iteration, for every run (image and toy): the generator
+    step first, skipped at iteration 0 (the authors' order, SPEC.md B.2; ``generator`` None: a
+    fixed generator), then ``critic(k)`` for k = 0 .. n_critic - 1, each on fresh inputs. The
+    statistics of the generator step and of the last critic step (as the authors log them)."""
+    stats: steps.Stats = {}
+    if iteration > 0 and generator is not None:
+        stats.update(generator())  # the engine freezes the critic during the generator step
+    last: steps.Stats = {}
+    for k in range(n_critic):
+        last = critic(k)
+    stats.update(last)
+    return stats
+
+
 class Trainer:
     """Owns the networks, optimisers, data position and statistics of one run."""
 
@@ -175,15 +196,15 @@ class Trainer:
         """Run iteration ``self.iteration``; returns its statistics as device tensors. Raises
         ``IterationAbandoned`` between critic steps when ``stop`` is overdue (the trainer's
         state is then part-way through an iteration: never save it)."""
-        cfg, hp, proc, dev = self.cfg, self.hp, self.proc, self.device
+        cfg, proc, dev = self.cfg, self.proc, self.device
         critic_sleep = float(faults.value("critic-sleep") or 0.0)
         it = self.iteration
-        stats: dict[str, Tensor] = {}
-        if it > 0:  # generator step first, skipped at iteration 0 (the authors' order)
+
+        def generator() -> steps.Stats:
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)  # (B, 128)
-            stats.update(self.steps.generator(z))  # critic frozen during the generator step
-        critic: dict[str, Tensor] = {}
-        for k in range(hp.n_critic):
+            return self.steps.generator(z)
+
+        def critic(k: int) -> steps.Stats:
             if stop is not None and stop.overdue():
                 raise IterationAbandoned(it, k)
             real = self.batches.next()  # (B, 3, 64, 64), a fresh batch per critic step
@@ -191,10 +212,12 @@ class Trainer:
                 real = real * float("nan")
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)
             alpha = torch.rand(cfg.batch_size, 1, 1, 1, device=dev) if proc.uses_penalty else None
-            critic = self.steps.critic(real, z, alpha)
+            stats = self.steps.critic(real, z, alpha)
             if critic_sleep:
                 time.sleep(critic_sleep)
-        stats.update(critic)  # the last critic step's values (as the authors log them)
+            return stats
+
+        stats = one_iteration(it, self.hp.n_critic, generator, critic)
         self.iteration += 1
         return stats
 

@@ -99,6 +99,72 @@ def test_toy_run_resumes_exactly(tmp_path):
     assert run_toy(cfg, tmp_path / "cut")["state"] == "already-completed"
 
 
+@pytest.mark.parametrize("figure", ["1a", "1b"])
+@pytest.mark.parametrize("method", ["clip", "gp"])
+def test_toy_training_is_the_toy_codes_algorithm_to_the_bit(figure, method):
+    """Toy runs train through the image runs' procedure, engine and iteration schedule
+    (issue 20). A plain loop of gan_toy.py's algorithm, written out here (generator step
+    first and none at iteration 0, the critic frozen during it; n_critic critic steps of
+    E[D(fake)] - E[D(real)] plus lambda times the penalty, or clipping after each step; TF1's
+    RMSProp or Adam), on the same random streams, gives the same weights to the bit."""
+    import torch
+
+    from reproduce.data import derive_seed
+    from reproduce.optim import TFAdam, TFRMSprop
+    from reproduce.penalties import gradient_penalty
+    from reproduce.toy import ToyData, ToyMLP
+
+    cfg = toy_config(figure, "swissroll", method, iters=3, width=16, batch_size=32, layers=3)
+    trainer = ToyTrainer(cfg)
+    for _ in range(cfg.iters):
+        trainer.step()
+
+    torch.manual_seed(derive_seed(cfg.seed, "toy-init"))
+    D = ToyMLP(2, 16, 3, 1)
+    G = ToyMLP(2, 16, 3, 2) if figure == "1b" else None
+
+    def opt(net):
+        if method == "gp":
+            return TFAdam(net.parameters(), lr=1e-4, betas=(0.5, 0.9), eps=1e-8)
+        return TFRMSprop(net.parameters(), lr=5e-5)
+
+    opt_d, opt_g = opt(D), (opt(G) if G is not None else None)
+    data = ToyData("swissroll", 32, cfg.seed)
+    noise = torch.Generator().manual_seed(derive_seed(cfg.seed, "toy-noise"))
+    for it in range(cfg.iters):
+        if G is not None and it > 0:
+            z = torch.randn(32, 2, generator=noise)
+            D.requires_grad_(False)
+            loss = -D(G(z)).mean()
+            opt_g.zero_grad()
+            loss.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+        for _ in range(5):
+            real = data.next()
+            z = torch.randn(32, 2, generator=noise)
+            with torch.no_grad():
+                fake = real + z if G is None else G(z)
+            d_real, d_fake = D(real), D(fake)
+            loss = d_fake.mean() - d_real.mean()
+            if method == "gp":
+                alpha = torch.rand(32, 1, generator=noise)
+                loss = loss + 10.0 * gradient_penalty(D, real, fake, alpha)[0]
+            opt_d.zero_grad()
+            loss.backward()
+            opt_d.step()
+            if method == "clip":
+                with torch.no_grad():
+                    for p in D.parameters():
+                        p.clamp_(-0.01, 0.01)
+    nets = [(trainer.D, D)] + ([(trainer.G, G)] if G is not None else [])
+    for ours, plain in nets:
+        for (name, a), b in zip(
+            ours.state_dict().items(), plain.state_dict().values(), strict=True
+        ):
+            assert torch.equal(a, b), name
+
+
 def test_toy_data_matches_the_toy_code():
     """8 Gaussians at radius 2/1.414, 25 Gaussians on a 5x5 grid / 2.828, Swiss roll / 7.5."""
     t = ToyTrainer(toy_config("1a", "8gaussians", "gp", iters=1, width=4, batch_size=4096))
