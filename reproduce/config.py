@@ -110,6 +110,10 @@ class RunConfig:
     def fast(self) -> bool:
         return self.mode != "exact"
 
+    @property
+    def bf16(self) -> bool:
+        return self.mode == "fast-bf16"
+
     def hash(self) -> str:
         """Short hash of the canonical JSON of this config plus the schema version, in the
         spelling of schema 1: a setting added since is left out at its old implicit value

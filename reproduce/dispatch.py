@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import submitit
 from submitit.core.utils import FailedJobError, UncompletedJobError
@@ -43,7 +43,7 @@ class CellSpec:
     config: dict[str, Any]  # RunConfig fields (kind "gan") or ToyConfig fields (kind "toy")
     runtime: dict[str, Any]  # RuntimeConfig fields (gan) or {checkpoint_every, threads} (toy)
     run_dir: str
-    kind: str = "gan"  # gan: an image GAN run (train.py); toy: a 2-D toy run (toy.py, Figure 1)
+    kind: Literal["gan", "toy"] = "gan"  # an image GAN run (train.py) | a 2-D toy run (toy.py)
     # local GPU cells: the CUDA_VISIBLE_DEVICES entry of the cell's GPU (an index, a GPU-... or
     # MIG-... UUID), set in the job's process before CUDA starts
     cuda_device: str | None = None
@@ -51,6 +51,10 @@ class CellSpec:
     @property
     def run_id(self) -> str:
         return Path(self.run_dir).name
+
+    @property
+    def is_toy(self) -> bool:
+        return self.kind == "toy"
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -71,7 +75,7 @@ class CellJob(submitit.helpers.Checkpointable):
         usr2 = signal.SIGUSR2
         submitit_handler = signal.getsignal(usr2)
         with stop.installed((usr2, signal.SIGTERM, signal.SIGINT)):
-            out = self._toy(stop) if self.spec.kind == "toy" else self._gan(stop)
+            out = self._toy(stop) if self.spec.is_toy else self._gan(stop)
         if (
             out["state"] == "interrupted"
             and stop.reason == "SIGUSR2"
@@ -209,7 +213,7 @@ class LocalPool:
         return not self.gpus
 
     def share(self, spec: CellSpec) -> Fraction:
-        arch = spec.config.get("arch") if spec.kind == "gan" else None
+        arch = None if spec.is_toy else spec.config.get("arch")
         return Fraction(1, self.packing.cells(arch))
 
     def order(self, specs: Sequence[CellSpec]) -> list[CellSpec]:

@@ -244,7 +244,7 @@ def _train_locked(
         run_dir.log(f"failed: {e}")
         return Outcome("failed", 0, str(e), run_dir.path)
     # -- numerics, threads, and the FLOPs of one iteration
-    configure_numerics(device, cfg.mode)
+    configure_numerics(device, cfg.fast)
     if rt.threads is not None:
         torch.set_num_threads(rt.threads)
     env = environment(device)

@@ -46,10 +46,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def configure_numerics(device: torch.device, mode: str = "exact") -> None:
+def configure_numerics(device: torch.device, fast: bool = False) -> None:
     """Exact mode: fp32 everywhere, no TF32, deterministic cuDNN (SPEC.md: faithful numerics).
     Fast modes: TF32 matmuls and convolutions, cuDNN's autotuner."""
-    fast = mode != "exact"
     torch.backends.cuda.matmul.allow_tf32 = fast
     torch.backends.cudnn.allow_tf32 = fast
     torch.set_float32_matmul_precision("high" if fast else "highest")
@@ -67,7 +66,7 @@ def make_steps(
     args = (t.G, t.D, t.proc, t.hp, t.opt_g, t.opt_d)
     if t.cfg.fast:
         return steps.CompiledSteps(
-            *args, device=t.device, bf16=t.cfg.mode == "fast-bf16", compile_mode=compile_mode
+            *args, device=t.device, bf16=t.cfg.bf16, compile_mode=compile_mode
         )
     if t.device.type == "cuda" and cuda_graphs is not False:
         pair = get_pair(t.cfg.arch)

@@ -190,7 +190,7 @@ def test_fast_modes_agree_with_exact_mode(small_demo):
     configure_numerics(cpu)
     exact = Trainer(base, small_demo, cpu)
     fast_cfg = RunConfig(**{**base.to_dict(), "mode": "fast"})
-    configure_numerics(cpu, "fast")
+    configure_numerics(cpu, fast=True)
     fast = Trainer(fast_cfg, small_demo, cpu)
     assert fast.steps.name == "compiled" and exact.steps.name == "eager"
 
@@ -212,7 +212,7 @@ def test_fast_modes_agree_with_exact_mode(small_demo):
             torch.testing.assert_close(fr[k], er[k], rtol=1e-4, atol=1e-6, msg=k)
 
     bf_cfg = RunConfig(**{**base.to_dict(), "mode": "fast-bf16"})
-    configure_numerics(cpu, "fast-bf16")
+    configure_numerics(cpu, fast=True)
     exact2 = Trainer(base, small_demo, cpu)
     bf = Trainer(bf_cfg, small_demo, cpu)
     e_stats, e_dg, _ = _one_step_grads(exact2, 9)
@@ -342,7 +342,7 @@ def test_fast_mode_trains_on_cuda(small_demo):
     exact = Trainer(base, small_demo, cuda, cuda_graphs=False)
     e_rows = [exact.step() for _ in range(3)]
     for mode, rtol in (("fast", 1e-2), ("fast-bf16", 1e-1)):
-        configure_numerics(cuda, mode)
+        configure_numerics(cuda, fast=True)
         t = Trainer(RunConfig(**{**base.to_dict(), "mode": mode}), small_demo, cuda)
         rows = [t.step() for _ in range(3)]
         for er, fr in zip(e_rows, rows, strict=True):
