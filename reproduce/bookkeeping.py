@@ -116,6 +116,32 @@ class Stopwatch:
         return seconds
 
 
+class Boundary:
+    """What the end of an iteration owes, for every run (image and toy). The stop request is
+    read once: a signal that arrives later is handled at the next boundary (reading it twice
+    could stop without the checkpoint); at the last iteration the run simply completes, which
+    saves anyway. A checkpoint is due when stopping, ``every_s`` seconds after the last one,
+    and every ``every_iters`` iterations (0 turns either off)."""
+
+    def __init__(self, iters: int, every_s: float, every_iters: int = 0) -> None:
+        self.iters, self.every_s, self.every_iters = iters, every_s, every_iters
+        self.last_checkpoint = time.monotonic()
+
+    def owes(self, done: int, stop_requested: bool) -> tuple[bool, bool]:
+        """(stopping, checkpoint due) after ``done`` iterations."""
+        stopping = stop_requested and done < self.iters
+        due = (
+            stopping
+            or (self.every_s > 0 and time.monotonic() - self.last_checkpoint >= self.every_s)
+            or (self.every_iters > 0 and done % self.every_iters == 0)
+        )
+        return stopping, due
+
+    def saved(self, at: float | None = None) -> None:
+        """A checkpoint was saved (at ``time.monotonic()`` value ``at``, default now)."""
+        self.last_checkpoint = time.monotonic() if at is None else at
+
+
 class StatsBuffer:
     """Each iteration's statistics, kept on the device until ``flush`` reads them all with one
     host sync, appends one row per iteration to ``stats.jsonl`` and finds divergence."""

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from architectures.layers import Linear
 
 from . import checkpoint
+from .bookkeeping import Boundary
 from .config import SCHEMA_VERSION
 from .data import derive_seed
 from .errors import UserError
@@ -424,7 +425,7 @@ def run_toy(
             rd.log(f"resumed at iteration {trainer.iteration}")
         else:
             rd.log(f"started {run_dir.name}")
-        last = time.monotonic()
+        boundary = Boundary(cfg.iters, checkpoint_every)
 
         def save() -> None:
             checkpoint.save_checkpoint(
@@ -445,15 +446,15 @@ def run_toy(
             trainer.train_seconds += time.perf_counter() - t
             if lease.lost:
                 return _outcome("lost", trainer.iteration, "another process took over", run_dir)
-            if stop() and trainer.iteration < cfg.iters:
+            done = trainer.iteration
+            stopping, due = boundary.owes(done, stop())
+            if due and done < cfg.iters:
                 save()
-                write_status("interrupted")
-                rd.log(f"interrupted at iteration {trainer.iteration}")
-                return _outcome("interrupted", trainer.iteration, "stopped", run_dir)
-            if checkpoint_every > 0 and time.monotonic() - last >= checkpoint_every:
-                save()
-                write_status("running")
-                last = time.monotonic()
+                boundary.saved()
+                write_status("interrupted" if stopping else "running")
+            if stopping:
+                rd.log(f"interrupted at iteration {done}")
+                return _outcome("interrupted", done, "stopped", run_dir)
         arrays, scalars = trainer.results()
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]

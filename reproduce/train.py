@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from . import checkpoint, faults, flops, judge, metrics
 from .board import Board, board_dir
-from .bookkeeping import RunStatus, StatsBuffer, Stopwatch
+from .bookkeeping import Boundary, RunStatus, StatsBuffer, Stopwatch
 from .config import SCHEMA_VERSION, RunConfig, config_diff, upgrade_config
 from .data import (
     ImageDataset,
@@ -379,7 +379,7 @@ def _loop(
     val: ImageDataset | None = None,
 ) -> Outcome:
     thresholds = metrics.VerdictThresholds(rt.is_threshold, rt.diversity_threshold)
-    last_ckpt = time.monotonic()
+    boundary = Boundary(cfg.iters, rt.checkpoint_every, rt.checkpoint_every_iters)
     clock = Stopwatch()
     bar = _progress_bar(cfg, rt, run_dir, trainer)
     buffer = StatsBuffer(trainer, run_dir, bar, clock, status.board)
@@ -404,15 +404,8 @@ def _loop(
             if step_sleep:
                 time.sleep(step_sleep)
             done = trainer.iteration
-            # -- what this boundary owes. The stop flag is read once: a signal that arrives
-            # later is handled at the next boundary (reading it twice could stop without the
-            # checkpoint); at the last iteration the run simply completes, which saves anyway
-            stopping = bool(stop) and done < cfg.iters
-            due_ckpt = (
-                stopping
-                or (rt.checkpoint_every > 0 and time.monotonic() - last_ckpt >= rt.checkpoint_every)
-                or (rt.checkpoint_every_iters > 0 and done % rt.checkpoint_every_iters == 0)
-            )
+            # -- what this boundary owes (the stop flag is read once)
+            stopping, due_ckpt = boundary.owes(done, bool(stop))
             # -- statistics (one host sync) and divergence
             if due_ckpt or done % rt.log_every == 0 or done == cfg.iters:
                 bad = buffer.flush()
@@ -429,7 +422,7 @@ def _loop(
                 _evaluate(evaluator, trainer, run_dir, clock, "periodic", status.board)
             # -- checkpoint, then stop if asked
             if due_ckpt and done < cfg.iters:
-                last_ckpt = _save(trainer, run_dir, cfg, rt, env, clock, status.board)
+                boundary.saved(_save(trainer, run_dir, cfg, rt, env, clock, status.board))
                 status("running")
                 faults.pause_here(done)
             if stopping:
