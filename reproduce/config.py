@@ -31,7 +31,7 @@ from architectures import (
 )
 
 from .errors import UserError
-from .options import OPTIONS_BY_KEY, check_keys
+from .options import MODES, OPTIONS_BY_KEY, check_keys
 from .procedures import (
     ADAMS,
     LEGACY_OPTIMIZERS,
@@ -108,11 +108,11 @@ class RunConfig:
 
     @property
     def fast(self) -> bool:
-        return self.mode != "exact"
+        return MODES[self.mode].fast
 
     @property
     def bf16(self) -> bool:
-        return self.mode == "fast-bf16"
+        return MODES[self.mode].bf16
 
     def hash(self) -> str:
         """Short hash of the canonical JSON of this config plus the schema version, in the

@@ -20,9 +20,23 @@ from architectures import ALL_PAIRS, MLP_WIDTHS, NORMS, PADDINGS
 
 from .errors import UserError, did_you_mean
 from .procedures import HPARAM_SETS, LEGACY_OPTIMIZERS, OPTIMIZERS, PROCEDURES
+from .registry import Registry
 from .runtime import RuntimeConfig
 
-MODES = ("exact", "fast", "fast-bf16")
+
+@dataclass(frozen=True)
+class NumericsMode:
+    """How a run's arithmetic executes (trainer.make_steps, steps.py); a mode other than
+    exact is part of the run id."""
+
+    fast: bool  # torch.compile and TF32: close to exact, not bit-identical
+    bf16: bool = False  # bf16 autocast on top (the penalty and norms in fp32)
+
+
+MODES: Registry[NumericsMode] = Registry("mode")
+MODES.register("exact", NumericsMode(fast=False))
+MODES.register("fast", NumericsMode(fast=True))
+MODES.register("fast-bf16", NumericsMode(fast=True, bf16=True))
 SEED_MAX = 2**64 - 1  # torch.manual_seed's range
 
 
@@ -116,7 +130,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
            "foreach optimisers change no bit) | fast (torch.compile, the penalty through "
            "torch.func.grad, TF32 matmuls; close to exact, not bit-identical) | fast-bf16 "
            "(fast plus bf16 autocast, the penalty and norms in fp32). --fast is --mode fast. "
-           "The mode is part of the run id and shown in every table", MODES),
+           "The mode is part of the run id and shown in every table", tuple(MODES)),
 )
 # fmt: on
 

@@ -9,6 +9,7 @@ from reproduce.cli import EXECUTORS
 from reproduce.experiments import EXPERIMENTS
 from reproduce.figures import FIGURES
 from reproduce.matrix import PROFILES
+from reproduce.options import MODES
 from reproduce.procedures import PROCEDURES
 from reproduce.registry import Registry
 
@@ -37,6 +38,7 @@ def test_a_registry_keeps_order_refuses_twice_and_names_the_closest():
         (FIGURES, "figure", 5),
         (PROFILES, "profile", 3),
         (EXECUTORS, "executor", 3),
+        (MODES, "mode", 3),
     ],
 )
 def test_every_named_choice_is_a_registry(registry, kind, names):

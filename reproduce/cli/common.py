@@ -254,15 +254,35 @@ def with_weights(rt: RuntimeConfig) -> RuntimeConfig:
     return dataclasses.replace(rt, inception_weights=weights.path, inception_sha256=weights.sha256)
 
 
-EXECUTORS: Registry[str] = Registry("executor")  # name -> what it does
-EXECUTORS.register("local", "cells as processes on this machine's GPUs or CPU cores")
-EXECUTORS.register("slurm", "a SLURM job array through submitit, one task per cell")
-EXECUTORS.register("debug", "in this process, one cell after another")
+@dataclasses.dataclass(frozen=True)
+class Executor:
+    """Where a command's cells run (``--executor``)."""
+
+    name: str
+    description: str
+    slurm: bool = False  # SLURM array tasks: this machine need not have the jobs' GPUs
+    in_process: bool = False  # in this process, one cell after another
+
+    @property
+    def local(self) -> bool:
+        """Cells as processes of this machine's pool (GPU packing, CPU workers)."""
+        return not (self.slurm or self.in_process)
 
 
-def check_executor(name: str) -> None:
-    if name not in EXECUTORS:
-        raise UserError(f"--executor: {EXECUTORS.unknown(name)}")
+EXECUTORS: Registry[Executor] = Registry("executor")
+for _executor in (
+    Executor("local", "cells as processes on this machine's GPUs or CPU cores"),
+    Executor("slurm", "a SLURM job array through submitit, one task per cell", slurm=True),
+    Executor("debug", "in this process, one cell after another", in_process=True),
+):
+    EXECUTORS.register(_executor.name, _executor)
+
+
+def get_executor(name: str) -> Executor:
+    try:
+        return EXECUTORS[name]
+    except KeyError as e:
+        raise UserError(f"--executor: {e.args[0]}") from None
 
 
 def hms(seconds: float) -> str:

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_OK, EXIT_TEMPFAIL
+from .common import EXIT_OK, EXIT_TEMPFAIL, Executor
 
 
 @dataclass(frozen=True)
 class Execution:
     """How a command's cells run: here (local pool, debug) or on SLURM, and what it says."""
 
-    executor: str
+    executor: Executor
     pool: Any  # dispatch.LocalPool
     slurm: Any  # dispatch.SlurmProfile (slurm executor)
     folder: Path  # submitit's folder of this invocation
@@ -39,7 +39,7 @@ def execute(
     finished and the command goes on."""
     from .. import dispatch
 
-    if how.executor == "slurm":
+    if how.executor.slurm:
         if before_submit is not None:
             before_submit()
         jobs = dispatch.run_slurm(specs, how.slurm, how.folder)
@@ -72,13 +72,13 @@ def wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
         }
 
 
-def run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
+def run_here(executor: Executor, pool: Any, specs: list[Any], folder: Path) -> bool:
     """Run cells with the local or debug executor, printing progress; False if interrupted."""
     from .. import dispatch
     from ..live import LiveProgress
 
     total, done = len(specs), 0
-    live = LiveProgress(every=0 if executor == "debug" else None)
+    live = LiveProgress(every=0 if executor.in_process else None)
 
     def event(kind: str, spec: Any, info: Any) -> None:
         nonlocal done
@@ -93,7 +93,7 @@ def run_here(executor: str, pool: Any, specs: list[Any], folder: Path) -> bool:
         live.finished(spec.run_id)
         live.event(f"  [{done}/{total}] {info.get('state')}: {spec.run_id}{msg}")
 
-    if executor == "debug":
+    if executor.in_process:
         for run_id, result in dispatch.run_debug(specs, folder).items():
             event("finished", next(s for s in specs if s.run_id == run_id), result)
         return True

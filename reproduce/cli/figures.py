@@ -16,7 +16,7 @@ from .common import (
     Parser,
     add_dispatch_options,
     add_run_options,
-    check_executor,
+    get_executor,
     given_options,
     subcommand,
 )
@@ -54,7 +54,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"--toy-iters: must be at least 1, got {args.toy_iters}")
     if args.seed < 0:
         raise UserError(f"--seed: must be >= 0, got {args.seed}")
-    check_executor(args.executor)
+    get_executor(args.executor)  # a bad name fails before anything is planned
 
 
 def _specs(plans: dict[str, Any], results: Path, pool: Any, workers: int) -> list[Any]:
@@ -145,9 +145,8 @@ def run(args: argparse.Namespace) -> int:
     gpus = parse_gpus(args.gpus)
     sizes = {(c.dim, c.batch_size) for p in plans.values() if isinstance(p, MatrixPlan)
              for c in p.configs}  # fmt: skip
-    pool = dispatch.LocalPool(
-        gpus, parse_packing(args.cells_per_gpu, gpus, args.executor, results, sizes), workers
-    )
+    packing = parse_packing(args.cells_per_gpu, gpus, get_executor(args.executor), results, sizes)
+    pool = dispatch.LocalPool(gpus, packing, workers)
     todo = _specs(plans, results, pool, workers)
     if args.dry_run:
         _print_dry_run(plans, results, todo, names)
@@ -158,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"figures {', '.join(names)}: {len(todo)} runs to train")
     if todo:
         slurm = None
-        if args.executor == "slurm":
+        executor = get_executor(args.executor)
+        if executor.slurm:
             slurm, _ = dispatch.load_slurm_profile(args.slurm_profile, args.slurm_overrides)
-        how = Execution(args.executor, pool, slurm, dispatch.submission_folder(results),
+        how = Execution(executor, pool, slurm, dispatch.submission_folder(results),
                         wait=args.wait, noun="runs", running="runs",
                         submitted_hint="" if args.wait else "run the same command again when "
                         "they are done to draw the figures")  # fmt: skip

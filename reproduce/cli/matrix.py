@@ -28,14 +28,15 @@ from ..runtime import RuntimeConfig
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    Executor,
     Parser,
     add_dispatch_options,
     add_run_options,
     check_enough_images,
-    check_executor,
     check_existing_run,
     check_resolution,
     checkpoint_bytes,
+    get_executor,
     given_options,
     hms,
     resolve_device_arg,
@@ -86,7 +87,7 @@ class MatrixPlan:
     states: list[Any]  # matrix.CellState
     rt: RuntimeConfig
     dataset: ImageDataset
-    executor: str
+    executor: Executor
     results: Path
     pool: Any  # dispatch.LocalPool (local)
     slurm: Any  # dispatch.SlurmProfile (slurm)
@@ -134,7 +135,7 @@ def parse_gpus(text: str | None) -> list[int]:
 
 
 def parse_packing(
-    text: str, gpus: Sequence[int], executor: str, results: Path, sizes: set[tuple[int, int]]
+    text: str, gpus: Sequence[int], executor: Executor, results: Path, sizes: set[tuple[int, int]]
 ) -> Any:
     """--cells-per-gpu -> dispatch.Packing: N; ARCH=N,... (a bare N sets the rest); 'auto'
     (the newest packing benchmark of this GPU model under RESULTS/benchmarks/, measured at the
@@ -145,8 +146,8 @@ def parse_packing(
     text = str(text).strip()
     if text == "1":
         return Packing()
-    if executor != "local":
-        raise UserError(f"{flag}: packs cells of the local executor, not the {executor} one")
+    if not executor.local:
+        raise UserError(f"{flag}: packs cells of the local executor, not the {executor.name} one")
     if not gpus:
         raise UserError(
             f"{flag}: no GPU to pack cells on (none visible, or --gpus none); "
@@ -249,12 +250,12 @@ def _check_selection(args: MatrixRequest) -> None:
 
 
 def _slurm_profile_and_queue(
-    args: MatrixRequest, rt: RuntimeConfig, run_dirs: list[Path]
+    args: MatrixRequest, executor: Executor, rt: RuntimeConfig, run_dirs: list[Path]
 ) -> tuple[Any, dict[str, str] | None]:
     """The SLURM profile (slurm executor) and the queue the cells' states depend on."""
     from ..dispatch import load_slurm_profile, slurm_queue
 
-    if args.executor != "slurm":
+    if not executor.slurm:
         submitted = any(RunDir(d).submission_file.exists() for d in run_dirs)
         return None, slurm_queue() if submitted else None
     slurm, source = load_slurm_profile(args.slurm_profile, args.slurm_overrides)
@@ -293,7 +294,7 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
     from ..experiments import Selection, get_experiment
     from ..matrix import cell_state, expand, get_profile
 
-    check_executor(args.executor)
+    executor = get_executor(args.executor)
     profile = get_profile(args.profile)
     try:
         exp_options = get_experiment(args.experiment).options
@@ -310,7 +311,7 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
         os.cpu_count() or 1 if profile.cpu_workers == 0 else profile.cpu_workers
     )
     rt = resolve_runtime_config(given)
-    if args.executor != "slurm":  # a login node need not have the GPUs the jobs will get
+    if not executor.slurm:  # a login node need not have the GPUs the jobs will get
         resolve_device_arg(rt.device)
     dataset = load_dataset(rt.data)
     shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
@@ -326,20 +327,20 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
     results = Path(rt.results)
     gpus = parse_gpus(args.gpus)
     sizes = {(c.dim, c.batch_size) for c in configs}
-    packing = parse_packing(args.cells_per_gpu, gpus, args.executor, results, sizes)
+    packing = parse_packing(args.cells_per_gpu, gpus, executor, results, sizes)
     pool = LocalPool(gpus, packing, workers)
     run_dirs = [results / c.run_id for c in configs]
     for cfg, d in zip(configs, run_dirs, strict=True):
         check_existing_run(RunDir(d), cfg)
     base = check_writable(results, "--results")
-    slurm, queue = _slurm_profile_and_queue(args, rt, run_dirs)
+    slurm, queue = _slurm_profile_and_queue(args, executor, rt, run_dirs)
     states = [cell_state(d, queue) for d in run_dirs]
     runnable = [c for c, s in zip(configs, states, strict=True) if s.runnable]
     if runnable and not args.dry_run:
         _check_matrix_space(runnable, rt, base)
         rt = with_weights(rt)
     return MatrixPlan(
-        args.experiment, configs, run_dirs, states, rt, dataset, args.executor, results, pool,
+        args.experiment, configs, run_dirs, states, rt, dataset, executor, results, pool,
         slurm,
     )  # fmt: skip
 
@@ -360,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
     print(" (done, running or queued)")
     _print_packing(plan)
     specs = [dispatch.CellSpec(c.to_dict(), cell_runtime(plan), str(d)) for c, d in todo]
-    if plan.executor == "slurm" and not specs:
+    if plan.executor.slurm and not specs:
         print("nothing to submit")
         return EXIT_OK
     stop = execute(
@@ -385,11 +386,10 @@ def _print_dry_run(plan: MatrixPlan) -> None:
         extra = f" ({st.detail})" if st.detail else ""
         print(f"{d.name:<{width}}  {st.state}{extra}")
     n = sum(s.runnable for s in plan.states)
-    print(
-        f"{len(plan.configs)} cells, {n} to run ({plan.executor} executor); dry run: nothing done"
-    )
+    executor = plan.executor.name
+    print(f"{len(plan.configs)} cells, {n} to run ({executor} executor); dry run: nothing done")
     _print_packing(plan)
-    if plan.executor == "local" and plan.pool.on_cpu and n:
+    if plan.executor.local and plan.pool.on_cpu and n:
         print(_cpu_estimate(plan))
 
 
@@ -424,7 +424,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
 
 
 def _print_packing(plan: MatrixPlan) -> None:
-    if plan.executor == "local" and not plan.pool.on_cpu:
+    if plan.executor.local and not plan.pool.on_cpu:
         from ..dispatch import Packing
 
         if plan.pool.packing != Packing():
@@ -434,9 +434,9 @@ def _print_packing(plan: MatrixPlan) -> None:
 def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
     """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
     threads = plan.rt.threads
-    if threads is None and plan.executor == "local" and plan.pool.on_cpu:
+    if threads is None and plan.executor.local and plan.pool.on_cpu:
         threads = max(1, (os.cpu_count() or 1) // plan.pool.cpu_workers)
-    if threads is None and plan.executor == "slurm":
+    if threads is None and plan.executor.slurm:
         threads = plan.slurm.cpus_per_task
     return {**plan.rt.to_dict(), "threads": threads}
 
