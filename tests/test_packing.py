@@ -98,10 +98,10 @@ def packing_benchmark(path: Path, device: str, rates: dict[str, dict[int, float]
 
 def test_cells_per_gpu_forms(tmp_path):
 
-    from reproduce.cli import parse_packing
+    from reproduce.cli import EXECUTORS, parse_packing
 
     def parse(text, sizes=((64, 64),), gpus=(0,), executor="local"):
-        return parse_packing(text, list(gpus), executor, tmp_path, set(sizes))
+        return parse_packing(text, list(gpus), EXECUTORS[executor], tmp_path, set(sizes))
 
     p = parse("3")
     assert p.cells("resnet101") == 3 and p.cells(None) == 3 and p.per_arch == ()
