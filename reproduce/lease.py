@@ -219,8 +219,12 @@ def claim(run_dir: RunDir, doc: dict[str, Any]) -> Lease | Refusal:
     if refusal is not None:
         lease.release()
         return refusal
-    if not run_dir.exists():
-        atomic_write_json(run_dir.config_file, doc)
+    try:
+        if not run_dir.exists():
+            atomic_write_json(run_dir.config_file, doc)
+    except BaseException:  # a full disk, say: the lease is released, as `with lease` did
+        lease.release()
+        raise
     return lease
 
 
