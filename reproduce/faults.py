@@ -13,6 +13,9 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
                      so that tests can interrupt it)
     pause@K          after committing checkpoint K, stop the process (SIGSTOP) until a
                      SIGCONT: the test changes the world (fills the disk) at a known point
+    hold@K           before generator iteration K, wait until a stop is requested (the stop
+                     then lands exactly at the end of iteration K: a test's signal cannot
+                     arrive too early or too late, however loaded the machine)
     critic-sleep=S   sleep S seconds after every critic step (a long iteration: the stop
                      flag is read between critic steps)
     eval-sleep=S     sleep S seconds before the final evaluation (a cell that completes
@@ -72,6 +75,13 @@ def pause_here(iteration: int) -> None:
     """``pause@K``: stop this process at checkpoint K until someone sends SIGCONT."""
     if active("pause", iteration):
         os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def hold_here(iteration: int, stop: object) -> None:
+    """``hold@K``: before iteration K, sleep until ``stop`` (the run's stop flag) is true."""
+    if active("hold", iteration):
+        while not stop:
+            time.sleep(0.02)
 
 
 def stall() -> None:  # pragma: no cover - only ever ended by SIGKILL

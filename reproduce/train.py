@@ -393,6 +393,7 @@ def _loop(
                     "lost", trainer.iteration, "another process took over the run", run_dir.path
                 )
             # -- one iteration (a stop overdue in its middle abandons it)
+            faults.hold_here(trainer.iteration, stop)
             it, setups, t0 = trainer.iteration, trainer.steps.setups, time.perf_counter()
             try:
                 stats = trainer.step(stop)

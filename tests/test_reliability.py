@@ -112,7 +112,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes(tmp_path, reference):
     results = tmp_path / "results"
     args = train_args(results, "wgan-gp")
     args[args.index("--checkpoint-every-iters") + 1] = "0"  # only the signal checkpoint
-    proc = popen_cli(*args)
+    proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="hold@5"))  # waits for the signal
     wait_for(lambda: n_rows(results) >= 5, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
@@ -121,7 +121,7 @@ def test_sigterm_checkpoints_at_the_next_step_and_resumes(tmp_path, reference):
     status = json.loads((run / "status.json").read_text())
     assert status["state"] == "interrupted" and "SIGTERM" in status["message"]
     (ckpt,) = checkpoint.list_checkpoints(run / "checkpoints")
-    assert ckpt.iteration == status["iteration"] >= 5
+    assert ckpt.iteration == status["iteration"] == 6  # at the end of the iteration it was in
     finish(args)
     assert_same_result(run, reference("wgan-gp"))
 
