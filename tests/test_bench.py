@@ -172,3 +172,22 @@ def test_the_reference_packing_and_evaluation_benchmarks_run(tmp_path):
     board = results["test_tensorboard_logging_overhead"]["extra"]
     assert board["overhead_fraction"] > 0 and board["bytes_per_read"] > 0
     assert "TensorBoard logging at the default cadences: " in r.stdout
+
+
+def test_the_fast_mode_benchmark_runs(tmp_path):
+    """The README's ``BENCH_FAST=1 python -m reproduce bench -k fast``: a cell's fast mode
+    compiles and is timed, at toy size (the benchmark broke once, unseen, when
+    configure_numerics came to take a bool instead of the mode's name: the suite ran every
+    benchmark but this one). fast-bf16 goes through the same benchmark code; its compiled step
+    is tested in tests/test_speed.py."""
+    env = cli_env(BENCH_FAST="1", BENCH_DIM="4", BENCH_BATCH="4", BENCH_ROUNDS="1")
+    sel = "test_generator_iteration_fast and mlp-generator-lsgan and not bf16"
+    r = run_cli("bench", "-k", sel, "--results", str(tmp_path), "--name", "f", env=env,
+                timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    results = bench.load_results(tmp_path / "benchmarks" / "f.json", "x")
+    (name,) = results
+    assert name == "test_generator_iteration_fast[mlp-generator-lsgan-fast]"
+    extra = results[name]["extra"]
+    assert extra["mode"] == "fast" and extra["engine"] == "compiled", extra
+    assert extra["flops_per_iter"] > 0 and extra["tflops"] > 0

@@ -98,7 +98,7 @@ def test_user_port_iteration(benchmark, arch, procedure):
 @pytest.mark.parametrize("arch,procedure", CELLS, ids=[f"{a}-{p}" for a, p in CELLS])
 def test_generator_iteration_fast(benchmark, arch, procedure, mode):
     cfg = _config(arch, procedure, mode)
-    configure_numerics(DEVICE, mode)
+    configure_numerics(DEVICE, cfg.fast)
     trainer = Trainer(cfg, load_demo(), DEVICE, compile_mode=os.environ.get("BENCH_COMPILE_MODE",
                                                                             "default"))  # fmt: skip
     for _ in range(2):  # compiles the critic and the generator step
