@@ -152,6 +152,11 @@ def test_both_penalty_forms_agree(small_demo):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-9)
 
 
+def _rel(new: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest absolute difference relative to the reference's largest magnitude."""
+    return float((new - ref).abs().max() / ref.abs().max().clamp_min(1e-6))
+
+
 def _one_step_grads(trainer: Trainer, seed: int) -> tuple[dict, list, list]:
     """Loss, statistics and weight gradients of one critic step and one generator step on
     fixed inputs, without updating anything."""
@@ -198,10 +203,12 @@ def test_fast_modes_agree_with_exact_mode(small_demo):
     f_stats, f_dg, f_gg = _one_step_grads(fast, 7)
     for k in e_stats:
         torch.testing.assert_close(f_stats[k], e_stats[k], rtol=1e-4, atol=1e-6, msg=k)
+    worst = {k: _rel(f_stats[k], e_stats[k]) for k in e_stats}
     for e_grads, f_grads in ((e_dg, f_dg), (e_gg, f_gg)):
         scale = torch.cat([g.flatten() for g in e_grads]).norm()
         for a, b in zip(e_grads, f_grads, strict=True):
             assert float((b - a).norm() / scale) < 1e-4
+            worst["gradients"] = max(worst.get("gradients", 0.0), float((b - a).norm() / scale))
 
     rng = torch.get_rng_state()  # both runs draw the same noise from the global stream
     e_rows = [exact.step() for _ in range(3)]
@@ -210,6 +217,9 @@ def test_fast_modes_agree_with_exact_mode(small_demo):
     for er, fr in zip(e_rows, f_rows, strict=True):
         for k in er:
             torch.testing.assert_close(fr[k], er[k], rtol=1e-4, atol=1e-6, msg=k)
+            worst["losses"] = max(worst.get("losses", 0.0), _rel(fr[k], er[k]))
+    print("fast: worst relative difference from exact mode " + ", ".join(
+        f"{k} {v:.1e}" for k, v in sorted(worst.items())))  # fmt: skip
 
     bf_cfg = RunConfig(**{**base.to_dict(), "mode": "fast-bf16"})
     configure_numerics(cpu, fast=True)
