@@ -28,13 +28,14 @@ def _figure(results: Path, name: str) -> dict:
 
 
 def test_figure_1b_gradient_norms_explode_vanish_or_stay_flat(tmp_path):
-    """SPEC.md C.2 at the paper's width (512) and batch (256), 20 generator iterations (108 s
-    alone on the project's 2-core CPU; clipping at 0.1 needs about 20 to show its growth):
-    clipping at 0.1 grows the gradient with depth, 0.01 and 0.001 shrink it by orders of
-    magnitude across the 12 layers, the penalty keeps it within about one order; clipped
-    weights pile up at +-c."""
-    r = run_cli("figures", "fig1b", "--toy-iters", "20", "--executor", "debug",
-                "--results", str(tmp_path), timeout=900)  # fmt: skip
+    """SPEC.md C.2 at the paper's width (512) and batch (256), 20 generator iterations
+    (clipping at 0.1 needs about 20 to show its growth), the four runs two at a time as
+    `figures` runs them (94 s alone on the project's 2-core CPU on 2026-12-04; one after the
+    other in-process, 126 s): clipping at 0.1 grows the gradient with depth, 0.01 and 0.001
+    shrink it by orders of magnitude across the 12 layers, the penalty keeps it within about
+    one order; clipped weights pile up at +-c."""
+    r = run_cli("figures", "fig1b", "--toy-iters", "20", "--executor", "local", "--workers",
+                "2", "--results", str(tmp_path), timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr
     nums = _figure(tmp_path, "fig1b")
     logs = {k: np.array(v["log10_layer_grad_norms"]) for k, v in nums.items() if k != "figure"
