@@ -22,6 +22,25 @@ from reproduce.runtime import RuntimeConfig
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _share_the_cores() -> None:
+    """Under pytest-xdist (pyproject.toml: two workers), each worker and every CLI process it
+    starts get the worker's share of the cores, as the matrix gives each of its cells
+    (cores // cells). With torch's default of one thread per core, two workers ran up to four
+    busy OpenMP threads on this project's two cores, and the threads' spin-waiting cost more
+    than the work: three test files took 229 s (400 CPU-s) against 146 s (239 CPU-s) with a
+    thread each (2026-12-04). An OMP_NUM_THREADS the caller set is kept; one test alone
+    (-n 0) keeps every core."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    os.environ["OMP_NUM_THREADS"] = str(share)  # inherited by every CLI process and SLURM job
+    torch.set_num_threads(share)  # this worker's own in-process training
+
+
+_share_the_cores()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def judge_cache(tmp_path_factory) -> Path:
     """One demo-judge cache for the whole run, shared by the xdist workers (the first to need
