@@ -56,6 +56,13 @@ class FlopCounter(TorchDispatchMode):
         self.ops = 0
         self.by_op: Counter[str] = Counter()
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # False: torch then leaves __torch_dispatch__ unwrapped. Its torch._disable_dynamo
+        # wrapper (for modes active under torch.compile; the count runs one eager step) would
+        # import torch._dynamo on first use (see optim.EagerOptimizer)
+        return False
+
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
