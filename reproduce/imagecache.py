@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import UserError
 from .results import atomic_write_json, now_iso, read_json
+from .runtime import usable_cpus
 
 RESOLUTION = 64
 RESIZE = "PIL bicubic (antialiased), shorter side to 64, centre crop 64x64, RGB"
@@ -163,7 +164,7 @@ def _hash_shards(path: Path, arr: np.ndarray, spans: list[Span], fail: Fail) -> 
         start, n, _ = span
         return span, hashlib.sha256(np.ascontiguousarray(arr[start : start + n]).data).hexdigest()
 
-    with cf.ThreadPoolExecutor(min(8, len(os.sched_getaffinity(0)))) as pool:
+    with cf.ThreadPoolExecutor(min(8, usable_cpus())) as pool:
         for (start, n, expected), got in pool.map(digest, todo):
             if got != expected:
                 with contextlib.suppress(OSError):

@@ -46,7 +46,7 @@ class Profile:
     description: str
     options: Mapping[str, Any]  # defaults for options.OPTIONS keys; explicit flags override
     needs_data: bool = False
-    cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per CPU core)
+    cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per usable CPU)
 
 
 PROFILES: Registry[Profile] = Registry("profile")

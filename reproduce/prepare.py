@@ -40,7 +40,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +69,7 @@ from .results import (
     now_iso,
     read_json,
 )
+from .runtime import usable_cpus
 
 ROW_BYTES = 3 * RESOLUTION * RESOLUTION  # 12,288 bytes per image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
@@ -270,7 +271,7 @@ class Options:
     limit: int | None = None
     val_fraction: float = 0.0
     max_skipped: float = MAX_SKIPPED
-    workers: int = max(1, len(os.sched_getaffinity(0)))
+    workers: int = field(default_factory=usable_cpus)
     progress: bool = True
     shard_rows: int = SHARD_ROWS
 

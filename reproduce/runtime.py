@@ -9,6 +9,7 @@ No torch here."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,15 @@ JUDGES = ("auto", "demo", "inception")
 # samples, 10 splits); the demo judge scores 10,000 samples in seconds, but 2,000 (200 per
 # split) already put its score within about 0.05 of the full set's on the demo data
 JUDGE_SAMPLES = {"inception": (5_000, 50_000), "demo": (500, 2_000)}
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (``taskset``, a SLURM allocation's
+    or a container's cpuset), not the machine's core count, which can be far larger. Where
+    there is no mask (macOS), the core count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def option(

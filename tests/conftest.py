@@ -17,7 +17,7 @@ import torch
 from reproduce.cli import main
 from reproduce.config import resolve_run_config
 from reproduce.data import ImageDataset, fingerprint, load_demo
-from reproduce.runtime import RuntimeConfig
+from reproduce.runtime import RuntimeConfig, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _share_the_cores() -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2 or "OMP_NUM_THREADS" in os.environ:
         return
-    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    share = max(1, usable_cpus() // workers)
     os.environ["OMP_NUM_THREADS"] = str(share)  # inherited by every CLI process and SLURM job
     torch.set_num_threads(share)  # this worker's own in-process training
 

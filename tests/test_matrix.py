@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ from reproduce.experiments import Selection
 from reproduce.matrix import PROFILES, expand
 from reproduce.procedures import PROCEDURES
 
-from .conftest import run_main, tree
+from .conftest import cli_env, run_main, tree
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
 FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
@@ -237,3 +240,22 @@ def test_the_claims_estimate_is_the_measured_costs_on_the_workers(tmp_path):
     assert "measured per cell" in line, line
     # the longest cell alone bounds it from below; perfect balance from below too
     assert wall >= max(per_cell) and wall >= sum(per_cell) / 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to mask one off")
+def test_the_default_workers_are_the_cpus_this_process_may_use(tmp_path):
+    """Under a CPU mask (taskset, a SLURM or container cpuset) the demo profile runs one cell
+    per CPU of the mask, not per core of the machine: a 4-CPU allocation on a 64-core node
+    would otherwise start 64 cells of about 1 GB each on 4 CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--results", str(tmp_path),
+            "--dry-run"]  # fmt: skip
+    lines = {}
+    for mask in ({cpus[0]}, set(cpus)):
+        r = subprocess.run(args, capture_output=True, text=True, env=cli_env(), timeout=300,
+                           preexec_fn=lambda m=mask: os.sched_setaffinity(0, m))  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        lines[len(mask)] = r.stdout.strip().splitlines()[-1]
+    assert "on 1 CPU worker(s)" in lines[1], lines
+    assert f"on {len(cpus)} CPU worker(s)" in lines[len(cpus)], lines
+    assert tree(tmp_path) == []

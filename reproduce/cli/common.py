@@ -151,8 +151,8 @@ def add_dispatch_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="cells at once on a machine without GPUs; CPU threads are split "
-        "between them (default: one per CPU core for the demo profile, "
-        "else 1)",
+        "between them (default: one per CPU this process may use for the "
+        "demo and claims profiles, else 1)",
     )
     disp.add_argument(
         "--slurm-profile",

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, did_you_mean
 from ..results import check_writable
+from ..runtime import usable_cpus
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -63,7 +63,7 @@ def _specs(plans: dict[str, Any], results: Path, pool: Any, workers: int) -> lis
     from ..matrix import cell_state
 
     specs: dict[str, Any] = {}
-    toy_threads = max(1, (os.cpu_count() or 1) // workers) if pool.on_cpu else None
+    toy_threads = max(1, usable_cpus() // workers) if pool.on_cpu else None
     for plan in plans.values():
         if isinstance(plan, MatrixPlan):
             rt = cell_runtime(plan)
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             plans[name] = plan_matrix(_figure_request(args, need, results))
         else:
             plans[name] = need
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or usable_cpus()
     gpus = parse_gpus(args.gpus)
     sizes = {(c.dim, c.batch_size) for p in plans.values() if isinstance(p, MatrixPlan)
              for c in p.configs}  # fmt: skip

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..options import OPTIONS_BY_KEY, SEED_MAX, check_range
 from ..procedures import PROCEDURES
 from ..results import RunDir, check_writable
-from ..runtime import RuntimeConfig
+from ..runtime import RuntimeConfig, usable_cpus
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -307,9 +307,7 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
             "(made by prepare-data), or use --profile demo for the built-in data"
         )
     _check_selection(args)
-    workers = args.workers or (
-        os.cpu_count() or 1 if profile.cpu_workers == 0 else profile.cpu_workers
-    )
+    workers = args.workers or (usable_cpus() if profile.cpu_workers == 0 else profile.cpu_workers)
     rt = resolve_runtime_config(given)
     if not executor.slurm:  # a login node need not have the GPUs the jobs will get
         resolve_device_arg(rt.device)
@@ -435,7 +433,7 @@ def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
     """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
     threads = plan.rt.threads
     if threads is None and plan.executor.local and plan.pool.on_cpu:
-        threads = max(1, (os.cpu_count() or 1) // plan.pool.cpu_workers)
+        threads = max(1, usable_cpus() // plan.pool.cpu_workers)
     if threads is None and plan.executor.slurm:
         threads = plan.slurm.cpus_per_task
     return {**plan.rt.to_dict(), "threads": threads}
