@@ -142,8 +142,17 @@ def test_recognisable_samples_of_two_modes_are_collapsed_not_low_quality():
     assert metrics.verdict("completed", good, metrics.VerdictThresholds())["verdict"] == "trained"
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, the caller's count restored after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.mark.slow
-def test_training_makes_the_generator_better(demo_judge, demo, tmp_path):
+def test_training_makes_the_generator_better(demo_judge, demo, tmp_path, one_thread):
     """A baseline WGAN-GP cell at width 8, batch 16 (the paper's hyperparameters): after 240
     generator iterations its samples are closer to the data in the judge's feature space
     (Fréchet distance) and far more varied than the same generator's at iteration 0. (At this
@@ -151,7 +160,6 @@ def test_training_makes_the_generator_better(demo_judge, demo, tmp_path):
     With the generator's optimiser step disabled, both assertions fail."""
     from reproduce.trainer import Trainer
 
-    torch.set_num_threads(1)
     cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp")
     trainer = Trainer(cfg, demo, CPU)
     rt = quiet_runtime(tmp_path, eval=True, final_eval_samples=1000)
