@@ -90,6 +90,13 @@ def small_config(dataset: ImageDataset, **overrides):
     return resolve_run_config(choices, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
 
 
+# A demo cell's final evaluation judges 2,000 samples by default: with torch-fidelity's KID
+# (100 subsets of 1,000) about 6 CPU-s a cell. A test about dispatch, checkpoints or reports,
+# not scores, judges 200: the report test's 4-cell matrix took 67 CPU-s with the default and
+# 25 with this (2026-12-04).
+FINAL_EVAL = ("--final-eval-samples", "200")
+
+
 def quiet_runtime(results: Path, **overrides) -> RuntimeConfig:
     """In-process training without progress bars, FLOP counting or evaluation (a test that
     evaluates says so: ``eval=True``)."""

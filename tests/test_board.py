@@ -14,7 +14,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from reproduce.results import IS_MEAN, read_jsonl
 
-from .conftest import run_cli
+from .conftest import FINAL_EVAL, run_cli
 from .procs import ITERS, finish, sigkill_at, the_run, train_args
 
 
@@ -124,7 +124,7 @@ def test_a_matrix_reads_as_arch_procedure_seed_runs_in_tensorboard(tmp_path):
     results = tmp_path / "r"
     r = run_cli("matrix", "--profile", "demo", "--arch", "baseline", "tanh", "--procedure",
                 "dcgan", "wgan-gp", "--iters", "4", "--executor", "debug", "--results",
-                str(results), "--sample-every", "2")  # fmt: skip
+                str(results), "--sample-every", "2", *FINAL_EVAL)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     boards = results / "tensorboard"
     runs = sorted(str(p.relative_to(boards).parent) for p in boards.glob("*/*/*/events.*"))

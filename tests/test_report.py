@@ -18,7 +18,7 @@ from PIL import Image
 
 from reproduce.report import by_cell, collect, lsun_grid
 
-from .conftest import cli_env, run_cli, tree
+from .conftest import FINAL_EVAL, cli_env, run_cli, tree
 
 TABLES = ("lsun_is_table", "throughput_table")
 PLOTS = ("is_vs_iteration", "is_vs_wallclock", "critic_loss", "throughput", "samples_grid")
@@ -31,7 +31,7 @@ def results(tmp_path_factory) -> Path:
     res = tmp_path_factory.mktemp("report") / "results"
     r = run_cli("matrix", "--profile", "demo", "--arch", "baseline", "tanh", "--procedure",
                 "dcgan", "wgan-gp", "--iters", "4", "--executor", "debug", "--results", str(res),
-                "--sample-every", "2")  # fmt: skip
+                "--sample-every", "2", *FINAL_EVAL)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     runs = {d.name.rsplit("-", 2)[0]: d for d in res.iterdir() if (d / "config.json").exists()}
     shutil.rmtree(runs["tanh-dcgan"])  # listed in the manifest, never started -> pending

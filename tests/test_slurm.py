@@ -13,7 +13,7 @@ import pytest
 
 from reproduce.results import read_jsonl
 
-from .conftest import assert_states_equal, cli_env, load_final_state, run_cli
+from .conftest import FINAL_EVAL, assert_states_equal, cli_env, load_final_state, run_cli
 
 pytestmark = pytest.mark.slurm
 
@@ -109,6 +109,7 @@ def slurm_reference(tmp_path_factory) -> Path:
         "--no-progress",
         "--results",
         str(results),
+        *FINAL_EVAL,
     )
     assert r.returncode == 0, r.stderr
     return only_run(results)
@@ -126,6 +127,7 @@ def submit_slow_cell(results: Path, *extra: str) -> Path:
         "24",
         "--results",
         str(results),
+        *FINAL_EVAL,
         *extra,
         env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4"),
     )
