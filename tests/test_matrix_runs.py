@@ -11,11 +11,11 @@ import signal
 from reproduce.matrix import cell_state
 from reproduce.results import read_jsonl
 
-from .conftest import cli_env, popen_cli, run_cli, run_main
+from .conftest import FINAL_EVAL, cli_env, popen_cli, run_cli, run_main
 from .procs import n_rows, wait_for
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
+FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
 
 
 def test_second_invocation_trains_nothing(tmp_path):

@@ -11,10 +11,10 @@ import pytest
 
 from reproduce.errors import UserError
 
-from .conftest import cli_env, run_cli
+from .conftest import FINAL_EVAL, cli_env, run_cli
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
+FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
 
 
 def spec(arch: str, n: int = 0):

@@ -8,10 +8,10 @@ import json
 import os
 import re
 
-from .conftest import cli_env, run_main
+from .conftest import FINAL_EVAL, cli_env, run_main
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
+FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
 
 
 def test_status_shows_the_grid(tmp_path):
