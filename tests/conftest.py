@@ -96,6 +96,10 @@ def small_config(dataset: ImageDataset, **overrides):
 # 25 with this (2026-12-04).
 FINAL_EVAL = ("--final-eval-samples", "200")
 
+# A 3-iteration demo matrix (the matrix, packing and status tests), judged on FINAL_EVAL's
+# samples.
+DEMO_FAST = ("--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL)
+
 
 def quiet_runtime(results: Path, **overrides) -> RuntimeConfig:
     """In-process training without progress bars, FLOP counting or evaluation (a test that

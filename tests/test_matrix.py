@@ -18,10 +18,9 @@ from reproduce.matrix import PROFILES, expand
 from reproduce.procedures import PROCEDURES
 from reproduce.runtime import usable_cpus
 
-from .conftest import cli_env, run_main, tree
+from .conftest import DEMO_FAST, cli_env, run_main, tree
 
 FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress"]
 
 
 def test_lsun_expansion_is_the_7x4_cross_product_in_paper_order():
@@ -217,7 +216,7 @@ def test_unwritable_results_directory(tmp_path):
 
 def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
     before = tree(tmp_path)
-    code, out, err = run_main("matrix", *FAST, "--results", str(tmp_path / "r"), "--dry-run")
+    code, out, err = run_main("matrix", *DEMO_FAST, "--results", str(tmp_path / "r"), "--dry-run")
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 30 and lines[-2].startswith("28 cells, 28 to run")
@@ -252,7 +251,7 @@ def test_the_default_workers_are_the_cpus_this_process_may_use(tmp_path):
     per CPU of the mask, not per core of the machine: a 4-CPU allocation on a 64-core node
     would otherwise start 64 cells of about 1 GB each on 4 CPUs."""
     cpus = sorted(os.sched_getaffinity(0))
-    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--results", str(tmp_path),
+    args = [sys.executable, "-m", "reproduce", "matrix", *DEMO_FAST, "--results", str(tmp_path),
             "--dry-run"]  # fmt: skip
     lines = {}
     for mask in ({cpus[0]}, set(cpus)):

@@ -11,17 +11,14 @@ import signal
 from reproduce.matrix import cell_state
 from reproduce.results import read_jsonl
 
-from .conftest import FINAL_EVAL, cli_env, popen_cli, run_cli, run_main
+from .conftest import DEMO_FAST, cli_env, popen_cli, run_cli, run_main
 from .procs import n_rows, wait_for
-
-FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
 
 
 def test_second_invocation_trains_nothing(tmp_path):
     args = [
         "matrix",
-        *FAST,
+        *DEMO_FAST,
         "--arch",
         "baseline",
         "no-norm",
@@ -72,7 +69,7 @@ def test_eight_matrix_processes_train_each_cell_exactly_once(tmp_path):
     results = tmp_path / "r"
     args = [
         "matrix",
-        *FAST,
+        *DEMO_FAST,
         "--arch",
         "baseline",
         "constant-filters",
@@ -114,7 +111,7 @@ def test_local_executor_runs_one_cell_per_visible_gpu(tmp_path):
     results = tmp_path / "r"
     r = run_cli(
         "matrix",
-        *FAST,
+        *DEMO_FAST,
         "--arch",
         "baseline",
         "constant-filters",
@@ -143,7 +140,7 @@ def test_interrupted_local_matrix_resumes(tmp_path):
     results = tmp_path / "r"
     args = [
         "matrix",
-        *FAST,
+        *DEMO_FAST,
         "--arch",
         "baseline",
         "--procedure",
@@ -183,7 +180,8 @@ def test_a_cell_that_completes_while_the_matrix_stops_is_announced(tmp_path):
     """A cell in its final evaluation when Ctrl-C comes completes instead of checkpointing;
     the matrix used to exit without a word about it."""
     results = tmp_path / "r"
-    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "wgan", "--results", str(results)]
+    args = ["matrix", *DEMO_FAST, "--arch", "baseline", "--procedure", "wgan", "--results",
+            str(results)]  # fmt: skip
     proc = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="eval-sleep=4"))
     wait_for(lambda: any(results.glob("*/checkpoints/ckpt-*")), proc)  # saved before evaluating
     proc.send_signal(signal.SIGINT)
@@ -206,7 +204,7 @@ def test_ctrl_c_to_the_process_group_while_a_cell_is_being_submitted(tmp_path):
     from .conftest import REPO
 
     results = tmp_path / "results"
-    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--arch", "baseline",
+    args = [sys.executable, "-m", "reproduce", "matrix", *DEMO_FAST, "--arch", "baseline",
             "--procedure", "wgan-gp", "dcgan", "--iters", "30", "--workers", "1", "--no-eval",
             "--results", str(results)]  # fmt: skip
     env = cli_env(REPRODUCE_FAULTS="submit-sleep=2,step-sleep=0.2")
@@ -237,7 +235,7 @@ def test_sigint_to_a_matrix_that_inherited_it_ignored_still_stops_it(tmp_path):
     from .conftest import REPO
 
     results = tmp_path / "results"
-    args = [sys.executable, "-m", "reproduce", "matrix", *FAST, "--arch", "baseline",
+    args = [sys.executable, "-m", "reproduce", "matrix", *DEMO_FAST, "--arch", "baseline",
             "--procedure", "wgan-gp", "--iters", "40", "--no-eval", "--checkpoint-every", "0",
             "--results", str(results)]  # fmt: skip
     env = cli_env(REPRODUCE_FAULTS="hold@4")  # the cell waits before iteration 4 for the stop

@@ -11,10 +11,7 @@ import pytest
 
 from reproduce.errors import UserError
 
-from .conftest import FINAL_EVAL, cli_env, run_cli
-
-FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
+from .conftest import DEMO_FAST, cli_env, run_cli
 
 
 def spec(arch: str, n: int = 0):
@@ -137,8 +134,8 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
     cells run alone (each before the mlp-generator cells: larger shares start first)."""
     results = tmp_path / "r"
     r = run_cli(
-        "matrix", *FAST, "--arch", "mlp-generator", "baseline", "--procedure", "dcgan", "lsgan",
-        "--iters", "8", "--gpus", "0", "--cells-per-gpu", "mlp-generator=2",
+        "matrix", *DEMO_FAST, "--arch", "mlp-generator", "baseline", "--procedure", "dcgan",
+        "lsgan", "--iters", "8", "--gpus", "0", "--cells-per-gpu", "mlp-generator=2",
         "--results", str(results), env=cli_env(REPRODUCE_FAULTS="step-sleep=0.3,fake-gpus"),
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
@@ -160,7 +157,7 @@ def test_gpu_indices_count_the_gpus_of_cuda_visible_devices(tmp_path):
     results = tmp_path / "r"
     uuid = "GPU-0b1d5e2a-6c1f-4f3e-9a7d-2b8c4e6f1a30"
     env = cli_env(CUDA_VISIBLE_DEVICES=f"7,{uuid}", REPRODUCE_FAULTS="fake-gpus")
-    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "dcgan", "lsgan",
+    args = ["matrix", *DEMO_FAST, "--arch", "baseline", "--procedure", "dcgan", "lsgan",
             "--results", str(results)]  # fmt: skip
     r = run_cli(*args, "--gpus", "2", env=env)
     assert r.returncode == 2 and not results.exists(), r.stdout + r.stderr

@@ -8,17 +8,14 @@ import json
 import os
 import re
 
-from .conftest import FINAL_EVAL, cli_env, run_main
-
-FP = {"dataset": "demo", "data_fingerprint": "demo-0000"}
-FAST = ["--profile", "demo", "--iters", "3", "--no-progress", *FINAL_EVAL]
+from .conftest import DEMO_FAST, cli_env, run_main
 
 
 def test_status_shows_the_grid(tmp_path):
     results = tmp_path / "r"
     code, out, err = run_main(
         "matrix",
-        *FAST,
+        *DEMO_FAST,
         "--arch",
         "tanh",
         "--procedure",
@@ -30,7 +27,7 @@ def test_status_shows_the_grid(tmp_path):
         str(results),
     )
     assert code == 0, err
-    code, out, err = run_main("matrix", *FAST, "--results", str(results), "--dry-run")
+    code, out, err = run_main("matrix", *DEMO_FAST, "--results", str(results), "--dry-run")
     code, out, err = run_main("status", "--results", str(results))
     assert code == 0, err
     assert "seed 0: 2 completed" in out
@@ -57,7 +54,7 @@ def test_status_asks_squeue_only_about_unfinished_slurm_cells(tmp_path, monkeypa
 
     results = tmp_path / "r"
     argv = ["--arch", "tanh", "--procedure", "dcgan", "--executor", "local", "--workers", "1"]
-    code, out, err = run_main("matrix", *FAST, *argv, "--results", str(results))
+    code, out, err = run_main("matrix", *DEMO_FAST, *argv, "--results", str(results))
     assert code == 0, out + err
     (run,) = [d for d in results.iterdir() if (d / "config.json").exists()]
     assert json.loads((run / "submission.json").read_text())["executor"] == "local"
@@ -98,7 +95,7 @@ def test_status_into_a_closed_pipe_exits_cleanly(tmp_path):
     from .conftest import REPO
 
     results = tmp_path / "r"
-    argv = ["matrix", *FAST, "--arch", "baseline", "--procedure", "dcgan", "--no-eval",
+    argv = ["matrix", *DEMO_FAST, "--arch", "baseline", "--procedure", "dcgan", "--no-eval",
             "--executor", "debug", "--results", str(results)]  # fmt: skip
     code, _, err = run_main(*argv)
     assert code == 0, err
@@ -164,7 +161,7 @@ def test_status_watch_follows_a_running_matrix_until_it_finishes(tmp_path):
     from .procs import n_rows, wait_for
 
     results = tmp_path / "r"
-    args = ["matrix", *FAST, "--arch", "baseline", "--procedure", "wgan-gp", "--iters", "12",
+    args = ["matrix", *DEMO_FAST, "--arch", "baseline", "--procedure", "wgan-gp", "--iters", "12",
             "--no-eval", "--results", str(results)]  # fmt: skip
     matrix = popen_cli(*args, env=cli_env(REPRODUCE_FAULTS="step-sleep=0.4"))
     try:
