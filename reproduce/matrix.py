@@ -291,6 +291,7 @@ SUMMARY_COLUMNS = (
     "judge",
     "is_mean",
     "is_std",
+    "real_is",
     "fid",
     "kid",
     "modes",
@@ -330,6 +331,8 @@ def summary_rows(configs: Sequence[RunConfig], run_dirs: Sequence[Path]) -> list
                 "judge": judge_name(m),
                 "is_mean": m.get(IS_MEAN),
                 "is_std": m.get(IS_STD),
+                # the real data's score under the same judge: what is_mean is compared with
+                "real_is": m.get("real_" + IS_MEAN),
                 "fid": m.get(FID),
                 "kid": m.get(KID_MEAN),
                 "modes": (
@@ -417,7 +420,12 @@ def terminal_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         for row in table
     ]  # fmt: skip
     if demo:
-        lines.append("IS and FD: the demo judge's (its IS is out of 8; the data's own: about 7.7)")
+        # the data's own score, as measured (one value unless cells used other references)
+        real = sorted({round(v, 2) for r in rows if isinstance(v := r.get("real_is"), float)})
+        own = ""
+        if real:
+            own = f"; the data's own: {real[0]:.2f}" + (f"-{real[-1]:.2f}" if real[1:] else "")
+        lines.append(f"IS and FD: the demo judge's (its IS is out of 8{own})")
     return "\n".join(lines) + "\n"
 
 

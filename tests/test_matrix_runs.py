@@ -51,6 +51,10 @@ def test_second_invocation_trains_nothing(tmp_path):
 
     rows = pd.read_csv(next((tmp_path / "r" / "matrices").glob("*-summary.csv")))
     assert (rows["judge"] == "demo-judge").all() and rows["is_mean"].notna().all()
+    # the footer gives the data's own score as measured (all four cells share the reference)
+    assert rows["real_is"].between(7.0, 8.0).all() and rows["real_is"].nunique() == 1
+    own = f"(its IS is out of 8; the data's own: {rows['real_is'][0]:.2f})"
+    assert out.splitlines()[head + 5] == f"IS and FD: the demo judge's {own}", out
     assert rows["modes"].str.fullmatch(r"[0-8]/8").all()
     assert rows["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
     assert len(list((tmp_path / "r" / "matrices").glob("*-summary.csv"))) == 1
