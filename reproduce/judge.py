@@ -321,6 +321,11 @@ def _cached(root: Path, fps: dict[str, str]) -> tuple[Judge | None, str]:
     return Judge(str(pt), rec["sha256"], float(rec["val_accuracy"]), fps["train"]), "cached"
 
 
+def is_cached() -> bool:
+    """Whether a usable judge for this demo set is cached (no build needed)."""
+    return _cached(cache_dir(), demo_fingerprints())[0] is not None
+
+
 def resolve_judge(log: Any = None) -> tuple[Judge, str]:
     """The demo judge, built if needed: (judge, "cached" | "built (why)"). Concurrent callers
     (cells starting together) build it once: the build holds a file lock."""

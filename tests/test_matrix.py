@@ -226,18 +226,41 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
     assert tree(tmp_path) == before
 
 
-def test_the_claims_estimate_is_the_measured_costs_on_the_workers(tmp_path):
-    from reproduce import costs
+def test_the_claims_estimate_is_the_measured_costs_on_the_workers(
+    tmp_path, monkeypatch, demo_judge
+):
+    from reproduce import costs, judge
 
-    code, out, err = run_main("matrix", "--profile", "claims", "--results", str(tmp_path),
-                              "--workers", "2", "--dry-run")  # fmt: skip
-    assert code == 0, err
-    per_cell = [costs.STARTUP_SECONDS + v * 400 + 3 * costs.EVAL_SECONDS
-                + costs.FINAL_EVAL_SECONDS for v in costs.SECONDS_PER_ITER.values()]  # fmt: skip
+    # what the claims profile does besides training, from its settings: 400 iterations, the
+    # demo judge every 100 (500 samples) and at the end (2,000), a held-out loss every 4
+    # iterations (the demo data has a val split), a sample grid every 100
+    schedule = costs.Schedule(evals=(500, 500, 500, 2000), heldouts=100, grids=4)
+    per_cell = [
+        costs.cell_wall_seconds(
+            {"arch": a, "procedure": p, "dim": 8, "batch_size": 16, "iters": 400}, schedule
+        )
+        for a, p in costs.SECONDS_PER_ITER
+    ]
     wall = costs.makespan(per_cell, 2)
-    line = out.strip().splitlines()[-1]
-    assert f"{int(wall // 3600)} h {int(wall % 3600 // 60):02d} min on 2 CPU worker(s)" in line
-    assert "measured per cell" in line, line
+
+    def estimate() -> str:
+        code, out, err = run_main("matrix", "--profile", "claims", "--results", str(tmp_path),
+                                  "--workers", "2", "--dry-run")  # fmt: skip
+        assert code == 0, err
+        return out.strip().splitlines()[-1]
+
+    def shown(seconds: float) -> str:
+        from reproduce.cli.common import hms
+
+        return f"estimated wall time: {hms(seconds)} on 2 CPU worker(s)"
+
+    line = estimate()  # the judge is cached (the demo_judge fixture built it)
+    assert shown(wall) in line and "measured per cell" in line, line
+    assert f"({sum(per_cell) / 3600:.2f} core-hours;" in line, line
+    # no judge cached: it is built first, on one core, before any cell starts
+    monkeypatch.setenv(judge.ENV_DIR, str(tmp_path / "no-judge"))
+    assert shown(wall + costs.JUDGE_BUILD_SECONDS) in estimate()
+    assert not (tmp_path / "no-judge").exists()  # a dry run builds nothing
     # the longest cell alone bounds it from below; perfect balance from below too
     assert wall >= max(per_cell) and wall >= sum(per_cell) / 2
 

@@ -393,19 +393,33 @@ def _print_dry_run(plan: MatrixPlan) -> None:
 
 def _cpu_estimate(plan: MatrixPlan) -> str:
     """Wall time of the runnable cells on this many CPU workers, largest first, from the
-    per-cell costs measured on the reference machine (costs.py), plus evaluation."""
+    costs measured on the reference machine (costs.py): each cell's start, training, held-out
+    losses, evaluations and sample grids, and the demo judge's build when it is not cached."""
     from .. import costs
+    from ..data import load_split_if_any
 
+    rt = plan.rt
+    heldout = rt.heldout is not False and load_split_if_any(rt.data, "val") is not None
     cells = []
     for cfg, st in zip(plan.configs, plan.states, strict=True):
         if not st.runnable:
             continue
-        seconds = costs.STARTUP_SECONDS + costs.cell_seconds(cfg.to_dict())
-        if plan.rt.eval_enabled:
-            periodic = (cfg.iters - 1) // plan.rt.eval_interval(cfg.iters)
-            seconds += costs.EVAL_SECONDS * periodic + costs.FINAL_EVAL_SECONDS
-        cells.append(seconds)
+        evals: tuple[int, ...] = ()
+        if rt.eval_enabled:
+            periodic = (cfg.iters - 1) // rt.eval_interval(cfg.iters)
+            evals = (rt.samples("periodic"),) * periodic + (rt.samples("final"),)
+        schedule = costs.Schedule(
+            evals=evals,
+            heldouts=cfg.iters // rt.heldout_interval(cfg.iters) if heldout else 0,
+            grids=(cfg.iters - 1) // rt.sample_every + 1 if rt.sample_every > 0 else 1,
+        )
+        cells.append(costs.cell_wall_seconds(cfg.to_dict(), schedule))
     wall = costs.makespan(cells, plan.pool.cpu_workers)
+    if rt.eval_enabled and rt.judge_kind == "demo" and cells:
+        from ..judge import is_cached
+
+        if not is_cached():  # built once, on one core, before any cell starts
+            wall += costs.JUDGE_BUILD_SECONDS
     exact = all(
         c.dim == costs.REFERENCE_DIM and c.batch_size == costs.REFERENCE_BATCH for c in plan.configs
     )
