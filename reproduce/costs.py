@@ -23,8 +23,8 @@ from typing import Any
 REFERENCE_DIM, REFERENCE_BATCH = 8, 16
 REFERENCE_MACHINE = "2-core x86-64 CPU, 1 thread per cell"
 
-# seconds per generator iteration (python -m reproduce.costs --steps 20, 2026-12-04), (arch,
-# procedure)
+# seconds per generator iteration, (arch, procedure); this table and the next two measured by
+# `python -m reproduce.costs --steps 20` on 2026-12-04 (the code of 3a16063)
 SECONDS_PER_ITER: dict[tuple[str, str], float] = {
     ("baseline", "dcgan"): 0.0467,
     ("baseline", "lsgan"): 0.0486,
@@ -154,9 +154,15 @@ def cell_wall_seconds(config: Mapping[str, Any], schedule: Schedule) -> float:
     held-out losses, and generating and judging its evaluations' and grids' samples."""
     key = (config.get("arch", ""), config.get("procedure", ""))
     step = seconds_per_iter(config)
-    heldout = HELDOUT_SECONDS.get(key, step / 2) * (_scale(config) if key in HELDOUT_SECONDS else 1)
     dim = float(config.get("dim", REFERENCE_DIM))
-    per_sample = SAMPLE_SECONDS.get(key[0], step / REFERENCE_BATCH) * (dim / REFERENCE_DIM) ** 2
+    # a cell not in the tables (cifar, toy): a held-out loss as half a step, a sample as a
+    # step's share of one image
+    heldout = HELDOUT_SECONDS[key] * _scale(config) if key in HELDOUT_SECONDS else step / 2
+    per_sample = (
+        SAMPLE_SECONDS[key[0]] * (dim / REFERENCE_DIM) ** 2
+        if key[0] in SAMPLE_SECONDS
+        else step / float(config.get("batch_size", REFERENCE_BATCH))
+    )
     generated = sum(schedule.evals) + GRID_SAMPLES * schedule.grids
     return (
         STARTUP_SECONDS

@@ -81,14 +81,14 @@ PROFILES.register(
     ),
 )
 # Figure 2's claim in miniature: long enough on the demo data for the outcome pattern to
-# show, short enough to run on a 2-core CPU in about an hour (costs.py; --dry-run prints
+# show, short enough to run on a 2-core CPU in under an hour (costs.py; --dry-run prints
 # the estimate). Width, batch and length chosen by measurement (README: "The claim in
 # miniature").
 PROFILES.register(
     "claims",
     Profile(
         "Figure 2's claim in miniature: all 28 cells on the demo data at width 8, batch 16, "
-        "400 iterations, judged by the demo judge (CPU, about an hour on 2 cores)",
+        "400 iterations, judged by the demo judge (CPU, 40-50 minutes on 2 cores)",
         {
             "data": "demo",
             "dim": 8,

@@ -42,6 +42,18 @@ def test_a_cell_costs_its_start_training_heldout_evaluations_and_grids():
     )
 
 
+def test_a_cell_outside_the_tables_costs_the_default_step_unscaled():
+    # cifar (Figure 3) is in no table: the default step, half of it per held-out loss and
+    # its share of one image per sample, whatever the width (no reference to scale from)
+    for dim in (8, 64):
+        cfg = {"arch": "cifar", "procedure": "wgan-gp", "dim": dim, "batch_size": 64, "iters": 10}
+        got = costs.cell_wall_seconds(cfg, costs.Schedule(heldouts=4, grids=1))
+        step = costs.DEFAULT_SECONDS
+        assert got == pytest.approx(
+            costs.STARTUP_SECONDS + 10 * step + 4 * step / 2 + 64 * step / 64
+        )
+
+
 def test_every_table_has_every_cell_of_the_matrix():
     from architectures import PAIRS
     from reproduce.procedures import PROCEDURES
