@@ -123,11 +123,14 @@ GRID_SAMPLES = 64  # one 8x8 sample grid
 @dataclass(frozen=True)
 class Schedule:
     """What a cell does besides training: the samples of each evaluation, its held-out
-    critic losses and its sample grids."""
+    critic losses and its sample grids. ``judged``: the evaluations are scored by the demo
+    judge, whose costs the tables hold (False for Inception: its samples are generated, but
+    its scoring is not counted)."""
 
     evals: tuple[int, ...] = ()
     heldouts: int = 0
     grids: int = 0
+    judged: bool = True
 
 
 def _scale(config: Mapping[str, Any]) -> float:
@@ -164,14 +167,17 @@ def cell_wall_seconds(config: Mapping[str, Any], schedule: Schedule) -> float:
         else step / float(config.get("batch_size", REFERENCE_BATCH))
     )
     generated = sum(schedule.evals) + GRID_SAMPLES * schedule.grids
+    scoring = (
+        sum(schedule.evals) * JUDGE_SECONDS_PER_SAMPLE
+        + len(schedule.evals) * EVAL_OVERHEAD_SECONDS
+        + (FIRST_EVAL_SECONDS if schedule.evals else 0.0)
+    )
     return (
         STARTUP_SECONDS
         + cell_seconds(config)
         + schedule.heldouts * heldout
         + generated * per_sample
-        + sum(schedule.evals) * JUDGE_SECONDS_PER_SAMPLE
-        + len(schedule.evals) * EVAL_OVERHEAD_SECONDS
-        + (FIRST_EVAL_SECONDS if schedule.evals else 0.0)
+        + (scoring if schedule.judged else 0.0)
     )
 
 

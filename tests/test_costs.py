@@ -33,6 +33,9 @@ def test_a_cell_costs_its_start_training_heldout_evaluations_and_grids():
     assert judged - bare == pytest.approx(
         2500 * per_sample + 2 * costs.EVAL_OVERHEAD_SECONDS + costs.FIRST_EVAL_SECONDS
     )
+    # Inception's scoring is not in the tables: its samples are generated, nothing more
+    unjudged = costs.cell_wall_seconds(cfg, costs.Schedule(evals=(500, 2000), judged=False))
+    assert unjudged - bare == pytest.approx(2500 * costs.SAMPLE_SECONDS["resnet101"])
     grids = costs.cell_wall_seconds(cfg, costs.Schedule(grids=4))
     assert grids - bare == pytest.approx(4 * 64 * costs.SAMPLE_SECONDS["resnet101"])
     # twice the width: four times the step, the held-out loss and the generator's samples

@@ -412,6 +412,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
             evals=evals,
             heldouts=cfg.iters // rt.heldout_interval(cfg.iters) if heldout else 0,
             grids=(cfg.iters - 1) // rt.sample_every + 1 if rt.sample_every > 0 else 1,
+            judged=rt.judge_kind == "demo",
         )
         cells.append(costs.cell_wall_seconds(cfg.to_dict(), schedule))
     wall = costs.makespan(cells, plan.pool.cpu_workers)
@@ -428,10 +429,15 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
         if exact
         else f"scaled from width {costs.REFERENCE_DIM}, batch {costs.REFERENCE_BATCH}: rough"
     )
+    unscored = (
+        "; Inception's scoring of the evaluations not counted"
+        if rt.eval_enabled and rt.judge_kind != "demo"
+        else ""
+    )
     return (
         f"estimated wall time: {hms(wall)} on {plan.pool.cpu_workers} CPU worker(s), largest "
         f"cells first ({sum(cells) / 3600:.2f} core-hours; {how} on the reference "
-        f"{costs.REFERENCE_MACHINE}, costs.py)"
+        f"{costs.REFERENCE_MACHINE}, costs.py{unscored})"
     )
 
 
