@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 REFERENCE_DIM, REFERENCE_BATCH = 8, 16
 REFERENCE_MACHINE = "2-core x86-64 CPU, 1 thread per cell"
@@ -277,10 +277,15 @@ def measure(
 
 def main(argv: list[str] | None = None) -> None:
     """python -m reproduce.costs [--workers N] [ARCH,...] [PROCEDURE,...]"""
+    import argparse
+
     from architectures import PAIRS
 
-    from .cli.common import Parser
     from .procedures import PROCEDURES
+
+    class Parser(argparse.ArgumentParser):  # one-line errors, exit 2 (cli.common imports us)
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"{self.prog}: error: {message}\n")
 
     ap = Parser(
         prog="python -m reproduce.costs",
