@@ -133,10 +133,14 @@ class Schedule:
     judged: bool = True
 
 
+def _width_scale(config: Mapping[str, Any]) -> float:
+    """A generated sample's cost scales with width squared."""
+    return (float(config.get("dim", REFERENCE_DIM)) / REFERENCE_DIM) ** 2
+
+
 def _scale(config: Mapping[str, Any]) -> float:
-    dim = float(config.get("dim", REFERENCE_DIM))
-    batch = float(config.get("batch_size", REFERENCE_BATCH))
-    return (dim / REFERENCE_DIM) ** 2 * (batch / REFERENCE_BATCH)
+    """A step's or held-out loss's cost scales with width squared times batch."""
+    return _width_scale(config) * float(config.get("batch_size", REFERENCE_BATCH)) / REFERENCE_BATCH
 
 
 def seconds_per_iter(config: Mapping[str, Any]) -> float:
@@ -157,12 +161,11 @@ def cell_wall_seconds(config: Mapping[str, Any], schedule: Schedule) -> float:
     held-out losses, and generating and judging its evaluations' and grids' samples."""
     key = (config.get("arch", ""), config.get("procedure", ""))
     step = seconds_per_iter(config)
-    dim = float(config.get("dim", REFERENCE_DIM))
     # a cell not in the tables (cifar, toy): a held-out loss as half a step, a sample as a
     # step's share of one image
     heldout = HELDOUT_SECONDS[key] * _scale(config) if key in HELDOUT_SECONDS else step / 2
     per_sample = (
-        SAMPLE_SECONDS[key[0]] * (dim / REFERENCE_DIM) ** 2
+        SAMPLE_SECONDS[key[0]] * _width_scale(config)
         if key[0] in SAMPLE_SECONDS
         else step / float(config.get("batch_size", REFERENCE_BATCH))
     )
@@ -289,8 +292,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = Parser(
         prog="python -m reproduce.costs",
-        description="Measure a new SECONDS_PER_ITER table (width 8, batch 16, one thread per "
-        "cell, WORKERS cells at once) and print it.",
+        description="Measure new SECONDS_PER_ITER, HELDOUT_SECONDS and SAMPLE_SECONDS tables "
+        "(width 8, batch 16, one thread per cell, WORKERS cells at once) and print them.",
     )
     ap.add_argument("archs", nargs="?", default=",".join(PAIRS), help="comma-separated")
     ap.add_argument("procedures", nargs="?", default=",".join(PROCEDURES), help="comma-separated")

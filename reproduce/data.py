@@ -277,6 +277,12 @@ def load_split_if_any(spec: str, split: str) -> ImageDataset | None:
     return ds if len(ds) else None
 
 
+def heldout_split(spec: str, wanted: bool | None) -> ImageDataset | None:
+    """The split a run records its held-out critic loss on (Figure 5a): the data's ``val``
+    split unless ``wanted`` is False (--no-heldout); None when there is none."""
+    return load_split_if_any(spec, "val") if wanted is not False else None
+
+
 def scale_images(x: Tensor) -> Tensor:
     """uint8 -> float in [-1, 1] as the authors' code: 2 (x/255 - 0.5). Returns a new tensor."""
     return x.float().div_(255.0).sub_(0.5).mul_(2.0)

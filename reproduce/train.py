@@ -30,7 +30,7 @@ from .bookkeeping import Boundary, RunStatus, StatsBuffer, Stopwatch
 from .config import SCHEMA_VERSION, RunConfig, config_diff, upgrade_config
 from .data import (
     ImageDataset,
-    load_split_if_any,
+    heldout_split,
 )
 from .errors import DiskFullError
 from .evaluation import Evaluator, write_verdict
@@ -261,7 +261,7 @@ def _train_locked(
     trainer = found.trainer
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
-    val = load_split_if_any(rt.data, "val") if rt.heldout is not False else None
+    val = heldout_split(rt.data, rt.heldout)
     if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
     # -- train; a full disk is recorded as a failure and never retried automatically

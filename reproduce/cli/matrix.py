@@ -396,10 +396,10 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
     costs measured on the reference machine (costs.py): each cell's start, training, held-out
     losses, evaluations and sample grids, and the demo judge's build when it is not cached."""
     from .. import costs
-    from ..data import load_split_if_any
+    from ..data import heldout_split
 
     rt = plan.rt
-    heldout = rt.heldout is not False and load_split_if_any(rt.data, "val") is not None
+    heldout = heldout_split(rt.data, rt.heldout) is not None
     cells = []
     for cfg, st in zip(plan.configs, plan.states, strict=True):
         if not st.runnable:
