@@ -167,14 +167,20 @@ def one_thread():
 
 @pytest.mark.slow
 def test_training_makes_the_generator_better(demo_judge, demo, tmp_path, one_thread):
-    """A baseline WGAN-GP cell at width 8, batch 16 (the paper's hyperparameters): after 240
-    generator iterations its samples are closer to the data in the judge's feature space
-    (Fréchet distance) and far more varied than the same generator's at iteration 0. (At this
-    budget they are not yet recognisable as modes: modes covered stays 0 or 1; see the README.)
-    With the generator's optimiser step disabled, both assertions fail."""
+    """A baseline WGAN-GP cell at width 8, batch 16, after 400 generator iterations: its
+    samples are much closer to the data in the judge's feature space (Fréchet distance), far
+    more varied, and cover more of the data's modes than the same generator's at iteration 0.
+
+    At ten times the paper's learning rate (1e-3; the only change from the paper's WGAN-GP
+    hyperparameters): at 1e-4 Adam moves each weight by about 1e-4 per step, and the
+    generator's output layer (initialised at RMS 0.02) needs thousands of steps before its
+    samples show shapes the judge can tell (README, "The claim in miniature"). Seeds 0-7
+    covered 2 or 3 modes at iteration 400, with Fréchet distance 0.26-0.71 of iteration 0's;
+    the test runs seed 0. With the generator's optimiser step disabled, all three assertions
+    fail."""
     from reproduce.trainer import Trainer
 
-    cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp")
+    cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp", lr=TRAIN_LR)
     trainer = Trainer(cfg, demo, CPU)
     rt = quiet_runtime(tmp_path, eval=True, final_eval_samples=1000)
     run_dir = RunDir(tmp_path / "run")
@@ -187,9 +193,10 @@ def test_training_makes_the_generator_better(demo_judge, demo, tmp_path, one_thr
     assert before is not None and after is not None
     print({k: (before[k], after[k]) for k in (metrics.FID, metrics.IS_MEAN, "diversity",
                                                "modes_covered", "confident_fraction")})  # fmt: skip
-    assert after[metrics.FID] < 0.95 * before[metrics.FID]
+    assert after[metrics.FID] < 0.8 * before[metrics.FID]
     assert after["diversity"] > 2 * before["diversity"]
-    assert after["modes_covered"] >= before["modes_covered"]
+    assert after["modes_covered"] > before["modes_covered"]
 
 
-TRAIN_ITERS = 240
+TRAIN_ITERS = 400
+TRAIN_LR = 1e-3  # ten times WGAN-GP's paper learning rate (see the test's docstring)
