@@ -23,6 +23,10 @@ from .results import atomic_write_bytes
 
 sns.set_theme(context="paper", style="whitegrid")
 
+# The score plots' y axis: from 1, the Inception score's (and the judge's analogue's) least
+# value (every sample given the same class probabilities), to at least 2, higher where a score is.
+SCORE_SPAN = (1.0, 2.0)
+
 
 def save(fig: Any, out: Path, name: str) -> list[Path]:
     """``out/name.png`` (150 dpi) and ``out/name.pdf``, written atomically."""
@@ -55,9 +59,15 @@ def faceted_lines(
     xlabel: str,
     ylabel: str,
     empty: dict[tuple[str, str], str],
+    y_span: tuple[float, float] | None = None,
 ) -> Any:
     """A rows x cols grid of line plots (one facet per architecture x procedure); facets
-    without data show ``empty[(row, col)]`` (the cell's state) instead of a blank."""
+    without data show ``empty[(row, col)]`` (the cell's state) instead of a blank.
+
+    ``y_span=(low, high)``: one y axis for every facet, from ``low`` (or the data's least
+    value, if lower) to ``high`` (or the data's greatest), without matplotlib's offset
+    notation. For scores, whose differences between cells are the point: on its own axis a
+    facet whose score moved by 1e-5 fills its panel as a steep line ("1e-5+1")."""
     fig, axes = plt.subplots(
         len(rows), len(cols), figsize=(2.6 * len(cols), 1.9 * len(rows)), squeeze=False,
         sharex=False,
@@ -73,7 +83,7 @@ def faceted_lines(
             else:
                 _facet_note(ax, empty.get((r, c), "no run"))
             ax.set_xlabel(xlabel if i == len(rows) - 1 else "")
-            ax.set_ylabel(ylabel if j == 0 else "")
+            ax.set_ylabel(ylabel if j == 0 and i == len(rows) // 2 else "")  # once: it is long
             if i == 0:
                 ax.set_title(col_titles[j], fontsize=9)
             if j == 0:
@@ -81,8 +91,22 @@ def faceted_lines(
                 ax.annotate(title, xy=(-0.45, 0.5), xycoords="axes fraction", rotation=90,
                             ha="center", va="center", fontsize=7)  # fmt: skip
             ax.tick_params(labelsize=6)
+    if y_span is not None:
+        span_y(axes.flat, frame[y].astype(float), y_span)
     fig.tight_layout()
     return fig
+
+
+def span_y(axes: Any, values: pd.Series, span: tuple[float, float]) -> None:
+    """Every axis in ``axes``: y from ``span[0]`` (or lower, to the least of ``values``) to
+    ``span[1]`` (or higher), and no offset notation."""
+    finite = values[np.isfinite(values)]
+    low = min(span[0], float(finite.min())) if len(finite) else span[0]
+    high = max(span[1], float(finite.max())) if len(finite) else span[1]
+    pad = 0.04 * (high - low)
+    for ax in axes:
+        ax.set_ylim(low - pad, high + pad)
+        ax.ticklabel_format(axis="y", useOffset=False, style="plain")
 
 
 def sample_grid_figure(

@@ -348,19 +348,18 @@ def plot_all(c: Collected, every_run: pd.DataFrame, out: Path) -> dict[str, list
     is_rows = tidy[tidy["metric"] == "is"].copy()
     is_empty = {k: f"{v}: no scores" for k, v in args["empty"].items()}
     label = score_label(c.summary)
+    scores = {"hue": None, "ylabel": label, "y_span": plots.SCORE_SPAN, **args, "empty": is_empty}
     plotted["is_vs_iteration"] = []
     if len(is_rows):
-        fig = plots.faceted_lines(is_rows, x="step", y="value", hue=None,
-                                  xlabel="generator iteration", ylabel=label,
-                                  **{**args, "empty": is_empty})  # fmt: skip
+        fig = plots.faceted_lines(is_rows, x="step", y="value", xlabel="generator iteration",
+                                  **scores)  # fmt: skip
         plotted["is_vs_iteration"] = plots.save(fig, out, "is_vs_iteration")
     wall = is_rows.dropna(subset=["train_seconds"]).copy()
     wall["train_seconds"] = wall["train_seconds"].astype(float)
     plotted["is_vs_wallclock"] = []
     if len(wall):
-        fig = plots.faceted_lines(wall, x="train_seconds", y="value", hue=None,
-                                  xlabel="training seconds", ylabel=label,
-                                  **{**args, "empty": is_empty})  # fmt: skip
+        fig = plots.faceted_lines(wall, x="train_seconds", y="value", xlabel="training seconds",
+                                  **scores)  # fmt: skip
         plotted["is_vs_wallclock"] = plots.save(fig, out, "is_vs_wallclock")
     loss = tidy[tidy["metric"] == "critic_loss"].copy()
     loss["negative critic loss"] = -loss["value"].astype(float)

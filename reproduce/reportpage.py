@@ -33,14 +33,32 @@ def _strip(grids: list[Path]) -> list[Path]:
 def _curves(tidy: pd.DataFrame, run_id: str, path: Path) -> str | None:
     """The run's losses (train and held-out) and scores against iterations, as one PNG;
     its caption, or None when the run logged nothing yet."""
+    fig = cell_figure(tidy, run_id)
+    if fig is None:
+        return None
+    from .plots import plt
+
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    scored = fig.axes[1].lines
+    return (
+        "Left: the critic loss (with the penalty), the Wasserstein estimate and the generator "
+        "loss of every iteration (stats.jsonl; held-out critic losses where recorded). Right: "
+        "the judge's score at each periodic and final evaluation (metrics.jsonl), from 1 (the "
+        "score's least value) to at least 2." + ("" if scored else " No evaluation was recorded.")
+    )
+
+
+def cell_figure(tidy: pd.DataFrame, run_id: str) -> Any:
+    """The figure of ``_curves`` (None when the run logged nothing yet)."""
     rows = tidy[tidy["run_id"] == run_id]
     losses = rows[rows["metric"].isin(["critic_loss", "wdist", "generator_loss"])]
     scores = rows[rows["metric"] == "is"]
     if not len(losses) and not len(scores):
         return None
-    from .plots import plt  # the Agg backend and the report's style
+    from . import plots  # the Agg backend and the report's style
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10, 3.2))
     for (metric, split), g in losses.groupby(["metric", "split"]):
         axes[0].plot(g["step"], g["value"].astype(float), label=f"{metric} ({split})", lw=0.8)
     axes[0].set_xlabel("generator iteration")
@@ -51,18 +69,11 @@ def _curves(tidy: pd.DataFrame, run_id: str, path: Path) -> str | None:
         axes[1].plot(g["step"], g["value"].astype(float), marker="o", label=str(kind))
     axes[1].set_xlabel("generator iteration")
     axes[1].set_ylabel("score")
-    axes[1].ticklabel_format(axis="y", useOffset=False)
+    plots.span_y([axes[1]], scores["value"].astype(float), plots.SCORE_SPAN)
     if len(scores):
         axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return (
-        "Left: the critic loss (with the penalty), the Wasserstein estimate and the generator "
-        "loss of every iteration (stats.jsonl; held-out critic losses where recorded). Right: "
-        "the judge's score at each periodic and final evaluation (metrics.jsonl)."
-        + ("" if len(scores) else " No evaluation was recorded.")
-    )
+    return fig
 
 
 def _page(row: dict[str, Any], results: Path, cells: Path, tidy: pd.DataFrame) -> str:
@@ -164,7 +175,7 @@ PLOT_CAPTIONS = {
     "samples_grid": "The newest fixed-noise sample grid of each cell, in the paper's 7x4 layout "
     "(Figure 2).",
     "is_vs_iteration": "The judge's score at each periodic and final evaluation, one panel per "
-    "cell.",
+    "cell, all on one y axis from 1 (the score's least value) to at least 2.",
     "is_vs_wallclock": "The same scores against each run's training seconds (the wall-clock "
     "axis of the paper's Figure 3).",
     "critic_loss": "The negative critic loss of every iteration (train) and on held-out images "

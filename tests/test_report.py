@@ -392,3 +392,68 @@ def test_each_run_has_a_page_that_the_grid_links_to(results, tmp_path):
         assert html.escape(json.loads((run / "config.json").read_text())["run_id"]) in page
         assert html.escape((run / "log.txt").read_text().splitlines()[-1]) in page
         assert page.count("class='cap'") >= 2
+
+
+def _drawn_axes(fig) -> list[tuple[tuple[float, float], str]]:
+    """(y limits, offset text) of each facet with data, as drawn."""
+    fig.canvas.draw()
+    return [(ax.get_ylim(), ax.yaxis.get_major_formatter().get_offset()) for ax in fig.axes
+            if ax.lines]  # fmt: skip
+
+
+def test_score_facets_share_one_y_axis_from_one_without_an_offset():
+    """A score that moved by 1e-5 is a flat line at 1 on the same axis as a cell that reached
+    3, not a steep line labelled "1e-5+1" on its own axis."""
+    from reproduce import plots
+
+    frame = pd.DataFrame({"arch": ["a"] * 2 + ["b"] * 2, "procedure": ["p"] * 4,
+                          "step": [6, 12, 6, 12],
+                          "value": [1.00002, 1.00001, 1.5, 3.0]})  # fmt: skip
+    grid = {"rows": ["a", "b"], "cols": ["p"], "row_titles": ["A", "B"], "col_titles": ["P"],
+            "empty": {}, "x": "step", "y": "value", "hue": None, "xlabel": "i",
+            "ylabel": "s"}  # fmt: skip
+    drawn = _drawn_axes(plots.faceted_lines(frame, **grid, y_span=(1.0, 2.0)))
+    assert len(drawn) == 2 and drawn[0] == drawn[1]
+    (low, high), offset = drawn[0]
+    assert low <= 1.0 and 3.0 <= high < 3.2 and offset == ""
+    # a cell that stayed near 1 still spans 1..2, not its own 1e-5
+    (low, high), offset = _drawn_axes(plots.faceted_lines(frame[:2], **grid, y_span=(1.0, 2.0)))[0]
+    assert low <= 1.0 and high >= 2.0 and offset == ""
+
+
+def test_the_reports_score_plots_use_the_shared_axis(results, tmp_path, monkeypatch):
+    """Through the report's own plotting of a real demo matrix (4 iterations: every judge score
+    within 0.1 of 1): both score figures on one axis from 1 to 2, the loss plot on its own."""
+    from reproduce import plots, report
+
+    seen: dict[str, list] = {}
+    save = plots.save
+
+    def recording_save(fig, out, name):
+        seen[name] = _drawn_axes(fig)
+        return save(fig, out, name)
+
+    monkeypatch.setattr(plots, "save", recording_save)
+    c = collect(results)
+    report.plot_all(c, c.summary, tmp_path)
+    for name in ("is_vs_iteration", "is_vs_wallclock"):
+        limits = {lim for lim, _ in seen[name]}
+        assert len(limits) == 1 and len(seen[name]) >= 2, (name, seen[name])
+        ((low, high),) = limits
+        assert low <= 1.0 and high >= 2.0 and all(off == "" for _, off in seen[name])
+    assert len({lim for lim, _ in seen["critic_loss"]}) > 1
+
+
+def test_a_cell_pages_scores_are_on_the_same_span(results):
+    """Each run's page plots its scores from 1 to at least 2 without an offset, like the grid."""
+    from reproduce.reportpage import cell_figure
+
+    c = collect(results)
+    scored = c.tidy[c.tidy["metric"] == "is"]["run_id"].unique()
+    assert len(scored) >= 2
+    for run_id in scored:
+        fig = cell_figure(c.tidy, run_id)
+        fig.canvas.draw()
+        (low, high) = fig.axes[1].get_ylim()
+        assert low <= 1.0 and high >= 2.0, (run_id, low, high)
+        assert fig.axes[1].yaxis.get_major_formatter().get_offset() == ""
