@@ -177,3 +177,13 @@ class RuntimeConfig:
 
     def heldout_interval(self, iters: int) -> int:
         return self.heldout_every or max(1, iters // 100)
+
+    def heldout_due(self, done: int, iters: int) -> bool:
+        """Whether a run (with a val split) records a held-out critic loss once ``done``
+        iterations are done: every interval, and at the last iteration."""
+        return done % self.heldout_interval(iters) == 0 or done == iters
+
+    def heldout_count(self, iters: int) -> int:
+        """How many held-out losses ``heldout_due`` asks of a whole run (the time estimate)."""
+        every = self.heldout_interval(iters)
+        return iters // every + (1 if iters % every else 0)

@@ -383,7 +383,6 @@ def _loop(
     clock = Stopwatch()
     bar = _progress_bar(cfg, rt, run_dir, trainer)
     buffer = StatsBuffer(trainer, run_dir, bar, clock, status.board)
-    heldout_every = rt.heldout_interval(cfg.iters)
     step_sleep = float(faults.value("step-sleep") or 0.0)
     with bar:
         while trainer.iteration < cfg.iters:
@@ -417,7 +416,7 @@ def _loop(
             # -- samples, held-out loss, periodic evaluation
             if rt.sample_every > 0 and done % rt.sample_every == 0 and done < cfg.iters:
                 _sample_grid(trainer, run_dir, clock, status.board)
-            if done % heldout_every == 0 or done == cfg.iters:
+            if rt.heldout_due(done, cfg.iters):
                 _heldout(trainer, run_dir, val, clock)
             if evaluator is not None and evaluator.due(done):
                 _evaluate(evaluator, trainer, run_dir, clock, "periodic", status.board)

@@ -94,3 +94,16 @@ def test_measuring_refuses_a_mistake_in_one_line(argv, message, capsys):
         costs.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize(("iters", "every"), [(400, 0), (7, 2), (6, 2), (150, 0), (1, 3), (5, 5)])
+def test_the_estimate_counts_the_held_out_losses_a_run_records(iters, every):
+    """``heldout_count`` (the dry-run's) is the number of iterations at which ``heldout_due``
+    (the training loop's) records one, the last iteration included (150 iterations: every
+    1 and the last; 7 every 2: at 2, 4, 6 and 7)."""
+    from reproduce.runtime import RuntimeConfig
+
+    rt = RuntimeConfig(results=".", heldout_every=every)
+    due = [d for d in range(1, iters + 1) if rt.heldout_due(d, iters)]
+    assert rt.heldout_count(iters) == len(due)
+    assert due[-1] == iters

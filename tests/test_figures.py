@@ -15,6 +15,7 @@ import pytest
 
 from reproduce import metrics
 from reproduce.results import read_jsonl
+from reproduce.runtime import RuntimeConfig
 from reproduce.toy import ToyTrainer, load_result, run_toy, toy_config
 
 from .conftest import run_cli, tree
@@ -234,19 +235,21 @@ def test_figure_3_end_to_end_on_a_tiny_cifar_archive(tmp_path):
 
 def test_figure_5a_end_to_end_and_heldout_changes_no_training_number(tmp_path):
     results = tmp_path / "results"
-    common = ("--executor", "debug", "--iters", "6", "--heldout-every", "2", "--no-count-flops")
+    common = ("--executor", "debug", "--iters", "7", "--heldout-every", "2", "--no-count-flops")
     r = run_cli("figures", "fig5a", "--results", str(results), *common)
     assert r.returncode == 0, r.stdout + r.stderr
     nums = _figure(results, "fig5a")
     assert {row["split"] for row in nums["final"]} == {"train", "held-out"}
     (run,) = [results / i for i in nums["run_ids"]]
     held = read_jsonl(run / "heldout.jsonl")
-    assert [h["iter"] for h in held] == [2, 4, 6]
+    assert [h["iter"] for h in held] == [2, 4, 6, 7]  # every 2 and at the last iteration
+    # the dry-run's time estimate counts the same (it once left out the last one)
+    assert RuntimeConfig(results=str(results), heldout_every=2).heldout_count(7) == len(held)
     assert all(np.isfinite(h["critic_loss"]) and "gp" in h for h in held)
     # the same cell without held-out losses: identical training statistics
     other = tmp_path / "other"
     r = run_cli("train", "--arch", "baseline", "--procedure", "wgan-gp", "--dim", "8",
-                "--batch-size", "16", "--iters", "6", "--no-heldout", "--no-count-flops",
+                "--batch-size", "16", "--iters", "7", "--no-heldout", "--no-count-flops",
                 "--no-progress", "--results", str(other), "--log-every", "4",
                 "--sample-every", "0")  # fmt: skip
     assert r.returncode == 0, r.stderr

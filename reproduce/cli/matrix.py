@@ -410,7 +410,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
             evals = (rt.samples("periodic"),) * periodic + (rt.samples("final"),)
         schedule = costs.Schedule(
             evals=evals,
-            heldouts=cfg.iters // rt.heldout_interval(cfg.iters) if heldout else 0,
+            heldouts=rt.heldout_count(cfg.iters) if heldout else 0,
             grids=(cfg.iters - 1) // rt.sample_every + 1 if rt.sample_every > 0 else 1,
             judged=rt.judge_kind == "demo",
         )
