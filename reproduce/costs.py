@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 REFERENCE_DIM, REFERENCE_BATCH = 8, 16
 REFERENCE_MACHINE = "2-core x86-64 CPU, 1 thread per cell"
@@ -184,11 +186,17 @@ def cell_wall_seconds(config: Mapping[str, Any], schedule: Schedule) -> float:
     )
 
 
+def longest_first(items: Sequence[T], config: Callable[[T], Mapping[str, Any]]) -> list[T]:
+    """The order a CPU pool starts cells in (``dispatch.LocalPool.order``, and the dry-run's
+    estimate of it): the longest training first, matrix order among equals."""
+    return sorted(items, key=lambda item: cell_seconds(config(item)), reverse=True)
+
+
 def makespan(cells: list[float], workers: int) -> float:
-    """Wall time of cells of the given lengths on ``workers`` workers, largest first (the
-    order a CPU pool starts them in)."""
+    """Wall time of cells of the given lengths on ``workers`` workers, started in the order
+    given, each on the first worker to be free."""
     loads = [0.0] * max(1, workers)
-    for c in sorted(cells, reverse=True):
+    for c in cells:
         i = loads.index(min(loads))
         loads[i] += c
     return max(loads)

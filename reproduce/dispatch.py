@@ -221,7 +221,7 @@ class LocalPool:
             return sorted(specs, key=self.share, reverse=True)
         # on CPUs the longest cells first (measured costs, costs.py), so that the last cells
         # to finish are short ones and no core idles while one long cell runs alone
-        return sorted(specs, key=lambda s: costs.cell_seconds(s.config), reverse=True)
+        return costs.longest_first(specs, lambda s: s.config)
 
     def schedule(
         self, pending: Sequence[CellSpec]

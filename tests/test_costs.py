@@ -107,3 +107,21 @@ def test_the_estimate_counts_the_held_out_losses_a_run_records(iters, every):
     due = [d for d in range(1, iters + 1) if rt.heldout_due(d, iters)]
     assert rt.heldout_count(iters) == len(due)
     assert due[-1] == iters
+
+
+def test_the_estimate_starts_cells_in_the_pools_order():
+    """The makespan follows the order given (a long cell started last runs alone), and that
+    order is the CPU pool's own: the longest training first, matrix order among equals."""
+    from reproduce.dispatch import CellSpec, LocalPool, Packing
+
+    assert costs.makespan([1.0, 1.0, 4.0], 2) == 5.0  # not 4.0: the order is not re-sorted
+    configs = [{"arch": a, "procedure": p, "dim": 8, "batch_size": 16, "iters": 400}
+               for a, p in costs.SECONDS_PER_ITER]  # fmt: skip
+    configs.append({**configs[0]})  # a tie keeps matrix order
+    specs = [CellSpec(c, {}, f"run{i}") for i, c in enumerate(configs)]
+    pool = LocalPool([], Packing(), cpu_workers=2)
+    order = [s.run_dir for s in pool.order(specs)]
+    assert order == [s.run_dir for s in costs.longest_first(specs, lambda s: s.config)]
+    assert order.index("run0") + 1 == order.index(f"run{len(configs) - 1}")
+    first = costs.longest_first(configs, lambda c: c)
+    assert (first[0]["arch"], first[0]["procedure"]) == ("resnet101", "wgan-gp")

@@ -400,7 +400,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
 
     rt = plan.rt
     heldout = heldout_split(rt.data, rt.heldout) is not None
-    cells = []
+    cells: list[tuple[dict[str, Any], float]] = []
     for cfg, st in zip(plan.configs, plan.states, strict=True):
         if not st.runnable:
             continue
@@ -414,8 +414,11 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
             grids=(cfg.iters - 1) // rt.sample_every + 1 if rt.sample_every > 0 else 1,
             judged=rt.judge_kind == "demo",
         )
-        cells.append(costs.cell_wall_seconds(cfg.to_dict(), schedule))
-    wall = costs.makespan(cells, plan.pool.cpu_workers)
+        config = cfg.to_dict()
+        cells.append((config, costs.cell_wall_seconds(config, schedule)))
+    # in the order the pool starts them (dispatch.LocalPool.order)
+    started = [wall for _, wall in costs.longest_first(cells, lambda cell: cell[0])]
+    wall = costs.makespan(started, plan.pool.cpu_workers)
     if rt.eval_enabled and rt.judge_kind == "demo" and cells:
         from ..judge import is_cached
 
@@ -436,7 +439,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
     )
     return (
         f"estimated wall time: {hms(wall)} on {plan.pool.cpu_workers} CPU worker(s), largest "
-        f"cells first ({sum(cells) / 3600:.2f} core-hours; {how} on the reference "
+        f"cells first ({sum(started) / 3600:.2f} core-hours; {how} on the reference "
         f"{costs.REFERENCE_MACHINE}, costs.py{unscored})"
     )
 
