@@ -40,7 +40,7 @@ from .procedures import (
     Procedure,
     get_procedure,
 )
-from .runtime import RuntimeConfig
+from .runtime import BUILTIN_DATA, RuntimeConfig
 
 # Bump when the meaning of a result-affecting field or of the training maths changes, so that
 # old run directories are never resumed by code that would compute something else.
@@ -68,7 +68,7 @@ class RunConfig:
     batch_size: int  # images per critic step and per generator step (64 in the paper)
     iters: int  # generator iterations, the authors' ITERS (200,000 in the paper)
     seed: int  # seeds weights, noise, penalty interpolation and data order
-    dataset: str  # dataset kind: demo | cache
+    dataset: str  # dataset kind: demo | shapes | cache
     data_fingerprint: str  # content hash of the uint8 training images
     # exact (default: the reference numerics, bit-identical whatever the engine) | fast
     # (torch.compile, TF32) | fast-bf16 (fast plus bf16 autocast; penalty and norms in fp32).
@@ -281,10 +281,10 @@ def resolve_runtime_config(choices: Mapping[str, Any]) -> RuntimeConfig:
         if v is not None and OPTIONS_BY_KEY[k].section == "runtime"
     }
     rt = RuntimeConfig(**given)  # each option's type, choices and bounds: checked above
-    if rt.judge == "demo" and rt.data != "demo" and rt.eval_enabled:
+    if rt.judge == "demo" and rt.data not in BUILTIN_DATA and rt.eval_enabled:
         raise UserError(
-            f"--judge: the demo judge knows only the demo data's eight modes, but --data is "
-            f"{rt.data}; use --judge inception (or auto)"
+            f"--judge: the demo judge knows only the eight modes of the built-in data "
+            f"({', '.join(BUILTIN_DATA)}), but --data is {rt.data}; use --judge inception (or auto)"
         )
     if rt.cuda_graphs and rt.device == "cpu":
         raise UserError("--cuda-graphs: needs a CUDA device, but --device is cpu")

@@ -35,6 +35,7 @@ from torch import Tensor
 from . import imagecache, prepare
 from .errors import UserError, did_you_mean
 from .imagecache import RESOLUTION
+from .runtime import BUILTIN_DATA
 
 PLACEMENTS = ("auto", "device", "host")
 
@@ -54,7 +55,7 @@ def fingerprint(kind: str, images: Tensor) -> str:
 
 @dataclass
 class ImageDataset:
-    kind: str  # demo | cache
+    kind: str  # demo | shapes | cache
     images: Tensor | CachedImages  # (N, 3, 64, 64) uint8: a CPU tensor, or a memory map
     fingerprint: str
     info: dict[str, Any] = field(default_factory=dict)  # source, counts, preprocessing
@@ -75,8 +76,33 @@ DEMO_SEED = 20170331  # fixed: the demo set is one dataset, independent of the r
 DEMO_MODES = ("disc", "square", "hstripes", "vstripes", "checker", "ring", "gradient", "triangle")
 
 
-def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> Tensor:
-    """(n, 3, 64, 64) uint8; image i shows mode i % 8 with random geometry and colours."""
+@dataclass(frozen=True)
+class DemoStyle:
+    """The nuisance variation of a procedural set: the eight modes are the same in every style.
+
+    ``demo`` varies everything (colours over the whole RGB cube, position, size, pixel noise);
+    ``shapes`` keeps the modes and drops most of the rest (white on black, shapes near the
+    centre and large, no noise), so that a small GAN learns it in CPU minutes."""
+
+    colour: bool  # random fg/bg colour pairs (else white on black)
+    centre: tuple[float, float]  # range of a shape's centre coordinates, pixels
+    scale: float  # the low end of every size range moves this far towards its high end
+    noise: int  # uniform integer pixel noise in [-noise, noise]
+
+
+DEMO_STYLES = {
+    "demo": DemoStyle(colour=True, centre=(18, 46), scale=0.0, noise=10),
+    "shapes": DemoStyle(colour=False, centre=(27, 37), scale=0.5, noise=0),
+}
+
+
+def make_demo_images(
+    n: int = DEMO_SIZE, seed: int = DEMO_SEED, style: str = "demo"
+) -> Tensor:
+    """(n, 3, 64, 64) uint8; image i shows mode i % 8 with random geometry and colours, varied
+    as ``DEMO_STYLES[style]`` says (``demo``'s draws are the original generator's, bit for
+    bit)."""
+    st = DEMO_STYLES[style]
     rng = np.random.default_rng(seed)
     r = RESOLUTION
     y, x = np.mgrid[0:r, 0:r].astype(np.float32)  # (64, 64) each
@@ -92,26 +118,31 @@ def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> Tensor:
         def u(lo: float, hi: float, k: int = k) -> np.ndarray:
             return rng.uniform(lo, hi, size=(k, 1, 1)).astype(np.float32)
 
+        def size(lo: float, hi: float) -> np.ndarray:
+            return u(lo + st.scale * (hi - lo), hi)
+
         fg = rng.uniform(0, 255, size=(k, 1, 1, 3)).astype(np.float32)
         # background: every channel shifted by 88..168 (mod 256), so the shape always stands out
         bg = (fg + rng.uniform(88, 168, size=(k, 1, 1, 3)).astype(np.float32)) % 256.0
-        cx, cy = u(18, 46), u(18, 46)
+        if not st.colour:
+            fg, bg = np.full_like(fg, 255.0), np.zeros_like(bg)
+        cx, cy = u(*st.centre), u(*st.centre)
         if mode == "disc":
-            mask = (x - cx) ** 2 + (y - cy) ** 2 < u(8, 18) ** 2
+            mask = (x - cx) ** 2 + (y - cy) ** 2 < size(8, 18) ** 2
         elif mode == "square":
-            s = u(7, 16)
+            s = size(7, 16)
             mask = (np.abs(x - cx) < s) & (np.abs(y - cy) < s)
         elif mode in ("hstripes", "vstripes"):
             coord = y if mode == "hstripes" else x
-            half = u(3, 8)
+            half = size(3, 8)
             mask = np.floor((coord + u(0, 16)) / half) % 2 == 0
         elif mode == "checker":
-            half = u(4, 9)
+            half = size(4, 9)
             mask = (np.floor((x + u(0, 16)) / half) + np.floor((y + u(0, 16)) / half)) % 2 == 0
         elif mode == "ring":
             d = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
-            outer = u(10, 18)
-            mask = (d < outer) & (d > outer - u(3, 6))
+            outer = size(10, 18)
+            mask = (d < outer) & (d > outer - size(3, 6))
         elif mode == "gradient":
             theta = u(0, 2 * math.pi)
             t = ((x - 32) * np.cos(theta) + (y - 32) * np.sin(theta)) / 45.0 + 0.5
@@ -119,17 +150,17 @@ def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> Tensor:
             img = bg * (1 - t) + fg * t
             mask = None
         elif mode == "triangle":
-            s = u(9, 17)
+            s = size(9, 17)
             top = cy - s
             mask = (y >= top) & (y <= cy + s) & (np.abs(x - cx) <= (y - top) / 2)
         else:  # pragma: no cover - DEMO_MODES and this chain are edited together
             raise AssertionError(mode)
         if mask is not None:
             img = np.where(mask[..., None], fg, bg)
-        # mild texture: uniform integer noise in [-10, 10] (cheap to draw for 25M pixels)
-        noisy = np.rint(img).astype(np.int16) + rng.integers(
-            -10, 11, size=img.shape, dtype=np.int16
-        )
+        # mild texture: uniform integer noise (cheap to draw for 25M pixels)
+        noisy = np.rint(img).astype(np.int16)
+        if st.noise:
+            noisy += rng.integers(-st.noise, st.noise + 1, size=img.shape, dtype=np.int16)
         out[idx] = np.clip(noisy, 0, 255).astype(np.uint8)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
@@ -137,15 +168,16 @@ def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED) -> Tensor:
 DEMO_VAL_SIZE = 512  # the held-out split: other images of the same eight modes
 
 
-@functools.lru_cache(maxsize=2)
-def load_demo(split: str = "train") -> ImageDataset:
-    """The demo set (cached per process; the images tensor is never modified). The ``val``
-    split is drawn with another seed: same modes, other images (held-out curves, Figure 5a)."""
+@functools.lru_cache(maxsize=4)
+def load_demo(split: str = "train", style: str = "demo") -> ImageDataset:
+    """A procedural set, ``demo`` or ``shapes`` (cached per process; the images tensor is never
+    modified). The ``val`` split is drawn with another seed: same modes, other images
+    (held-out curves, Figure 5a)."""
     n, seed = (DEMO_SIZE, DEMO_SEED) if split == "train" else (DEMO_VAL_SIZE, DEMO_SEED + 1)
-    images = make_demo_images(n, seed)
-    fp = fingerprint("demo", images)
-    info = {"source": "demo", "split": split, "n": n, "modes": list(DEMO_MODES), "seed": seed}
-    return ImageDataset("demo", images, fp, info)
+    images = make_demo_images(n, seed, style)
+    fp = fingerprint(style, images)
+    info = {"source": style, "split": split, "n": n, "modes": list(DEMO_MODES), "seed": seed}
+    return ImageDataset(style, images, fp, info)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,7 +286,8 @@ def load_path(spec: str, split: str = "train") -> ImageDataset:
     )
 
 
-BUILTIN = ("demo",)  # dataset names; anything else given to --data is a path
+BUILTIN = BUILTIN_DATA  # dataset names; anything else given to --data is a path
+assert set(BUILTIN) == set(DEMO_STYLES)
 SPLITS = ("train", "val")
 
 
@@ -264,7 +297,7 @@ def load_dataset(spec: str, split: str = "train") -> ImageDataset:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     if spec in BUILTIN:
-        return load_demo(split)
+        return load_demo(split, spec)
     return load_path(spec, split)
 
 

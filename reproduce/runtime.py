@@ -15,6 +15,9 @@ from typing import Any
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 JUDGES = ("auto", "demo", "inception")
+# the built-in procedural datasets (data.DEMO_STYLES: the same eight modes, so the demo judge
+# knows them all); anything else given to --data is a path
+BUILTIN_DATA = ("demo", "shapes")
 # default (periodic, final) evaluation sizes per judge: Inception as the paper (Table 3: 50,000
 # samples, 10 splits); the demo judge scores 10,000 samples in seconds, but 2,000 (200 per
 # split) already put its score within about 0.05 of the full set's on the demo data
@@ -53,8 +56,9 @@ class RuntimeConfig:
     """How a run is executed; changing these never changes the numbers (on one device and
     thread count) and never changes the run id."""
 
-    data: str = option("demo", "'demo' (built-in procedural images, no download) or a cache "
-                       "made by prepare-data")
+    data: str = option("demo", "'demo' (built-in procedural images, no download), 'shapes' "
+                       "(the same eight modes, white on black, near the centre, no noise: "
+                       "what a small GAN learns on a CPU) or a cache made by prepare-data")
     data_placement: str = option("auto", "where the training images live: device (resident "
                                  "on the GPU), host (memory-mapped, pinned non-blocking "
                                  "copies) or auto (device when they fit in 60 percent of free "
@@ -151,10 +155,11 @@ class RuntimeConfig:
     @property
     def judge_kind(self) -> str:
         """``demo`` (the demo judge) or ``inception``: what --judge auto means for the data
-        (the demo judge on the demo data, unless --inception-weights asks for Inception)."""
+        (the demo judge on the built-in data, unless --inception-weights asks for Inception)."""
         if self.judge != "auto":
             return self.judge
-        return "demo" if self.data == "demo" and not self.inception_weights else "inception"
+        builtin = self.data in BUILTIN_DATA
+        return "demo" if builtin and not self.inception_weights else "inception"
 
     def samples(self, kind: str) -> int:
         """Generated samples of a ``periodic`` or ``final`` evaluation: the option when given,
