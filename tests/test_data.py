@@ -7,7 +7,14 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.data import DEMO_MODES, DataPosition, EpochSampler, make_demo_images
+from reproduce.data import (
+    DEMO_MODES,
+    DataPosition,
+    EpochSampler,
+    load_dataset,
+    load_demo,
+    make_demo_images,
+)
 from reproduce.prepare import preprocess
 
 
@@ -24,6 +31,34 @@ def test_demo_is_deterministic_and_has_distinct_modes(demo):
     dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean(dim=(1, 2, 3))
     h, v = DEMO_MODES.index("hstripes"), DEMO_MODES.index("vstripes")
     assert (dy[h::m] > 2 * dx[h::m]).all() and (dx[v::m] > 2 * dy[v::m]).all()
+
+
+def test_demo_images_are_the_original_generators_bit_for_bit(demo):
+    """Adding the shapes style changed no demo image: every demo run id stays what it was."""
+    assert demo.fingerprint == "demo-8954f847b618b595"
+    assert load_demo("val").fingerprint == "demo-97ac72f99fd3d14a"
+
+
+def test_shapes_has_the_demo_modes_with_less_nuisance(demo):
+    shapes = load_dataset("shapes")
+    assert shapes.kind == "shapes" and shapes.fingerprint.startswith("shapes-")
+    assert shapes.images.shape == demo.images.shape
+    assert torch.equal(shapes.images, make_demo_images(style="shapes"))  # deterministic
+    x = shapes.images
+    # white on black and no pixel noise: only the gradients have grey levels
+    grey = ((x > 0) & (x < 255)).flatten(1).any(dim=1)
+    g = DEMO_MODES.index("gradient")
+    assert grey[g :: len(DEMO_MODES)].all()
+    assert not grey[[i for i in range(len(x)) if i % len(DEMO_MODES) != g]].any()
+    assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
+    # shapes near the centre: every disc's centre of mass within 6 px of the middle
+    d = DEMO_MODES.index("disc")
+    disc = x[d :: len(DEMO_MODES), 0].float()
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    mass = disc.sum(dim=(1, 2))
+    cy, cx = (disc * ys).sum(dim=(1, 2)) / mass, (disc * xs).sum(dim=(1, 2)) / mass
+    assert ((cy - 31.5).abs().max() < 6) and ((cx - 31.5).abs().max() < 6)
+    assert load_dataset("shapes", "val").fingerprint != shapes.fingerprint
 
 
 def test_preprocess_resizes_short_side_and_centre_crops(tmp_path):

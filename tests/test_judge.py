@@ -15,7 +15,7 @@ from torch import nn
 
 from architectures import PAIRS
 from reproduce import judge, metrics
-from reproduce.data import load_demo
+from reproduce.data import load_dataset, load_demo
 from reproduce.evaluation import Evaluator
 from reproduce.results import RunDir
 
@@ -44,6 +44,16 @@ def test_the_judge_knows_the_modes_of_held_out_images(demo_judge):
     # images of no mode (the blobs of an untrained generator) are not recognised
     junk = judge_scores(demo_judge, judge.make_junk(256, seed=12345))
     assert junk["confident_fraction"] < 0.05 and junk["modes_covered"] == 0
+
+
+def test_the_judge_knows_the_shapes_data(demo_judge):
+    """The shapes set is the demo's modes with less nuisance: the judge, built on demo images
+    only, reads all of its images, and scores it as it scores the demo."""
+    val = load_dataset("shapes", "val").images
+    assert judge.accuracy(demo_judge.load(), val) >= 0.99
+    real = judge_scores(demo_judge, val)
+    assert real[metrics.IS_MEAN] >= 7.5
+    assert (real["modes_covered"], real["modes_total"]) == (8, 8)
 
 
 @pytest.mark.parametrize("arch", sorted(PAIRS))
