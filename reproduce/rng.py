@@ -11,15 +11,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
-def rng_state() -> dict[str, Any]:
-    """Every RNG stream, as plain types and tensors (loadable with weights_only=True)."""
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """Every RNG stream, as plain types and tensors (loadable with weights_only=True). With a
+    CUDA ``device`` (a run's), its generator only (``torch_cuda_scope`` "run"): the state
+    then restores onto the run's device whatever the devices visible at the resume;
+    otherwise every initialised device's ("all"), restored by index."""
     np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     py = random.getstate()
+    own = device is not None and device.type == "cuda"
+    if device is not None and own:
+        cuda = [torch.cuda.get_rng_state(device)]
+    else:
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
     return {
         "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "torch_cuda": cuda,
+        "torch_cuda_scope": "run" if own else "all",
         "numpy": {
             "key": str(np_state[0]),
             "state": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
@@ -31,15 +41,38 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    if state["torch_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+def cuda_restores(
+    state: dict[str, Any], device: torch.device | None, visible: int
+) -> list[tuple[Tensor, int]]:
+    """Which saved CUDA generator state goes to which visible device index. A run's own state
+    ("run") goes to the run's device; states of every device ("all", and checkpoints written
+    before the scope was recorded) go by index to the devices that exist now, or, for a
+    run's device, only its own index. Never an index that is not visible."""
+    states = list(state.get("torch_cuda") or [])
+    if not states or visible < 1:
+        return []
+    run_index = None
+    if device is not None and device.type == "cuda":
+        run_index = device.index if device.index is not None else 0
+    if state.get("torch_cuda_scope") == "run":
+        return [(states[0], run_index)] if run_index is not None and run_index < visible else []
+    if run_index is not None:
+        return [(states[run_index], run_index)] if run_index < min(len(states), visible) else []
+    return [(s, i) for i, s in enumerate(states[:visible])]
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s streams; ``device``: the run's (where its CUDA state goes).
+    Tensors are taken to the CPU first (torch wants CPU ByteTensors)."""
+    torch.set_rng_state(state["torch_cpu"].cpu())
+    if torch.cuda.is_available():
+        for s, index in cuda_restores(state, device, torch.cuda.device_count()):
+            torch.cuda.set_rng_state(s.cpu(), index)
     n = state["numpy"]
     np.random.set_state(
         (
             n["key"],
-            n["state"].numpy().astype(np.uint32),
+            n["state"].cpu().numpy().astype(np.uint32),
             n["pos"],
             n["has_gauss"],
             n["cached_gaussian"],

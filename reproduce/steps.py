@@ -46,6 +46,8 @@ from .penalties import gradient_penalty_func
 from .procedures import Hyperparameters, Penalty, Procedure
 
 Stats = dict[str, Tensor]
+# torch.compile modes that use inductor's CUDA graph trees on a CUDA device
+CUDA_GRAPH_TREE_MODES = ("reduce-overhead", "max-autotune")
 NORM_TYPES = (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -298,19 +300,32 @@ class CompiledSteps(EagerSteps):
             res = proc.generator_step(G, D, z, hp)
             return res.loss, res.stats
 
-        self._critic_fn = torch.compile(critic_forward, mode=mode, dynamic=False)
-        self._generator_fn = torch.compile(generator_forward, mode=mode, dynamic=False)
+        self._critic_fn: Callable[..., tuple[Tensor, Stats]] = torch.compile(
+            critic_forward, mode=mode, dynamic=False
+        )
+        self._generator_fn: Callable[..., tuple[Tensor, Stats]] = torch.compile(
+            generator_forward, mode=mode, dynamic=False
+        )
         self._called: set[str] = set()  # compiled functions already called (so compiled)
+        # these modes turn on inductor's CUDA graph trees (on CUDA devices)
+        self._graph_trees = compile_mode in CUDA_GRAPH_TREE_MODES
 
-    def _first_call(self, name: str) -> None:
+    def _call(
+        self, name: str, fn: Callable[..., tuple[Tensor, Stats]], *args: Any
+    ) -> tuple[Tensor, Stats]:
+        """One compiled call. The statistics it returns are the caller's (``StatsBuffer``
+        keeps them for up to ``log_every`` iterations), never the compiled function's own
+        outputs: under CUDA graph trees those are overwritten by the graph's next replay."""
         if name not in self._called:
             self._called.add(name)
             self.setups += 1
+        if self._graph_trees:
+            torch.compiler.cudagraph_mark_step_begin()  # each call is a new step
+        loss, stats = fn(*args)
+        return loss, {k: v.detach().clone() for k, v in stats.items()}
 
     def critic_forward(self, real: Tensor, z: Tensor, alpha: Tensor | None) -> tuple[Tensor, Stats]:
-        self._first_call("critic")
-        return self._critic_fn(real, z, alpha)
+        return self._call("critic", self._critic_fn, real, z, alpha)
 
     def generator_forward(self, z: Tensor) -> tuple[Tensor, Stats]:
-        self._first_call("generator")
-        return self._generator_fn(z)
+        return self._call("generator", self._generator_fn, z)

@@ -158,7 +158,10 @@ def _restore(
     ckpt_dir = run_dir.checkpoints_dir
     for orphan in checkpoint.remove_orphans(ckpt_dir):
         run_dir.log(f"removed incomplete checkpoint write {orphan.name}")
-    for ckpt, state, why in checkpoint.candidates(ckpt_dir, map_location=device):
+    # loaded to the CPU whatever the run's device: the modules' and optimisers' own
+    # load_state_dict move each tensor to where its parameter lives, and the RNG states must
+    # stay CPU ByteTensors (torch.set_rng_state refuses any other)
+    for ckpt, state, why in checkpoint.candidates(ckpt_dir, map_location="cpu"):
         if state is not None and state.get("config_hash") != cfg.hash():
             if isinstance(state.get("config"), dict):
                 diff = "; ".join(config_diff(upgrade_config(state["config"]), cfg.to_dict()))

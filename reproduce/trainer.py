@@ -164,7 +164,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
             "data": self.batches.position.to_dict(),
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "fixed_noise": self.fixed_noise.cpu(),
             "train_seconds": self.train_seconds,
             "setup_seconds": self.setup_seconds,
@@ -183,7 +183,7 @@ class Trainer:
         if not faults.active("skip-restore", "data"):
             self.batches.sampler.position = DataPosition(**state["data"])
         if not faults.active("skip-restore", "rng"):
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"], self.device)
         self.fixed_noise = state["fixed_noise"].to(self.device)
         self.iteration = int(state["iteration"])
         self.train_seconds = float(state["train_seconds"])

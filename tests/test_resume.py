@@ -140,3 +140,69 @@ def test_sigkill_with_evaluation_on_gives_the_same_state_and_scores(tmp_path, re
     # and evaluation does not change training: the same run without it trains identically
     plain = reference("wgan-gp")
     assert_states_equal(load_final_state(run)["generator"], load_final_state(plain)["generator"])
+
+
+@pytest.mark.parametrize("procedure", ["wgan-gp", "wgan"])  # TF1 Adam and TF1 RMSProp
+def test_a_resume_on_another_device_restores_every_tensor_where_its_consumer_lives(
+    procedure, tmp_path, small_demo
+):
+    """The restore path on a device other than the CPU, shown on the CPU: the meta device
+    stands in for CUDA (a tensor there is not a CPU tensor, as on a GPU). Checkpoints are read
+    to the CPU and each tensor moved by its consumer: the networks' and optimisers' states to
+    the run's device, the RNG states kept as CPU ByteTensors. Loading them to the run's
+    device skipped every checkpoint on CUDA ("RNG state must be a torch.ByteTensor")."""
+    import torch
+
+    from reproduce import train
+    from reproduce.results import RunDir
+
+    from .conftest import quiet_runtime, small_config
+
+    cfg = small_config(small_demo, procedure=procedure, iters=3)
+    rt = quiet_runtime(tmp_path, checkpoint_every_iters=2)
+    rd = RunDir(tmp_path / cfg.run_id)
+    assert train.train_run(cfg, rt, small_demo, rd, torch.device("cpu")).state == "completed"
+    latest = checkpoint.load_latest(rd.checkpoints_dir)
+    assert latest is not None
+    saved = latest[1]
+    torch.manual_seed(12345)  # something else, so that the restore has to set it
+    meta = torch.device("meta")
+    found = train._restore(cfg, rt, small_demo, rd, meta)
+    assert not isinstance(found, train.Outcome)
+    assert found.skipped == [] and found.checkpoint is not None, found.skipped
+    t = found.trainer
+    assert t.iteration == 3
+    for net in (t.G, t.D):
+        assert {p.device for p in net.parameters()} == {meta}
+    for opt in (t.opt_g, t.opt_d):
+        moments = [v for s in opt.state.values() for k, v in s.items() if k != "step"]
+        assert moments and {v.device for v in moments if torch.is_tensor(v)} == {meta}
+    assert t.fixed_noise.device == meta
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch_cpu"])
+
+
+def test_cuda_generator_states_go_to_devices_that_exist():
+    """A CUDA run saves its own device's generator and restores it onto the run's device
+    whatever is visible at the resume; a checkpoint of every device's states (older ones)
+    restores by index only onto devices that exist. Restoring all of them by index raised
+    IndexError when a run saved seeing two GPUs resumed seeing one, and the checkpoint was
+    skipped."""
+    import torch
+
+    from reproduce.rng import cuda_restores
+
+    s0, s1 = torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    own = {"torch_cuda": [s1], "torch_cuda_scope": "run"}
+    assert cuda_restores(own, cuda0, visible=1) == [(s1, 0)]  # saved on cuda:1, now cuda:0
+    assert cuda_restores(own, torch.device("cuda"), visible=1) == [(s1, 0)]
+    assert cuda_restores(own, cuda1, visible=1) == []
+    assert cuda_restores(own, torch.device("cpu"), visible=2) == []
+    every = {"torch_cuda": [s0, s1]}  # written before the scope was recorded
+    assert cuda_restores(every, cuda0, visible=1) == [(s0, 0)]
+    assert cuda_restores(every, cuda1, visible=2) == [(s1, 1)]
+    assert cuda_restores(every, cuda1, visible=1) == []
+    assert cuda_restores({**every, "torch_cuda_scope": "all"}, None, visible=1) == [(s0, 0)]
+    assert cuda_restores(every, None, visible=4) == [(s0, 0), (s1, 1)]
+    assert cuda_restores({"torch_cuda": []}, cuda0, visible=1) == []
+    assert cuda_restores(every, cuda0, visible=0) == []

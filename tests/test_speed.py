@@ -360,3 +360,46 @@ def test_fast_mode_trains_on_cuda(small_demo):
             torch.testing.assert_close(fr["critic_loss"], er["critic_loss"], rtol=rtol,
                                        atol=1e-2)  # fmt: skip
     configure_numerics(cuda)
+
+
+def test_compiled_statistics_outlive_the_next_compiled_call(small_demo, monkeypatch):
+    """The statistics-lifetime rule of the compiled engine, with CUDA graph trees' call
+    pattern on the CPU: a compiled function whose outputs live in static buffers that its
+    next call overwrites (what reduce-overhead and max-autotune do on CUDA). The statistics
+    the engine hands out must keep their values (StatsBuffer holds them for up to log_every
+    iterations), and each compiled call is marked as a new step."""
+    from reproduce import steps as engines
+
+    cfg = RunConfig(**{**small_config(small_demo, dim=8, batch_size=4).to_dict(), "mode": "fast"})
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    t = Trainer(cfg, small_demo, torch.device("cpu"), compile_mode="reduce-overhead")
+    eng = t.steps
+    assert isinstance(eng, engines.CompiledSteps)
+    static: dict[str, torch.Tensor] = {}
+
+    def graph_tree_like(forward):
+        def run(*args):
+            loss, stats = forward(eng, *args)
+            for k, v in stats.items():  # one buffer per output, rewritten at every call
+                static.setdefault(k, torch.empty_like(v)).copy_(v.detach())
+            return loss, dict(static)
+
+        return run
+
+    eng._critic_fn = graph_tree_like(engines.EagerSteps.critic_forward)
+    eng._generator_fn = graph_tree_like(engines.EagerSteps.generator_forward)
+    z = [torch.randn(4, 128, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    real = t.batches.next()
+    alpha = torch.rand(4, 1, 1, 1)
+    first = eng.critic_forward(real, z[0], alpha)[1]
+    kept = {k: v.clone() for k, v in first.items()}
+    second = eng.critic_forward(real, z[1], alpha)[1]
+    assert any(not torch.equal(kept[k], second[k]) for k in kept)  # the calls differ
+    for k in kept:
+        assert torch.equal(first[k], kept[k]), k  # and the first call's values stayed
+    g1 = eng.generator_forward(z[0])[1]
+    g1_kept = {k: v.clone() for k, v in g1.items()}
+    eng.generator_forward(z[1])
+    assert all(torch.equal(g1[k], g1_kept[k]) for k in g1)
+    assert len(marks) == 4  # each compiled call began a new step
