@@ -96,9 +96,7 @@ DEMO_STYLES = {
 }
 
 
-def make_demo_images(
-    n: int = DEMO_SIZE, seed: int = DEMO_SEED, style: str = "demo"
-) -> Tensor:
+def make_demo_images(n: int = DEMO_SIZE, seed: int = DEMO_SEED, style: str = "demo") -> Tensor:
     """(n, 3, 64, 64) uint8; image i shows mode i % 8 with random geometry and colours, varied
     as ``DEMO_STYLES[style]`` says (``demo``'s draws are the original generator's, bit for
     bit)."""

@@ -12,6 +12,7 @@ import hashlib
 import html
 import json
 import math
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -385,6 +386,41 @@ def write_summary(
     return md_path, rows
 
 
+# under this many generator iterations no cell is expected to train: a smoke run of the pipeline
+SMOKE_ITERS = 100
+# where the settings that do train on a CPU are measured, and the command that shows them
+TRAINED_ELSEWHERE = "docs/proof-of-life.md (python -m reproduce figures showcase)"
+
+
+def verdict_banner(verdicts: Sequence[Any], iters: Sequence[Any]) -> str | None:
+    """One line saying what a matrix's verdicts mean: how many judged cells trained at their
+    length, that a run this short is a smoke run, and where trained cells are when none
+    here is. None before any cell has a verdict. The terminal summary ends with it and the
+    report's main page opens with it."""
+    judged = [v for v in verdicts if isinstance(v, str) and v]
+    lengths = sorted({int(n) for n in iters if isinstance(n, int | float) and n == n and n > 0})
+    if not judged or not lengths:
+        return None
+    trained = judged.count("trained")
+    span = f"{lengths[0]:,}" + (f"-{lengths[-1]:,}" if len(lengths) > 1 else "")
+    text = f"{trained} of {len(judged)} judged cells trained, at {span} generator iterations"
+    if lengths[-1] < SMOKE_ITERS:
+        text += f": a smoke run of the pipeline ({span} iterations train nothing)"
+    if trained == 0 or lengths[-1] < SMOKE_ITERS:
+        text += f"; trained cells on a CPU: {TRAINED_ELSEWHERE}"
+    return text
+
+
+def summary_iters(rows: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Each summary row's configured length (its ``iterations`` column is ``done/iters``)."""
+    out = []
+    for r in rows:
+        tail = str(r.get("iterations") or "").rpartition("/")[2]
+        if tail.isdigit():
+            out.append(int(tail))
+    return out
+
+
 def terminal_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary for a terminal: one line per cell in at most 100 columns (the paper
     profile's longest is 96) with its state, iterations, rate, score, Fréchet distance, modes
@@ -426,6 +462,9 @@ def terminal_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         if real:
             own = f"; the data's own: {real[0]:.2f}" + (f"-{real[-1]:.2f}" if real[1:] else "")
         lines.append(f"IS and FD: the demo judge's (its IS is out of 8{own})")
+    banner = verdict_banner([r.get("verdict") for r in rows], summary_iters(rows))
+    if banner:
+        lines += textwrap.wrap(banner, 100, break_on_hyphens=False, break_long_words=False)
     return "\n".join(lines) + "\n"
 
 

@@ -226,3 +226,53 @@ def gradient_norms_figure(
         hax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
+
+
+def progress_figure(
+    rows: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]],
+    real: np.ndarray,
+    real_title: str,
+) -> Any:
+    """The showcase: one row per run, its fixed-noise grids over iterations (column titles
+    under each row's own grids), the data's real images in the first column of every row."""
+    cols = 1 + max(len(grids) for _, grids in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.0 * cols, 2.25 * len(rows)), squeeze=False)
+    for i, (title, grids) in enumerate(rows):
+        cells = [(real_title, real), *grids]
+        for j in range(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(cells):
+                ax.axis("off")
+                continue
+            ax.imshow(cells[j][1], interpolation="nearest")
+            ax.set_title(cells[j][0], fontsize=8)
+            if j == 1:
+                ax.set_ylabel(textwrap.fill(title, 28), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def score_curves_figure(frame: pd.DataFrame, real_is: float | None, modes_total: int) -> Any:
+    """The showcase's judge curves: the judge's score and the modes covered against the
+    generator iteration, one line per run (column ``run``), the data's own score dashed."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.2))
+    sns.lineplot(data=frame, x="step", y="is", hue="run", marker="o", ax=a)
+    if real_is is not None:
+        a.axhline(real_is, ls="--", color="0.3", lw=1)
+        on_y = a.get_yaxis_transform()  # x in axes fractions, y in data
+        a.text(0.01, real_is, "real images", va="bottom", fontsize=7, color="0.3",
+               transform=on_y)  # fmt: skip
+        a.axhline(real_is / 2, ls=":", color="0.5", lw=1)
+        a.text(0.01, real_is / 2, "half: the verdict's bar", va="bottom", fontsize=7,
+               color="0.5", transform=on_y)  # fmt: skip
+    a.set_ylim(1.0, max(2.0, (real_is or 0) + 0.5, float(frame["is"].max()) + 0.2))
+    a.set(xlabel="generator iteration", ylabel="judge score (IS analogue)")
+    sns.lineplot(data=frame, x="step", y="modes", hue="run", marker="o", ax=b, legend=False)
+    b.axhline(modes_total / 2, ls=":", color="0.5", lw=1)
+    b.set_ylim(-0.3, modes_total + 0.3)
+    b.set(xlabel="generator iteration", ylabel=f"modes covered (of {modes_total})")
+    a.ticklabel_format(axis="y", useOffset=False, style="plain")
+    fig.tight_layout()
+    return fig

@@ -29,7 +29,7 @@ from architectures import ALL_PAIRS, PAIRS
 
 from .config import upgrade_config
 from .errors import UserError
-from .matrix import cell_state, load_manifests
+from .matrix import cell_state, load_manifests, verdict_banner
 from .procedures import PROCEDURES
 from .reportpage import link_grid, render_html, write_cell_pages
 from .results import (
@@ -502,8 +502,9 @@ def build(results: Path, out: Path, strict: bool = False, matrix: str | None = N
     files += [*pages.values(), *(out / "cells").glob("*.png")]
     html_path = out / "index.html"
     links = link_grid(g.summary, pages, out)
+    banner = verdict_banner(list(g.summary["verdict"]), list(g.summary["iters"]))
     page = render_html(c.summary, c.warnings, grid, plotted, out, chosen, links,
-                       score_label(c.summary), len(g.summary))  # fmt: skip
+                       score_label(c.summary), len(g.summary), banner)  # fmt: skip
     atomic_write_bytes(html_path, page.encode())
     files.append(html_path)
     if c.warnings:

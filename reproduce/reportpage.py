@@ -212,19 +212,24 @@ def render_html(
     cells: str,
     label: str,
     grid_runs: int,
+    banner: str | None = None,
 ) -> str:
     """The main page. ``cells``: the linked 7x4 grid (``link_grid``); ``grid_runs``: how many
-    runs the 7x4 views are drawn from."""
+    runs the 7x4 views are drawn from; ``banner``: what the verdicts mean
+    (``matrix.verdict_banner``), at the top."""
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<title>WGAN-GP reproduction report</title><style>",
         "body{font-family:sans-serif;margin:2em;max-width:1400px}",
         "table.t{border-collapse:collapse;font-size:13px;margin:1em 0}",
         "table.t td,table.t th{border-bottom:1px solid #ccc;padding:3px 8px;text-align:left}",
-        "img{max-width:100%;border:1px solid #eee}.warn{color:#a40}.cap{color:#555}</style>",
+        "img{max-width:100%;border:1px solid #eee}.warn{color:#a40}.cap{color:#555}",
+        ".banner{background:#fff4d6;border:1px solid #e0c068;padding:.6em 1em}</style>",
         "</head><body><h1>WGAN-GP reproduction report</h1>",
         f"<p>{len(summary)} runs; {int((summary['status'] == 'completed').sum())} completed.</p>",
     ]
+    if banner:
+        parts.append(f"<p class='banner'>{html.escape(banner)}</p>")
     if warnings:
         parts.append("<h2 class='warn'>Skipped files</h2><ul class='warn'>")
         parts += [f"<li>{html.escape(w)}</li>" for w in warnings]

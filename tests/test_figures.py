@@ -259,10 +259,40 @@ def test_figure_5a_end_to_end_and_heldout_changes_no_training_number(tmp_path):
     assert strip(read_jsonl(plain / "stats.jsonl")) == strip(read_jsonl(run / "stats.jsonl"))
 
 
+def test_the_showcase_trains_both_cells_on_shapes_and_draws_their_progress(tmp_path):
+    """The showcase end to end at a tiny length: the baseline pair with DCGAN and WGAN-GP on
+    the shapes data, each at its paper hyperparameters, judged; grids over iterations beside
+    the real images, and the judge's curves."""
+    from reproduce import figures
+
+    results = tmp_path / "results"
+    tiny = ("--iters", "8", "--eval-every", "4", "--sample-every", "1", "--dim", "8")
+    r = run_cli("figures", "showcase", "--results", str(results), "--executor", "debug", *tiny)
+    assert r.returncode == 0, r.stdout + r.stderr
+    nums = _figure(results, "showcase")
+    assert (results / "figures" / "showcase-scores.png").stat().st_size > 1000
+    assert nums["data"] == "shapes" and nums["real_is"] > 7.5
+    cells = {c["procedure"]: c for c in nums["cells"]}
+    assert set(cells) == {"dcgan", "wgan-gp"}
+    for proc, c in cells.items():
+        assert c["arch"] == "baseline" and c["iters"] == 8 and c["batch_size"] == 16
+        assert c["lr"] == {"dcgan": 2e-4, "wgan-gp": 1e-4}[proc]  # the paper's
+        assert [e["iter"] for e in c["evaluations"]] == [4, 8]
+        # the grids nearest 1/16, 1/8, 1/4, 1/2 and all of the run, each once
+        assert c["grids"] == [1, 2, 4, 8] and isinstance(c["verdict"], str)
+        cfg = json.loads((results / c["run_id"] / "config.json").read_text())
+        assert cfg["config"]["dataset"] == "shapes" and cfg["dataset"]["source"] == "shapes"
+    # the figure's own settings, unless flags override them; not one of the paper's figures
+    assert figures.SHOWCASE["dim"] == 16 and "showcase" not in figures.resolve_names([])
+    r = run_cli("figures", "showcase", "--dry-run", "--results", str(tmp_path / "dry"))
+    assert r.returncode == 0 and r.stdout.count("pending") == 2, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
         (["fig9"], "unknown figure 'fig9'"),
+        (["showcase", "--profile", "paper"], "the showcase is a CPU figure"),
         (["fig3"], "--cifar"),
         (["fig2", "--profile", "paper"], "--data"),
         (["fig1", "--profile", "fast"], "--profile"),

@@ -35,7 +35,8 @@ def test_second_invocation_trains_nothing(tmp_path):
     assert out.splitlines()[0] == "4 cells: 4 to run, 0 skipped (done, running or queued)"
     # the printed summary fits 100 columns: one line per cell (the files hold every column;
     # only the line naming their path may be longer)
-    assert max(len(x) for x in out.splitlines() if "written to /" not in x) <= 100, out
+    paths = ("written to /", "--results /", "--logdir /")
+    assert max(len(x) for x in out.splitlines() if not any(p in x for p in paths)) <= 100, out
     head = next(i for i, line in enumerate(out.splitlines()) if line.startswith("cell "))
     table = out.splitlines()[head : head + 5]
     assert table[0].split() == ["cell", "status", "iterations", "it/s", "IS", "FD", "modes",
@@ -55,6 +56,17 @@ def test_second_invocation_trains_nothing(tmp_path):
     assert rows["real_is"].between(7.0, 8.0).all() and rows["real_is"].nunique() == 1
     own = f"(its IS is out of 8; the data's own: {rows['real_is'][0]:.2f})"
     assert out.splitlines()[head + 5] == f"IS and FD: the demo judge's {own}", out
+    # then what the verdicts mean (3 iterations: a smoke run; where trained cells are), the
+    # files, and the next commands
+    tail = " ".join(out.splitlines()[head + 6 : -3])
+    trained = int(rows["verdict"].eq("trained").sum())
+    assert tail == (
+        f"{trained} of 4 judged cells trained, at 3 generator iterations: a smoke run of the "
+        "pipeline (3 iterations train nothing); trained cells on a CPU: docs/proof-of-life.md "
+        "(python -m reproduce figures showcase)"
+    ), out
+    assert out.splitlines()[-2].startswith("next: python -m reproduce report --results ")
+    assert out.splitlines()[-1].split()[:2] == ["tensorboard", "--logdir"]
     assert rows["modes"].str.fullmatch(r"[0-8]/8").all()
     assert rows["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
     assert len(list((tmp_path / "r" / "matrices").glob("*-summary.csv"))) == 1

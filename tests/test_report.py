@@ -84,6 +84,28 @@ def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
     assert (done["images_per_s"] > 0).all() and (done["iterations"] == 4).all()
     assert (done["judge"] == "demo-judge").all() and done["final_is"].notna().all()
     assert done["verdict"].isin(["trained", "low-quality", "collapsed"]).all()
+    # the page opens with what the verdicts mean, as the matrix's terminal summary ends
+    grid_runs = summary[summary["arch"].isin(["baseline", "tanh"])]
+    judged = int(grid_runs["verdict"].notna().sum())
+    trained = int((grid_runs["verdict"] == "trained").sum())
+    banner = (f"{trained} of {judged} judged cells trained, at 4 generator iterations: a smoke "
+              "run of the pipeline (4 iterations train nothing); trained cells on a CPU: "
+              "docs/proof-of-life.md (python -m reproduce figures showcase)")  # fmt: skip
+    assert f"<p class='banner'>{banner}</p>" in (out / "index.html").read_text()
+
+
+def test_the_banner_says_what_the_verdicts_mean():
+    from reproduce.matrix import verdict_banner
+
+    assert verdict_banner(["trained", "collapsed", None], [8000, 8000, 8000]) == (
+        "1 of 2 judged cells trained, at 8,000 generator iterations"
+    )
+    assert verdict_banner(["low-quality"] * 2, [400, 12_000]) == (
+        "0 of 2 judged cells trained, at 400-12,000 generator iterations; trained cells on a "
+        "CPU: docs/proof-of-life.md (python -m reproduce figures showcase)"
+    )
+    assert verdict_banner([None, None], [12, 12]) is None  # nothing judged yet
+    assert verdict_banner(["collapsed"], [float("nan")]) is None
 
 
 def test_the_grid_of_a_chosen_matrix(results, tmp_path):

@@ -177,10 +177,12 @@ def add_parser(sub: Any) -> Parser:
         "figures",
         help="regenerate the paper's figures (runs what they need first)",
         description="Draw the paper's figures into RESULTS/figures: fig1a, fig1b (fig1: both), "
-        "fig2, fig3, fig5a (default: all). Runs each figure needs and that are not done yet "
+        "fig2, fig3, fig5a (default: all of these), and showcase (DCGAN and WGAN-GP trained "
+        "on the shapes data on a CPU). Runs each figure needs and that are not done yet "
         "are trained first through the matrix machinery (each exactly once, resumable).",
     )
-    figures.add_argument("names", nargs="*", metavar="NAME", help="figures (default: all)")
+    figures.add_argument("names", nargs="*", metavar="NAME",
+                         help="figures (default: the paper's)")  # fmt: skip
     figures.add_argument(
         "--profile",
         default="demo",

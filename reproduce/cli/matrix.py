@@ -374,6 +374,9 @@ def run(args: argparse.Namespace) -> int:
     path, rows = write_summary(plan.results, plan.configs, plan.run_dirs)
     print(terminal_summary(rows), end="")
     print(f"summary with every column written to {path} (and .csv)")
+    res = "" if plan.results == Path("results") else f" --results {plan.results}"
+    print(f"next: python -m reproduce report{res}  (tables, plots, an HTML page)")
+    print(f"      tensorboard --logdir {plan.results / 'tensorboard'}  (curves and samples)")
     done = all(cell_state(d).state in ("completed", "diverged") for d in plan.run_dirs)
     return EXIT_OK if done else EXIT_FAILED
 
