@@ -106,6 +106,14 @@ class EagerSteps:
         return stats
 
 
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Equal to the bit, NaN included (``torch.equal`` calls two NaNs unequal, so a step whose
+    statistics hold a NaN would fail the graph's check and fall back to eager needlessly)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
 class _Graph:
     """One captured step: the graph, its static inputs and its packed statistics."""
 
@@ -181,8 +189,8 @@ class GraphedSteps(EagerSteps):
             keys = list(stats)
             packed = torch.stack([stats[k].float() for k in keys])
         graph.replay()
-        same = torch.equal(packed, eager_stats) and all(
-            (g is None) == (p.grad is None) and (g is None or torch.equal(g, p.grad))
+        same = same_bits(packed, eager_stats) and all(
+            (g is None) == (p.grad is None) and (g is None or same_bits(g, p.grad))
             for g, p in zip(eager_grads, params, strict=True)
         )
         restore_buffers()

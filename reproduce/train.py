@@ -14,6 +14,7 @@ checkpoint, so a checkpoint never holds a diverged state.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sys
 import time
@@ -95,8 +96,18 @@ def train_run(
     claimed = claim(run_dir, run_config_document(cfg, rt, dataset, run_dir.path.name))
     if isinstance(claimed, Refusal):
         return Outcome(claimed.state, claimed.iteration, claimed.message, run_dir.path)
-    with claimed as lease:
+    with claimed as lease, current_device(device):
         return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
+
+
+def current_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The run's CUDA device made current for the whole run (``torch.cuda.device``): CUDA graph
+    capture streams, recorded events and torch-fidelity's ``.cuda()`` use the current device,
+    which is cuda:0 unless set, so a run on cuda:1 captured and scored on the wrong GPU.
+    Nothing for other devices."""
+    if device.type == "cuda" and device.index is not None:
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 class WeightsError(Exception):

@@ -403,3 +403,48 @@ def test_compiled_statistics_outlive_the_next_compiled_call(small_demo, monkeypa
     eng.generator_forward(z[1])
     assert all(torch.equal(g1[k], g1_kept[k]) for k in g1)
     assert len(marks) == 4  # each compiled call began a new step
+
+
+def test_the_graph_check_compares_bits_so_a_nan_statistic_passes():
+    """The CUDA graph's first-replay check (GraphedSteps._capture) compares to the bit: a NaN
+    statistic reproduced by the replay passes (torch.equal called it a mismatch, and the run
+    fell back to eager), while any other difference, a NaN's sign included, fails."""
+    from reproduce.steps import same_bits
+
+    a = torch.tensor([1.0, float("nan"), -0.0])
+    assert same_bits(a, a.clone()) and not torch.equal(a, a.clone())
+    assert not same_bits(a, torch.tensor([1.0, float("nan"), 0.0]))  # -0.0 is not 0.0
+    assert not same_bits(a, torch.tensor([1.0, -float("nan"), -0.0]))
+    assert not same_bits(a, a.double()) and not same_bits(a, a[:2])
+    g = torch.randn(3, 4, 5)
+    assert same_bits(g, g.clone()) and not same_bits(g, g + 1e-7)
+    assert same_bits(torch.tensor(2.0), torch.tensor(2.0))  # 0-d statistics
+
+
+def test_a_run_makes_its_cuda_device_current(small_demo, tmp_path, monkeypatch):
+    """`--device cuda:1`: the run's device is current for the whole run (CUDA graph capture
+    streams, events and torch-fidelity's `.cuda()` use the current device, cuda:0 unless
+    set). On the CPU: the context a run enters for each device, and that train_run enters
+    it around the whole run."""
+    import contextlib
+
+    from reproduce import train
+    from reproduce.results import RunDir
+
+    from .conftest import quiet_runtime
+
+    ctx = train.current_device(torch.device("cuda", 1))
+    assert isinstance(ctx, torch.cuda.device) and ctx.idx == 1
+    assert isinstance(train.current_device(torch.device("cpu")), contextlib.nullcontext)
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        entered.append(device)
+        yield
+
+    monkeypatch.setattr(train, "current_device", spy)
+    cfg = small_config(small_demo, iters=1)
+    out = train.train_run(cfg, quiet_runtime(tmp_path), small_demo, RunDir(tmp_path / "r"),
+                          torch.device("cpu"))  # fmt: skip
+    assert out.state == "completed" and entered == [torch.device("cpu")]
