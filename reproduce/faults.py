@@ -26,6 +26,9 @@ variable so that the tests exercise the real ``python -m reproduce`` processes u
     prepare-sleep=S  sleep S seconds after every image in prepare-data (the same, for the
                      preparation's workers)
     gpu-check-hang=S make gpu-check's section S hang (the time-box test)
+    oom@K            raise torch.OutOfMemoryError in generator iteration K (K = build: while
+                     the trainer is built, before the loop): how a run records running out of
+                     device memory
     fake-gpus        let --gpus name GPUs on a machine without CUDA (the cells run on the
                      CPU, scheduled as if on those GPUs): the local executor's GPU scheduling,
                      packing and CUDA_VISIBLE_DEVICES tests on CPU-only machines

@@ -100,6 +100,16 @@ def train_run(
         return _train_locked(cfg, rt, dataset, run_dir, device, stop, lease)
 
 
+def out_of_memory(e: BaseException, cfg: RunConfig, device: torch.device, when: str) -> str:
+    """One line: where memory ran out, torch's first line, and what to change."""
+    first = (str(e).strip().splitlines() or ["out of memory"])[0]
+    return (
+        f"out of memory on {device} {when} (batch {cfg.batch_size}, width {cfg.dim}): "
+        f"{first[:200]}; lower --batch-size, put fewer cells on each GPU (--cells-per-gpu), "
+        "or keep the images on the host (--data-placement host)"
+    )
+
+
 def current_device(device: torch.device) -> contextlib.AbstractContextManager[Any]:
     """The run's CUDA device made current for the whole run (``torch.cuda.device``): CUDA graph
     capture streams, recorded events and torch-fidelity's ``.cuda()`` use the current device,
@@ -265,8 +275,15 @@ def _train_locked(
     # before the Trainer: counting builds its own (CPU) trainer; the real one reseeds everything
     cost = flops.iteration_cost(cfg) if rt.count_flops else None
     peak = flops.peak_tflops(device, flops.mode_precision(cfg.mode))
-    # -- resume from the newest usable checkpoint, or start
-    found = _restore(cfg, rt, dataset, run_dir, device)
+    # -- resume from the newest usable checkpoint, or start (out of memory here is recorded
+    # like out of memory in the loop: its own failure reason, one line)
+    try:
+        found = _restore(cfg, rt, dataset, run_dir, device)
+    except torch.OutOfMemoryError as e:
+        msg = out_of_memory(e, cfg, device, "while building the trainer")
+        run_dir.write_status("failed", message=msg, reason="out-of-memory", iteration=0)
+        run_dir.log(f"failed: {msg}")
+        return Outcome("failed", 0, msg, run_dir.path)
     if isinstance(found, Outcome):
         return found
     failed = _start(cfg, rt, run_dir, found, env)
@@ -292,6 +309,11 @@ def _train_locked(
     status("running")
     try:
         return _loop(cfg, rt, run_dir, trainer, stop, lease, env, status, evaluator, val)
+    except torch.OutOfMemoryError as e:
+        msg = out_of_memory(e, cfg, device, f"at iteration {trainer.iteration}")
+        if not lease.lost:
+            status.failed(msg, "out-of-memory")
+        return Outcome("failed", trainer.iteration, msg, run_dir.path)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             if not lease.lost:

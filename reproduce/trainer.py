@@ -127,6 +127,8 @@ class Trainer:
         cuda_graphs: bool | None = None,
         compile_mode: str = "default",
     ) -> None:
+        if faults.active("oom", "build"):
+            raise torch.OutOfMemoryError("CUDA out of memory (injected: oom@build)")
         self.cfg = cfg
         self.device = device
         self.proc: Procedure = get_procedure(cfg.procedure)
@@ -209,6 +211,8 @@ class Trainer:
             real = self.batches.next()  # (B, 3, 64, 64), a fresh batch per critic step
             if faults.active("nan", it):
                 real = real * float("nan")
+            if faults.active("oom", it):
+                raise torch.OutOfMemoryError(f"CUDA out of memory (injected: oom@{it})")
             z = torch.randn(cfg.batch_size, Z_DIM, device=dev)
             alpha = torch.rand(cfg.batch_size, 1, 1, 1, device=dev) if proc.uses_penalty else None
             stats = self.steps.critic(real, z, alpha)

@@ -8,6 +8,8 @@ import re
 import shutil
 import signal
 
+import pytest
+
 from reproduce import checkpoint
 from reproduce.results import read_jsonl
 
@@ -221,3 +223,26 @@ def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_roo
     assert shutil.disk_usage(fs).free < 2 * checkpoint_bytes(cfg)
     finish(args)
     assert_same_result(run, reference("wgan-gp"))
+
+
+@pytest.mark.parametrize(("fault", "iteration", "when"), [
+    ("oom@2", 2, "at iteration 2"),
+    ("oom@build", 0, "while building the trainer"),
+])  # fmt: skip
+def test_out_of_memory_is_its_own_failure_in_one_line(tmp_path, fault, iteration, when):
+    """Running out of device memory (injected where a GPU would raise it: in the loop, or
+    while the trainer is built, before the loop) is recorded as its own failure reason with
+    what to change, in one line, no traceback; before, the loop wrote "exception" with the
+    traceback in the job log only, and an OOM while building the trainer wrote no status."""
+    res = tmp_path / "r"
+    r = run_cli("train", "--dim", "8", "--batch-size", "4", "--iters", "4", "--no-eval",
+                "--no-progress", "--no-count-flops", "--results", str(res),
+                env=cli_env(REPRODUCE_FAULTS=fault))  # fmt: skip
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    (run,) = [d for d in res.iterdir() if (d / "status.json").exists()]
+    status = json.loads((run / "status.json").read_text())
+    assert (status["state"], status["reason"], status["iteration"]) == (
+        "failed", "out-of-memory", iteration)  # fmt: skip
+    assert status["message"].startswith(f"out of memory on cpu {when} (batch 4, width 8)")
+    assert "--cells-per-gpu" in status["message"] and "\n" not in status["message"]
