@@ -146,6 +146,13 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
         s = json.loads(path.read_text())
         arch = json.loads((path.parent / "config.json").read_text())["config"]["arch"]
         spans.setdefault(arch, []).append((s["started_at"], s["finished_at"]))
+    # the cores are shared among the cells that may run at once (1 GPU x 2 packed), not
+    # every core for each (their start-up FLOP count and data loading run on the CPU)
+    from reproduce.runtime import usable_cpus
+
+    for path in results.glob("*/config.json"):
+        threads = json.loads(path.read_text())["runtime"]["threads"]
+        assert threads == max(1, usable_cpus() // 2), path
     (m1, m2), (b1, b2) = sorted(spans["mlp-generator"]), sorted(spans["baseline"])
     assert m2[0] < m1[1]  # the packed cells ran at the same time
     assert b1[1] <= b2[0] <= b2[1] <= m1[0]  # each baseline cell alone, and first

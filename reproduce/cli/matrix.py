@@ -456,10 +456,15 @@ def _print_packing(plan: MatrixPlan) -> None:
 
 
 def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
-    """Runtime settings of each cell: threads split between CPU workers, or the SLURM cores."""
+    """Runtime settings of each cell: threads split between CPU workers, between the cells
+    that may run at once on the GPUs (each GPU's most packed architecture), or the SLURM
+    cores."""
     threads = plan.rt.threads
     if threads is None and plan.executor.local and plan.pool.on_cpu:
         threads = max(1, usable_cpus() // plan.pool.cpu_workers)
+    elif threads is None and plan.executor.local and plan.configs:
+        most = max(plan.pool.packing.cells(c.arch) for c in plan.configs)
+        threads = max(1, usable_cpus() // (len(plan.pool.gpus) * most))
     if threads is None and plan.executor.slurm:
         threads = plan.slurm.cpus_per_task
     return {**plan.rt.to_dict(), "threads": threads}
