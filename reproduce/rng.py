@@ -22,7 +22,7 @@ def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     np_state: tuple[Any, ...] = tuple(np.random.get_state(legacy=True))
     py = random.getstate()
     own = device is not None and device.type == "cuda"
-    if device is not None and own:
+    if own and device is not None:  # (device is not None: for the type checker)
         cuda = [torch.cuda.get_rng_state(device)]
     else:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []

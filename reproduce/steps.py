@@ -327,8 +327,9 @@ class CompiledSteps(EagerSteps):
         if name not in self._called:
             self._called.add(name)
             self.setups += 1
-        if self._graph_trees:
-            torch.compiler.cudagraph_mark_step_begin()  # each call is a new step
+        if not self._graph_trees:  # outputs are fresh tensors at every call
+            return fn(*args)
+        torch.compiler.cudagraph_mark_step_begin()  # each call is a new step
         loss, stats = fn(*args)
         return loss, {k: v.detach().clone() for k, v in stats.items()}
 
