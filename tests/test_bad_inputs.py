@@ -45,7 +45,7 @@ def assert_rejected(tmp_path: Path, *argv: str, match: str, results: Path | None
             ["--procedure", "wgangp"],
             "--procedure: unknown value 'wgangp' (did you mean 'wgan-gp'?)",
         ),
-        (["--data", "dmeo"], "--data: 'dmeo' is neither a built-in dataset (demo)"),
+        (["--data", "dmeo"], "--data: 'dmeo' is neither a built-in dataset (demo, shapes)"),
         (["--hparams", "papr"], "--hparams: unknown value 'papr' (did you mean 'paper'?)"),
         (["--iter", "3"], "unrecognized arguments: --iter 3 (did you mean --iters?)"),
         (["--batch", "3"], "unrecognized arguments: --batch 3 (did you mean --batch-size?)"),
