@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from reproduce.cli import main
-from reproduce.config import resolve_run_config
-from reproduce.data import ImageDataset, fingerprint, load_demo
-from reproduce.runtime import RuntimeConfig, usable_cpus
+from reproduce.config.run import resolve_run_config
+from reproduce.config.runtime import RuntimeConfig, usable_cpus
+from reproduce.data.datasets import ImageDataset, fingerprint, load_demo
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def judge_cache(tmp_path_factory) -> Path:
     """One demo-judge cache for the whole run, shared by the xdist workers (the first to need
     the judge builds it under a file lock; the others wait and load it), never the user's
     default one (unless $REPRODUCE_JUDGE_DIR names a cache, as `reproduce bench` does)."""
-    from reproduce import judge
+    from reproduce.evaluation import judge
 
     if os.environ.get(judge.ENV_DIR):
         return Path(os.environ[judge.ENV_DIR])
@@ -59,7 +59,7 @@ def judge_cache(tmp_path_factory) -> Path:
 def verification_stamps(tmp_path_factory) -> Path:
     """The cache-verification stamps of this test run (inherited by CLI subprocesses), never
     the user's."""
-    from reproduce import imagecache
+    from reproduce.data import imagecache
 
     root = tmp_path_factory.getbasetemp().parent / "verified"
     os.environ[imagecache.ENV_STAMPS] = str(root)
@@ -68,7 +68,7 @@ def verification_stamps(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_judge(judge_cache):
-    from reproduce import judge
+    from reproduce.evaluation import judge
 
     return judge.resolve_judge()[0]
 
@@ -141,7 +141,7 @@ def popen_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def load_final_state(run_dir: Path) -> dict:
-    from reproduce import checkpoint
+    from reproduce.rundir import checkpoint
 
     loaded = checkpoint.load_latest(run_dir / "checkpoints")
     assert loaded is not None, f"no checkpoint in {run_dir}"

@@ -16,15 +16,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from architectures import Z_DIM, get_pair
-from reproduce.config import RunConfig
-from reproduce.data import BatchSource, ImageDataset
-from reproduce.optim import TFRMSprop
+from reproduce.config.run import RunConfig
+from reproduce.data.datasets import BatchSource, ImageDataset
+from reproduce.gan.optim import TFRMSprop
 from reproduce.rng import seed_everything
 
 
 class LoopTFAdam(torch.optim.Optimizer):
     """TF1's ApplyAdam kernel transcribed one parameter at a time (the reference that
-    reproduce.optim.TFAdam implements with foreach kernels): in float32,
+    reproduce.gan.optim.TFAdam implements with foreach kernels): in float32,
     m += (g - m)(1 - b1); v += (g^2 - v)(1 - b2); w -= (m alpha) / (sqrt(v) + eps) with
     alpha = lr sqrt(1 - b2^t) / (1 - b1^t), b1^t and b2^t float32 running products."""
 

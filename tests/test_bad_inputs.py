@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reproduce.prepare import Options, prepare
+from reproduce.data.prepare import Options, prepare
 
 from .conftest import run_cli, run_main, tree
 from .lsun import make_folder, make_lmdb
@@ -249,7 +249,7 @@ def test_a_crafted_cifar_directory_never_runs_code(tmp_path, where):
 
     import numpy as np
 
-    from reproduce.data import load_cifar
+    from reproduce.data.datasets import load_cifar
     from reproduce.errors import UserError
 
     marker = tmp_path / "PWNED"
@@ -288,7 +288,7 @@ def test_a_run_directory_with_linked_files_is_refused_and_never_written_through(
         assert f"--results: {run} holds symbolic links (log.txt)" in err
     assert victim.read_text() == "precious\n" and tree(tmp_path) == before
     # below the command line (a matrix cell, a raced link): the append refuses to follow it
-    from reproduce.results import RunDir
+    from reproduce.rundir.rundir import RunDir
 
     with pytest.raises(OSError, match="Too many levels of symbolic links"):
         RunDir(run).log("through the link")

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from reproduce import bench
 from reproduce.errors import UserError
+from reproduce.speed import bench
 
 from .conftest import cli_env, run_cli, run_main, tree
 
@@ -24,7 +24,7 @@ def fake(path, times: dict[str, float], extra: dict[str, dict] | None = None):
 
 def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
     from architectures import PAIRS
-    from reproduce.procedures import PROCEDURES
+    from reproduce.gan.procedures import PROCEDURES
 
     gpu = {"dim": 64, "batch": 64, "device": "NVIDIA H100 80GB HBM3"}
     times, extra = {}, {}

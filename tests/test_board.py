@@ -12,7 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from reproduce.results import IS_MEAN, read_jsonl
+from reproduce.rundir.rundir import IS_MEAN, read_jsonl
 
 from .conftest import FINAL_EVAL, run_cli
 from .procs import ITERS, finish, sigkill_at, the_run, train_args
@@ -154,7 +154,7 @@ def test_a_full_disk_under_the_event_writer_is_the_runs_error_not_a_thread_trace
     the board afterwards must not raise (it runs in a `finally`)."""
     import errno
 
-    from reproduce.board import Board
+    from reproduce.training.board import Board
 
     from .test_reliability import fill
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import torch
 
-from reproduce import checkpoint
-from reproduce.results import RunDir
-from reproduce.train import train_run
-from reproduce.trainer import Trainer
+from reproduce.rundir import checkpoint
+from reproduce.rundir.rundir import RunDir
+from reproduce.training.loop import train_run
+from reproduce.training.trainer import Trainer
 
 from .conftest import quiet_runtime, small_config, states_equal
 

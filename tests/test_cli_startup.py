@@ -58,7 +58,7 @@ common = ["train", "--iters", "1", "--dim", "8", "--batch-size", "2", "--no-eval
           "--no-progress", "--no-tensorboard", "--threads", "1", "--results", results]
 codes = [main([*common, "--procedure", p]) for p in ("wgan-gp", "wgan")]
 import torch
-from reproduce.optim import TFAdam, TFRMSprop
+from reproduce.gan.optim import TFAdam, TFRMSprop
 for cls in (TFAdam, TFRMSprop):  # what a resume does with them
     w = torch.nn.Parameter(torch.ones(3))
     w.grad = torch.ones(3)

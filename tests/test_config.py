@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from reproduce.config import RunConfig, config_diff, resolve_run_config, upgrade_config
+from reproduce.config.options import OPTIONS
+from reproduce.config.run import RunConfig, config_diff, resolve_run_config, upgrade_config
 from reproduce.errors import UserError
-from reproduce.options import OPTIONS
 
 
 def cfg(**kw) -> RunConfig:
@@ -114,8 +114,8 @@ def test_mlp_width_builds_the_named_width_and_only_for_the_mlp():
 def test_runtime_options_are_the_fields_of_runtime_config():
     """Declared once: every RuntimeConfig field a user sets is an option with the field's own
     default, type and bounds (the checksum of the weights is set by the code, not an option)."""
-    from reproduce.options import OPTIONS_BY_KEY
-    from reproduce.runtime import RuntimeConfig
+    from reproduce.config.options import OPTIONS_BY_KEY
+    from reproduce.config.runtime import RuntimeConfig
 
     defaults = RuntimeConfig()
     runtime = {o.key: o for o in OPTIONS if o.section == "runtime"}
@@ -129,8 +129,8 @@ def test_runtime_options_are_the_fields_of_runtime_config():
 
 
 def test_the_procedures_defaults_in_the_help_come_from_the_procedures():
-    from reproduce.options import OPTIONS_BY_KEY, procedure_defaults
-    from reproduce.procedures import PROCEDURES
+    from reproduce.config.options import OPTIONS_BY_KEY, procedure_defaults
+    from reproduce.gan.procedures import PROCEDURES
 
     assert procedure_defaults("lr") == "dcgan 2e-4, lsgan 1e-4, wgan 5e-5, wgan-gp 1e-4"
     assert procedure_defaults("beta1") == "dcgan 0.5, wgan-gp 0.5 paper / 0 official-code"
@@ -155,7 +155,7 @@ def test_the_procedures_defaults_in_the_help_come_from_the_procedures():
 def test_an_option_out_of_bounds_is_refused_with_its_keys(values, message):
     """The bounds of every option are checked with its type, wherever the value comes from
     (a --config file here)."""
-    from reproduce.options import check_keys
+    from reproduce.config.options import check_keys
 
     with pytest.raises(UserError) as e:
         check_keys(values, "--config f.toml")

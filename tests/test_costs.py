@@ -1,11 +1,11 @@
-"""The CPU cost tables (reproduce/costs.py): how they are measured, and the estimate built
+"""The CPU cost tables (reproduce/matrix/costs.py): how they are measured, and the estimate built
 from them."""
 
 from __future__ import annotations
 
 import pytest
 
-from reproduce import costs
+from reproduce.matrix import costs
 
 
 def test_steady_seconds_leaves_out_the_warm_up_and_takes_the_median():
@@ -59,7 +59,7 @@ def test_a_cell_outside_the_tables_costs_the_default_step_unscaled():
 
 def test_every_table_has_every_cell_of_the_matrix():
     from architectures import PAIRS
-    from reproduce.procedures import PROCEDURES
+    from reproduce.gan.procedures import PROCEDURES
 
     cells = {(a, p) for a in PAIRS for p in PROCEDURES}
     assert set(costs.SECONDS_PER_ITER) == cells == set(costs.HELDOUT_SECONDS)
@@ -101,7 +101,7 @@ def test_the_estimate_counts_the_held_out_losses_a_run_records(iters, every):
     """``heldout_count`` (the dry-run's) is the number of iterations at which ``heldout_due``
     (the training loop's) records one, the last iteration included (150 iterations: every
     1 and the last; 7 every 2: at 2, 4, 6 and 7)."""
-    from reproduce.runtime import RuntimeConfig
+    from reproduce.config.runtime import RuntimeConfig
 
     rt = RuntimeConfig(results=".", heldout_every=every)
     due = [d for d in range(1, iters + 1) if rt.heldout_due(d, iters)]
@@ -112,7 +112,7 @@ def test_the_estimate_counts_the_held_out_losses_a_run_records(iters, every):
 def test_the_estimate_starts_cells_in_the_pools_order():
     """The makespan follows the order given (a long cell started last runs alone), and that
     order is the CPU pool's own: the longest training first, matrix order among equals."""
-    from reproduce.dispatch import CellSpec, LocalPool, Packing
+    from reproduce.matrix.dispatch import CellSpec, LocalPool, Packing
 
     assert costs.makespan([1.0, 1.0, 4.0], 2) == 5.0  # not 4.0: the order is not re-sorted
     configs = [{"arch": a, "procedure": p, "dim": 8, "batch_size": 16, "iters": 400}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reproduce.data import (
+from reproduce.data.datasets import (
     DEMO_MODES,
     DataPosition,
     EpochSampler,
@@ -15,7 +15,7 @@ from reproduce.data import (
     load_demo,
     make_demo_images,
 )
-from reproduce.prepare import preprocess
+from reproduce.data.prepare import preprocess
 
 
 def test_demo_is_deterministic_and_has_distinct_modes(demo):

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reproduce import metrics
-from reproduce.results import read_jsonl
-from reproduce.runtime import RuntimeConfig
-from reproduce.toy import ToyTrainer, load_result, run_toy, toy_config
+from reproduce.config.runtime import RuntimeConfig
+from reproduce.evaluation import metrics
+from reproduce.rundir.rundir import read_jsonl
+from reproduce.training.toy import ToyTrainer, load_result, run_toy, toy_config
 
 from .conftest import run_cli, tree
 from .inception import make_random_inception_weights
@@ -111,10 +111,10 @@ def test_toy_training_is_the_toy_codes_algorithm_to_the_bit(figure, method):
     RMSProp or Adam), on the same random streams, gives the same weights to the bit."""
     import torch
 
-    from reproduce.data import derive_seed
-    from reproduce.optim import TFAdam, TFRMSprop
-    from reproduce.penalties import gradient_penalty
-    from reproduce.toy import ToyData, ToyMLP
+    from reproduce.data.datasets import derive_seed
+    from reproduce.gan.optim import TFAdam, TFRMSprop
+    from reproduce.gan.penalties import gradient_penalty
+    from reproduce.training.toy import ToyData, ToyMLP
 
     cfg = toy_config(figure, "swissroll", method, iters=3, width=16, batch_size=32, layers=3)
     trainer = ToyTrainer(cfg)
@@ -263,7 +263,7 @@ def test_the_showcase_trains_both_cells_on_shapes_and_draws_their_progress(tmp_p
     """The showcase end to end at a tiny length: the baseline pair with DCGAN and WGAN-GP on
     the shapes data, each at its paper hyperparameters, judged; grids over iterations beside
     the real images, and the judge's curves."""
-    from reproduce import figures
+    from reproduce.reporting import figures
 
     results = tmp_path / "results"
     tiny = ("--iters", "8", "--eval-every", "4", "--sample-every", "1", "--dim", "8")

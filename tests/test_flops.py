@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reproduce import flops
-from reproduce.config import RunConfig
-from reproduce.results import RunDir
-from reproduce.train import train_run
+from reproduce.config.run import RunConfig
+from reproduce.rundir.rundir import RunDir
+from reproduce.training import flops
+from reproduce.training.loop import train_run
 
 from .conftest import quiet_runtime, small_config
 

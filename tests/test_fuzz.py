@@ -39,7 +39,7 @@ def numeric_flags(command: str) -> list[str]:
 
 
 def test_the_fuzz_covers_every_numeric_option():
-    from reproduce.options import OPTIONS
+    from reproduce.config.options import OPTIONS
 
     numeric = {o.flag for o in OPTIONS if o.type in (int, float)}
     train, matrix = set(numeric_flags("train")), set(numeric_flags("matrix"))

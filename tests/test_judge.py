@@ -14,10 +14,10 @@ import torch_fidelity
 from torch import nn
 
 from architectures import PAIRS
-from reproduce import judge, metrics
-from reproduce.data import load_dataset, load_demo
-from reproduce.evaluation import Evaluator
-from reproduce.results import RunDir
+from reproduce.data.datasets import load_dataset, load_demo
+from reproduce.evaluation import judge, metrics
+from reproduce.evaluation.evaluator import Evaluator
+from reproduce.rundir.rundir import RunDir
 
 from .conftest import quiet_runtime, small_config
 
@@ -62,7 +62,7 @@ def test_an_untrained_generator_covers_no_mode(demo_judge, demo, arch):
     makes under 2% confident samples (recipe 3: none). Judge recipe 2, without the textures
     of untrained transposed convolutions among its junk, took 26% of the baseline generator's
     samples for ``hstripes``."""
-    from reproduce.trainer import Trainer
+    from reproduce.training.trainer import Trainer
 
     cfg = small_config(demo, arch=arch, dim=16, batch_size=16, seed=0)
     images = metrics.generate_uint8(Trainer(cfg, demo, CPU).G, 500, 16, seed=1234, device=CPU)
@@ -188,7 +188,7 @@ def test_training_makes_the_generator_better(demo_judge, demo, tmp_path, one_thr
     covered 2 or 3 modes at iteration 400, with Fréchet distance 0.26-0.71 of iteration 0's;
     the test runs seed 0. With the generator's optimiser step disabled, all three assertions
     fail."""
-    from reproduce.trainer import Trainer
+    from reproduce.training.trainer import Trainer
 
     cfg = small_config(demo, batch_size=16, iters=TRAIN_ITERS, procedure="wgan-gp", lr=TRAIN_LR)
     trainer = Trainer(cfg, demo, CPU)

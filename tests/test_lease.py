@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from reproduce.lease import Lease, is_live, read_holder
+from reproduce.rundir.lease import Lease, is_live, read_holder
 
 
 def test_exclusive_and_released(tmp_path):

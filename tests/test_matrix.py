@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from architectures import PAIRS
+from reproduce.config.runtime import usable_cpus
 from reproduce.errors import UserError
-from reproduce.experiments import Selection
-from reproduce.matrix import PROFILES, expand
-from reproduce.procedures import PROCEDURES
-from reproduce.runtime import usable_cpus
+from reproduce.gan.procedures import PROCEDURES
+from reproduce.matrix.cells import PROFILES, expand
+from reproduce.matrix.experiments import Selection
 
 from .conftest import DEMO_FAST, cli_env, run_main, tree
 
@@ -221,7 +221,7 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
     lines = out.strip().splitlines()
     assert len(lines) == 30 and lines[-2].startswith("28 cells, 28 to run")
     assert all(line.split()[1] == "pending" for line in lines[:-2])
-    # on CPUs: the wall-time estimate from the measured per-cell costs (costs.py)
+    # on CPUs: the wall-time estimate from the measured per-cell costs (matrix/costs.py)
     assert lines[-1].startswith("estimated wall time: ") and "largest cells first" in lines[-1]
     assert tree(tmp_path) == before
 
@@ -229,7 +229,8 @@ def test_dry_run_lists_every_cell_and_writes_nothing(tmp_path):
 def test_the_claims_estimate_is_the_measured_costs_on_the_workers(
     tmp_path, monkeypatch, demo_judge
 ):
-    from reproduce import costs, judge
+    from reproduce.evaluation import judge
+    from reproduce.matrix import costs
 
     # what the claims profile does besides training, from its settings: 400 iterations, the
     # demo judge every 100 (500 samples) and at the end (2,000), a held-out loss every 4

@@ -12,11 +12,11 @@ import torch
 import torch_fidelity
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from reproduce import metrics
-from reproduce.images import to_uint8
-from reproduce.results import RunDir, read_jsonl
-from reproduce.runtime import RuntimeConfig
-from reproduce.train import train_run
+from reproduce.config.runtime import RuntimeConfig
+from reproduce.data.images import to_uint8
+from reproduce.evaluation import metrics
+from reproduce.rundir.rundir import RunDir, read_jsonl
+from reproduce.training.loop import train_run
 
 from .conftest import cli_env, popen_cli, quiet_runtime, run_cli, run_main, small_config, tree
 from .inception import make_random_inception_weights
@@ -266,7 +266,7 @@ def test_default_evaluation_cadence_costs_under_ten_percent_of_training(weights_
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from architectures import PAIRS
-    from reproduce.trainer import Trainer
+    from reproduce.training.trainer import Trainer
 
     rt = RuntimeConfig(judge="inception")
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from reproduce import losses
-from reproduce.optim import TFAdam, TFRMSprop
-from reproduce.penalties import clip_weights_, gradient_penalty, interpolate
+from reproduce.gan import losses
+from reproduce.gan.optim import TFAdam, TFRMSprop
+from reproduce.gan.penalties import clip_weights_, gradient_penalty, interpolate
 
 D_REAL = torch.tensor([2.0, -1.0, 0.5])
 D_FAKE = torch.tensor([-3.0, 0.25, 1.5])

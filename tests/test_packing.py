@@ -15,13 +15,13 @@ from .conftest import DEMO_FAST, cli_env, run_cli
 
 
 def spec(arch: str, n: int = 0):
-    from reproduce.dispatch import CellSpec
+    from reproduce.matrix.dispatch import CellSpec
 
     return CellSpec({"arch": arch}, {}, f"/r/{arch}-{n}")
 
 
 def test_cpu_cells_start_largest_first():
-    from reproduce.dispatch import LocalPool, Packing
+    from reproduce.matrix.dispatch import LocalPool, Packing
 
     pool = LocalPool([], Packing(), cpu_workers=2)
     cells = [spec("baseline"), spec("resnet101"), spec("gated"), spec("mlp-generator")]
@@ -34,7 +34,7 @@ def test_cpu_cells_start_largest_first():
 def test_packed_gpus_take_largest_cells_first_and_spread_them():
     from fractions import Fraction
 
-    from reproduce.dispatch import LocalPool, Packing
+    from reproduce.matrix.dispatch import LocalPool, Packing
 
     packing = Packing(1, (("mlp-generator", 4), ("baseline", 2)))
     pool = LocalPool([0, 1], packing, cpu_workers=1)
@@ -60,7 +60,7 @@ def test_packed_gpus_take_largest_cells_first_and_spread_them():
 def test_a_cell_that_does_not_fit_keeps_smaller_cells_off_its_gpu():
     from fractions import Fraction
 
-    from reproduce.dispatch import LocalPool, Packing
+    from reproduce.matrix.dispatch import LocalPool, Packing
 
     pool = LocalPool([0], Packing(4, (("baseline", 2),)), cpu_workers=1)
     start, _ = pool.schedule([spec("baseline"), spec("mlp-generator")])
@@ -148,7 +148,7 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
         spans.setdefault(arch, []).append((s["started_at"], s["finished_at"]))
     # the cores are shared among the cells that may run at once (1 GPU x 2 packed), not
     # every core for each (their start-up FLOP count and data loading run on the CPU)
-    from reproduce.runtime import usable_cpus
+    from reproduce.config.runtime import usable_cpus
 
     for path in results.glob("*/config.json"):
         threads = json.loads(path.read_text())["runtime"]["threads"]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from reproduce import imagecache, prepare
-from reproduce.data import load_dataset
+from reproduce.data import imagecache, prepare
+from reproduce.data.datasets import load_dataset
+from reproduce.data.prepare import Options, held_out
 from reproduce.errors import UserError
-from reproduce.prepare import Options, held_out
-from reproduce.results import read_json
+from reproduce.rundir.rundir import read_json
 
 from .conftest import REPO, assert_states_equal, cli_env, load_final_state, run_cli, run_main, tree
 from .lsun import GRAY_KEY, PATTERN_KEY, make_folder, make_lmdb
@@ -179,7 +179,7 @@ def test_training_on_the_cache_end_to_end_and_placement_is_bit_exact(cache, tmp_
 
 
 def test_host_and_device_batches_are_identical(cache):
-    from reproduce.data import BatchSource
+    from reproduce.data.datasets import BatchSource
 
     ds = load_dataset(str(cache.path))
     cpu = torch.device("cpu")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from architectures import PAIRS
-from reproduce.procedures import PROCEDURES, get_procedure
-from reproduce.results import RunDir
-from reproduce.train import train_run
-from reproduce.trainer import Trainer
+from reproduce.gan.procedures import PROCEDURES, get_procedure
+from reproduce.rundir.rundir import RunDir
+from reproduce.training.loop import train_run
+from reproduce.training.trainer import Trainer
 
 from .conftest import quiet_runtime, small_config
 

@@ -6,12 +6,12 @@ import pytest
 
 from architectures import ALL_PAIRS, PAIRS
 from reproduce.cli import EXECUTORS
-from reproduce.experiments import EXPERIMENTS
-from reproduce.figures import FIGURES
-from reproduce.matrix import PROFILES
-from reproduce.options import MODES
-from reproduce.procedures import PROCEDURES
+from reproduce.config.options import MODES
+from reproduce.gan.procedures import PROCEDURES
+from reproduce.matrix.cells import PROFILES
+from reproduce.matrix.experiments import EXPERIMENTS
 from reproduce.registry import Registry
+from reproduce.reporting.figures import FIGURES
 
 
 def test_a_registry_keeps_order_refuses_twice_and_names_the_closest():

@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
-from reproduce import checkpoint
-from reproduce.results import read_jsonl
+from reproduce.rundir import checkpoint
+from reproduce.rundir.rundir import read_jsonl
 
 from .conftest import assert_states_equal, cli_env, load_final_state, popen_cli, run_cli
 from .procs import (
@@ -188,8 +188,8 @@ def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_roo
     as still needed, so after a disk-full failure a resume with room for the next
     checkpoint was refused."""
     from reproduce.cli import checkpoint_bytes
-    from reproduce.config import resolve_run_config
-    from reproduce.data import load_demo
+    from reproduce.config.run import resolve_run_config
+    from reproduce.data.datasets import load_demo
 
     fs = tmpfs("24m")
     results = fs / "results"

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from reproduce.report import by_cell, collect, lsun_grid
+from reproduce.reporting.frames import by_cell, collect, lsun_grid
 
 from .conftest import FINAL_EVAL, cli_env, run_cli, tree
 
@@ -95,7 +95,7 @@ def test_report_writes_every_table_plot_and_the_page(results, tmp_path):
 
 
 def test_the_banner_says_what_the_verdicts_mean():
-    from reproduce.matrix import verdict_banner
+    from reproduce.matrix.cells import verdict_banner
 
     assert verdict_banner(["trained", "collapsed", None], [8000, 8000, 8000]) == (
         "1 of 2 judged cells trained, at 8,000 generator iterations"
@@ -312,7 +312,7 @@ def test_a_corrupt_results_directory_still_reports(results, tmp_path):
 
 def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
     """Issue 18.5: a junk stats.jsonl gave one warning per line (4.18 million for 1 GB)."""
-    from reproduce import report
+    from reproduce.reporting import frames as report
 
     bad = tmp_path / "results"
     shutil.copytree(results, bad)
@@ -333,7 +333,7 @@ def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
 def test_the_last_stats_row_is_read_from_the_end(results, tmp_path):
     """The summary's last training statistics come from the end of stats.jsonl (a 200 MB junk
     file was parsed whole for its last row), the same row as reading the whole file."""
-    from reproduce.results import last_jsonl_row, read_jsonl
+    from reproduce.rundir.rundir import last_jsonl_row, read_jsonl
 
     stats = _first(results, "baseline-dcgan") / "stats.jsonl"
     assert last_jsonl_row(stats) == read_jsonl(stats)[-1] != {}
@@ -351,7 +351,7 @@ def test_strings_from_run_files_are_escaped_in_tex_and_markdown(results, tmp_pat
     (``_tex`` skipped escaping any cell containing ``$``), and the Markdown tables carried raw
     ``<script>``. Now every string is escaped for its format; only the grid's own symbols
     are typeset."""
-    from reproduce.report import lsun_grid, throughput_table, write_table
+    from reproduce.reporting.frames import lsun_grid, throughput_table, write_table
 
     bad = tmp_path / "results"
     shutil.copytree(results, bad)
@@ -426,7 +426,7 @@ def _drawn_axes(fig) -> list[tuple[tuple[float, float], str]]:
 def test_score_facets_share_one_y_axis_from_one_without_an_offset():
     """A score that moved by 1e-5 is a flat line at 1 on the same axis as a cell that reached
     3, not a steep line labelled "1e-5+1" on its own axis."""
-    from reproduce import plots
+    from reproduce.reporting import plots
 
     frame = pd.DataFrame({"arch": ["a"] * 2 + ["b"] * 2, "procedure": ["p"] * 4,
                           "step": [6, 12, 6, 12],
@@ -446,7 +446,8 @@ def test_score_facets_share_one_y_axis_from_one_without_an_offset():
 def test_the_reports_score_plots_use_the_shared_axis(results, tmp_path, monkeypatch):
     """Through the report's own plotting of a real demo matrix (4 iterations: every judge score
     within 0.1 of 1): both score figures on one axis from 1 to 2, the loss plot on its own."""
-    from reproduce import plots, report
+    from reproduce.reporting import frames as report
+    from reproduce.reporting import plots
 
     seen: dict[str, list] = {}
     save = plots.save
@@ -468,7 +469,7 @@ def test_the_reports_score_plots_use_the_shared_axis(results, tmp_path, monkeypa
 
 def test_a_cell_pages_scores_are_on_the_same_span(results):
     """Each run's page plots its scores from 1 to at least 2 without an offset, like the grid."""
-    from reproduce.reportpage import cell_figure
+    from reproduce.reporting.page import cell_figure
 
     c = collect(results)
     scored = c.tidy[c.tidy["metric"] == "is"]["run_id"].unique()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reproduce import checkpoint
+from reproduce.rundir import checkpoint
 
 from .conftest import assert_states_equal, cli_env, load_final_state, states_equal
 from .procs import (
@@ -111,7 +111,7 @@ def test_same_seed_in_two_processes_gives_identical_tensors(tmp_path, reference)
 
 def scores(run: Path) -> list[dict]:
     """The evaluation rows without wall times: every score of every evaluation."""
-    from reproduce.results import metrics_rows
+    from reproduce.rundir.rundir import metrics_rows
 
     return [
         {k: v for k, v in r.items() if k not in ("seconds", "train_seconds")}
@@ -153,8 +153,8 @@ def test_a_resume_on_another_device_restores_every_tensor_where_its_consumer_liv
     device skipped every checkpoint on CUDA ("RNG state must be a torch.ByteTensor")."""
     import torch
 
-    from reproduce import train
-    from reproduce.results import RunDir
+    from reproduce.rundir.rundir import RunDir
+    from reproduce.training import loop as train
 
     from .conftest import quiet_runtime, small_config
 

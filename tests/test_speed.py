@@ -16,11 +16,11 @@ import json
 import pytest
 import torch
 
-from reproduce.config import RunConfig
-from reproduce.optim import TFAdam, TFRMSprop
-from reproduce.penalties import gradient_penalty, gradient_penalty_func
-from reproduce.procedures import PROCEDURES
-from reproduce.trainer import Trainer, configure_numerics
+from reproduce.config.run import RunConfig
+from reproduce.gan.optim import TFAdam, TFRMSprop
+from reproduce.gan.penalties import gradient_penalty, gradient_penalty_func
+from reproduce.gan.procedures import PROCEDURES
+from reproduce.training.trainer import Trainer, configure_numerics
 
 from .conftest import load_final_state, run_cli, small_config
 from .reference import LoopTFAdam, ReferenceCell
@@ -45,7 +45,7 @@ def _train(make_opt, steps: int = 200) -> list[torch.Tensor]:
 
 class LoopTFRMSprop(torch.optim.Optimizer):
     """TF1's ApplyRMSProp kernel transcribed one parameter at a time (the reference that
-    reproduce.optim.TFRMSprop implements with foreach kernels)."""
+    reproduce.gan.optim.TFRMSprop implements with foreach kernels)."""
 
     def __init__(self, params, lr: float, decay: float = 0.9, eps: float = 1e-10) -> None:
         super().__init__(params, {"lr": lr, "decay": decay, "eps": eps})
@@ -368,7 +368,7 @@ def test_compiled_statistics_outlive_the_next_compiled_call(small_demo, monkeypa
     next call overwrites (what reduce-overhead and max-autotune do on CUDA). The statistics
     the engine hands out must keep their values (StatsBuffer holds them for up to log_every
     iterations), and each compiled call is marked as a new step."""
-    from reproduce import steps as engines
+    from reproduce.training import engines as engines
 
     cfg = RunConfig(**{**small_config(small_demo, dim=8, batch_size=4).to_dict(), "mode": "fast"})
     marks = []
@@ -409,7 +409,7 @@ def test_the_graph_check_compares_bits_so_a_nan_statistic_passes():
     """The CUDA graph's first-replay check (GraphedSteps._capture) compares to the bit: a NaN
     statistic reproduced by the replay passes (torch.equal called it a mismatch, and the run
     fell back to eager), while any other difference, a NaN's sign included, fails."""
-    from reproduce.steps import same_bits
+    from reproduce.training.engines import same_bits
 
     a = torch.tensor([1.0, float("nan"), -0.0])
     assert same_bits(a, a.clone()) and not torch.equal(a, a.clone())
@@ -428,8 +428,8 @@ def test_a_run_makes_its_cuda_device_current(small_demo, tmp_path, monkeypatch):
     it around the whole run."""
     import contextlib
 
-    from reproduce import train
-    from reproduce.results import RunDir
+    from reproduce.rundir.rundir import RunDir
+    from reproduce.training import loop as train
 
     from .conftest import quiet_runtime
 

@@ -1,4 +1,4 @@
-"""``reproduce bench``: the pytest-benchmark suite (``reproduce.bench``), saved and compared."""
+"""``reproduce bench``: the pytest-benchmark suite (``reproduce.speed.bench``), saved, compared."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..results import check_writable
+from ..rundir.rundir import check_writable
 from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import bench
+    from ..speed import bench
 
     threshold = bench.parse_threshold(args.fail_above)
     base = bench.load_results(Path(args.compare), "--compare") if args.compare else None

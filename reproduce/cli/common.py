@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from architectures import get_pair
 
-from ..config import (
+from ..config.options import OPTIONS, OPTIONS_BY_KEY
+from ..config.run import (
     RunConfig,
     config_diff,
     load_config_file,
 )
+from ..config.runtime import RuntimeConfig
 from ..errors import UserError
-from ..options import OPTIONS, OPTIONS_BY_KEY
-from ..procedures import ADAMS
+from ..gan.procedures import ADAMS
 from ..registry import Registry
-from ..results import RunDir
-from ..runtime import RuntimeConfig
+from ..rundir.rundir import RunDir
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,7 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         m = re.match(r"unrecognized arguments: ([^\s=]+)(?:=(\S+)| (?!-)(\S+))?", message)
         if m:
-            from ..dispatch import SLURM_PROFILE_TYPES
+            from ..matrix.dispatch import SLURM_PROFILE_TYPES
 
             typed, key = m.group(1), m.group(1).lstrip("-").replace("-", "_")
             flags = [s for a in self._actions for s in a.option_strings]
@@ -242,13 +242,13 @@ def with_weights(rt: RuntimeConfig) -> RuntimeConfig:
     if not rt.eval_enabled:
         return rt
     if rt.judge_kind == "demo":  # built here once (offline), not by every cell at once
-        from ..judge import resolve_judge
+        from ..evaluation.judge import resolve_judge
 
         judge, how = resolve_judge(lambda msg: print(msg, file=sys.stderr, flush=True))
         if how != "cached":
             print(f"demo judge {how}: {judge.path}", file=sys.stderr, flush=True)
         return rt
-    from ..metrics import resolve_weights
+    from ..evaluation.metrics import resolve_weights
 
     weights = resolve_weights(rt.inception_weights, allow_download=True)
     return dataclasses.replace(rt, inception_weights=weights.path, inception_sha256=weights.sha256)
@@ -335,7 +335,7 @@ def check_space(cfg: RunConfig, rt: RuntimeConfig, base: Path, run_dir: RunDir) 
     """Room for the checkpoints still to be written: a new checkpoint is written before the
     oldest kept one is deleted, so a run holds up to --keep-checkpoints + 1 at once; those
     already on disk (a resume) need no more space."""
-    from ..checkpoint import list_checkpoints
+    from ..rundir.checkpoint import list_checkpoints
 
     have = min(len(list_checkpoints(run_dir.checkpoints_dir)), rt.keep_checkpoints)
     more = rt.keep_checkpoints + 1 - have

@@ -37,7 +37,7 @@ def execute(
     progress, or submitted to SLURM (then waited for with ``how.wait``). Returns the exit code
     to stop with (interrupted, or submitted without waiting), or None when the cells have
     finished and the command goes on."""
-    from .. import dispatch
+    from ..matrix import dispatch
 
     if how.executor.slurm:
         if before_submit is not None:
@@ -60,8 +60,8 @@ def execute(
 
 
 def wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
-    from ..dispatch import slurm_queue
-    from ..matrix import cell_state
+    from ..matrix.cells import cell_state
+    from ..matrix.dispatch import slurm_queue
 
     pending = {Path(spec.run_dir) for spec in specs}
     while pending:
@@ -74,8 +74,8 @@ def wait_slurm(specs: list[Any], poll_s: float = 5.0) -> None:
 
 def run_here(executor: Executor, pool: Any, specs: list[Any], folder: Path) -> bool:
     """Run cells with the local or debug executor, printing progress; False if interrupted."""
-    from .. import dispatch
-    from ..live import LiveProgress
+    from ..matrix import dispatch
+    from ..matrix.live import LiveProgress
 
     total, done = len(specs), 0
     live = LiveProgress(every=0 if executor.in_process else None)

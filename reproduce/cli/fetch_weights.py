@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..results import check_writable
+from ..rundir.rundir import check_writable
 from .common import EXIT_OK, Parser, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics import default_cache_dir, stage_weights
+    from ..evaluation.metrics import default_cache_dir, stage_weights
 
     cache = Path(args.cache) if args.cache else default_cache_dir()
     check_writable(cache, "--cache")

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config.runtime import usable_cpus
 from ..errors import UserError, did_you_mean
-from ..results import check_writable
-from ..runtime import usable_cpus
+from ..rundir.rundir import check_writable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -59,8 +59,8 @@ def _check(args: argparse.Namespace) -> None:
 
 def _specs(plans: dict[str, Any], results: Path, pool: Any, workers: int) -> list[Any]:
     """The runs still to train, each once even when two figures need it."""
-    from .. import dispatch
-    from ..matrix import cell_state
+    from ..matrix import dispatch
+    from ..matrix.cells import cell_state
 
     specs: dict[str, Any] = {}
     toy_threads = max(1, usable_cpus() // workers) if pool.on_cpu else None
@@ -81,7 +81,7 @@ def _specs(plans: dict[str, Any], results: Path, pool: Any, workers: int) -> lis
 
 
 def _print_dry_run(plans: dict[str, Any], results: Path, todo: list[Any], names: list[str]) -> None:
-    from ..matrix import cell_state
+    from ..matrix.cells import cell_state
 
     for name, plan in plans.items():
         dirs = plan.run_dirs if isinstance(plan, MatrixPlan) else [
@@ -93,9 +93,9 @@ def _print_dry_run(plans: dict[str, Any], results: Path, todo: list[Any], names:
 
 def _draw(args: argparse.Namespace, ctx: Any, plans: dict[str, Any]) -> int:
     """Draw every figure whose runs are all done; EXIT_FAILED if any could not be drawn."""
-    from .. import figures
-    from ..matrix import cell_state
-    from ..toy import ToyConfig
+    from ..matrix.cells import cell_state
+    from ..reporting import figures
+    from ..training.toy import ToyConfig
 
     failed = []
     for name, plan in plans.items():
@@ -122,8 +122,9 @@ def _draw(args: argparse.Namespace, ctx: Any, plans: dict[str, Any]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import dispatch, figures
-    from ..matrix import write_manifest
+    from ..matrix import dispatch
+    from ..matrix.cells import write_manifest
+    from ..reporting import figures
 
     _check(args)
     names = figures.resolve_names(args.names)

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..results import check_writable
+from ..rundir.rundir import check_writable
 from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import gpucheck
+    from ..speed import gpucheck
 
     s = gpucheck.settings_from_args(args)
     out = Path(args.out) if args.out else gpucheck.default_out(s)

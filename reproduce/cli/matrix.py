@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 from architectures import ALL_PAIRS, get_pair
 
 from .. import faults
-from ..config import (
+from ..config.options import OPTIONS_BY_KEY, SEED_MAX, check_range
+from ..config.run import (
     RunConfig,
     resolve_runtime_config,
 )
+from ..config.runtime import RuntimeConfig, usable_cpus
 from ..errors import UserError
-from ..options import OPTIONS_BY_KEY, SEED_MAX, check_range
-from ..procedures import PROCEDURES
-from ..results import RunDir, check_writable
-from ..runtime import RuntimeConfig, usable_cpus
+from ..gan.procedures import PROCEDURES
+from ..rundir.rundir import RunDir, check_writable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -46,7 +46,7 @@ from .common import (
 from .execute import Execution, execute
 
 if TYPE_CHECKING:
-    from ..data import ImageDataset
+    from ..data.datasets import ImageDataset
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def parse_gpus(text: str | None) -> list[int]:
             f"--gpus: this machine shows {torch.cuda.device_count()} GPU(s) (indices from 0), "
             f"got {text!r}"
         )
-    from ..dispatch import visible_entries
+    from ..matrix.dispatch import visible_entries
 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     count = len(visible_entries(visible)) if visible is not None else None
@@ -140,7 +140,7 @@ def parse_packing(
     """--cells-per-gpu -> dispatch.Packing: N; ARCH=N,... (a bare N sets the rest); 'auto'
     (the newest packing benchmark of this GPU model under RESULTS/benchmarks/, measured at the
     cells' width and batch size ``sizes``); or a benchmark FILE.json."""
-    from ..dispatch import Packing
+    from ..matrix.dispatch import Packing
 
     flag = "--cells-per-gpu"
     text = str(text).strip()
@@ -184,8 +184,8 @@ def _packing_from_benchmark(
     GPU where CUDA is absent) at the width and batch size of every cell."""
     import torch
 
-    from ..bench import recommended_packing
-    from ..dispatch import Packing
+    from ..matrix.dispatch import Packing
+    from ..speed.bench import recommended_packing
 
     flag = "--cells-per-gpu"
     here = torch.cuda.get_device_name(gpus[0]) if torch.cuda.is_available() else None
@@ -253,7 +253,7 @@ def _slurm_profile_and_queue(
     args: MatrixRequest, executor: Executor, rt: RuntimeConfig, run_dirs: list[Path]
 ) -> tuple[Any, dict[str, str] | None]:
     """The SLURM profile (slurm executor) and the queue the cells' states depend on."""
-    from ..dispatch import load_slurm_profile, slurm_queue
+    from ..matrix.dispatch import load_slurm_profile, slurm_queue
 
     if not executor.slurm:
         submitted = any(RunDir(d).submission_file.exists() for d in run_dirs)
@@ -289,10 +289,10 @@ def _check_matrix_space(runnable: list[RunConfig], rt: RuntimeConfig, base: Path
 
 def plan_matrix(args: MatrixRequest) -> MatrixPlan:
     """Every check of a matrix invocation, then its cells, their directories and states."""
-    from ..data import load_dataset
-    from ..dispatch import LocalPool
-    from ..experiments import Selection, get_experiment
-    from ..matrix import cell_state, expand, get_profile
+    from ..data.datasets import load_dataset
+    from ..matrix.cells import cell_state, expand, get_profile
+    from ..matrix.dispatch import LocalPool
+    from ..matrix.experiments import Selection, get_experiment
 
     executor = get_executor(args.executor)
     profile = get_profile(args.profile)
@@ -344,8 +344,8 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import dispatch
-    from ..matrix import cell_state, terminal_summary, write_manifest, write_summary
+    from ..matrix import dispatch
+    from ..matrix.cells import cell_state, terminal_summary, write_manifest, write_summary
 
     plan = plan_matrix(MatrixRequest.from_args(args))
     if args.dry_run:
@@ -396,10 +396,10 @@ def _print_dry_run(plan: MatrixPlan) -> None:
 
 def _cpu_estimate(plan: MatrixPlan) -> str:
     """Wall time of the runnable cells on this many CPU workers, largest first, from the
-    costs measured on the reference machine (costs.py): each cell's start, training, held-out
+    costs measured on the reference machine (matrix/costs.py): each cell's start, training, held-out
     losses, evaluations and sample grids, and the demo judge's build when it is not cached."""
-    from .. import costs
-    from ..data import heldout_split
+    from ..data.datasets import heldout_split
+    from ..matrix import costs
 
     rt = plan.rt
     heldout = heldout_split(rt.data, rt.heldout) is not None
@@ -423,7 +423,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
     started = [wall for _, wall in costs.longest_first(cells, lambda cell: cell[0])]
     wall = costs.makespan(started, plan.pool.cpu_workers)
     if rt.eval_enabled and rt.judge_kind == "demo" and cells:
-        from ..judge import is_cached
+        from ..evaluation.judge import is_cached
 
         if not is_cached():  # built once, on one core, before any cell starts
             wall += costs.JUDGE_BUILD_SECONDS
@@ -449,7 +449,7 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
 
 def _print_packing(plan: MatrixPlan) -> None:
     if plan.executor.local and not plan.pool.on_cpu:
-        from ..dispatch import Packing
+        from ..matrix.dispatch import Packing
 
         if plan.pool.packing != Packing():
             print(plan.pool.packing.describe())
@@ -472,8 +472,8 @@ def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
 
 def _write_configs(plan: MatrixPlan, todo: list[tuple[RunConfig, Path]]) -> None:
     """Each cell's config.json before it is submitted, so that `status` shows queued cells."""
-    from ..results import atomic_write_json
-    from ..train import run_config_document
+    from ..rundir.rundir import atomic_write_json
+    from ..training.loop import run_config_document
 
     for cfg, d in todo:
         if not RunDir(d).exists():

@@ -11,14 +11,14 @@ from .common import EXIT_OK, Parser, subcommand
 
 
 def prepare_defaults() -> Any:
-    from ..prepare import Options
+    from ..data.prepare import Options
 
     return Options()
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..imagecache import iter_summary
-    from ..prepare import Options, prepare
+    from ..data.imagecache import iter_summary
+    from ..data.prepare import Options, prepare
 
     opts = Options(
         limit=args.limit,

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..results import check_writable
+from ..rundir.rundir import check_writable
 from .common import EXIT_OK, Parser, add_results_dir, results_dir, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build
+    from ..reporting.frames import build
 
     results = results_dir(args)
     out = Path(args.out) if args.out else results / "report"

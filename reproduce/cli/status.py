@@ -12,11 +12,11 @@ from ..errors import UserError
 from .common import EXIT_OK, Parser, add_results_dir, results_dir, subcommand
 
 if TYPE_CHECKING:
-    from ..results import LoadedRun
+    from ..rundir.rundir import LoadedRun
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..matrix import load_manifests
+    from ..matrix.cells import load_manifests
 
     results = results_dir(args)
     if args.watch is not None and args.watch <= 0:
@@ -59,9 +59,9 @@ def _watch(results: Path, every: float) -> int:
 def _view(results: Path) -> tuple[str, bool]:
     """The grids of every matrix under ``results`` (one per seed), and whether every cell has
     finished (completed, diverged or failed)."""
-    from ..dispatch import slurm_queue
-    from ..matrix import cell_state, grid_text, load_manifests, waits_on_slurm
-    from ..results import load_run
+    from ..matrix.cells import cell_state, grid_text, load_manifests, waits_on_slurm
+    from ..matrix.dispatch import slurm_queue
+    from ..rundir.rundir import load_run
 
     manifests = load_manifests(results)
     uses_slurm = any(waits_on_slurm(results / c["run_id"]) for m in manifests for c in m["cells"])
@@ -97,7 +97,7 @@ def _view(results: Path) -> tuple[str, bool]:
 def _status_score(run: LoadedRun, state: str) -> str | None:
     """The newest score of a cell for the status grid (``IS 6.12`` or ``judge 5.43 7/8``),
     and its verdict once it has one; a running cell's last critic loss first (``D 1.23``)."""
-    from ..results import IS_MEAN
+    from ..rundir.rundir import IS_MEAN
 
     latest = run.latest
     bits = []

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import (
+from ..config.options import OPTIONS_BY_KEY
+from ..config.run import (
     RunConfig,
     resolve_run_config,
     resolve_runtime_config,
 )
+from ..config.runtime import RuntimeConfig
 from ..errors import UserError
-from ..options import OPTIONS_BY_KEY
-from ..results import RunDir, check_writable
-from ..runtime import RuntimeConfig
+from ..rundir.rundir import RunDir, check_writable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,7 +36,7 @@ from .common import (
 if TYPE_CHECKING:
     import torch
 
-    from ..data import ImageDataset
+    from ..data.datasets import ImageDataset
 
 
 @dataclass
@@ -54,7 +54,7 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
         given = _merge_resume(Path(args.resume), given)
     rt = resolve_runtime_config(given)
     device = resolve_device_arg(rt.device)
-    from ..data import load_dataset
+    from ..data.datasets import load_dataset
 
     dataset = load_dataset(rt.data)
     cfg = resolve_run_config(given, dataset=dataset.kind, data_fingerprint=dataset.fingerprint)
@@ -98,7 +98,7 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
     except (OSError, ValueError, KeyError):
         raise UserError(f"--resume: {run.config_file} is unreadable") from None
-    from .. import checkpoint
+    from ..rundir import checkpoint
 
     if not any(
         checkpoint.verify(c.path) is not None
@@ -118,7 +118,7 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import StopFlag, train_run  # heavy imports after validation of the CLI
+    from ..training.loop import StopFlag, train_run  # heavy imports after validation of the CLI
 
     plan = plan_train(args)
     stop = StopFlag()

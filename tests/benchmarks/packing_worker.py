@@ -24,9 +24,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, required=True)
     a = p.parse_args()
 
-    from reproduce.config import resolve_run_config
-    from reproduce.data import load_demo
-    from reproduce.trainer import Trainer, configure_numerics
+    from reproduce.config.run import resolve_run_config
+    from reproduce.data.datasets import load_demo
+    from reproduce.training.trainer import Trainer, configure_numerics
 
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from reproduce.board import Board
-from reproduce.data import load_demo
-from reproduce.images import grid
-from reproduce.trainer import Trainer, configure_numerics
+from reproduce.data.datasets import load_demo
+from reproduce.data.images import grid
+from reproduce.training.board import Board
+from reproduce.training.trainer import Trainer, configure_numerics
 
 from .settings import DEVICE, sync
 from .test_bench_steps import _config

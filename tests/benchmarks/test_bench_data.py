@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from reproduce import prepare
-from reproduce.data import BatchSource, load_dataset
+from reproduce.data import prepare
+from reproduce.data.datasets import BatchSource, load_dataset
 
 from ..lsun import make_lmdb
 from .settings import DEVICE, sync
@@ -68,8 +68,8 @@ def test_loader_outpaces_the_fastest_cell_tenfold(cache):
     """The fastest cell's real-image consumption on this device, measured, against the host
     loader (the slower placement). Consumption = real images per generator iteration (64 for
     dcgan/lsgan, 320 for the WGANs) x iterations per second."""
-    from reproduce.config import resolve_run_config
-    from reproduce.trainer import Trainer
+    from reproduce.config.run import resolve_run_config
+    from reproduce.training.trainer import Trainer
 
     ds = load_dataset(str(cache.path))
     best = 0.0

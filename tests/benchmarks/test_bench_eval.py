@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from architectures import get_pair
-from reproduce import metrics
-from reproduce.data import load_demo
+from reproduce.data.datasets import load_demo
+from reproduce.evaluation import metrics
 
 from ..inception import make_random_inception_weights
 from .settings import DEVICE, ON_GPU, sync
@@ -68,7 +68,7 @@ def test_demo_judge_evaluation(benchmark, tmp_path):
     generator (the demo profile's size): generating them, the judge's IS, Fréchet distance
     and KID against the 2,048 demo training images through torch-fidelity, and the modes
     covered. Target (issue 17): under 15 s on the project's 2-core CPU."""
-    from reproduce import judge
+    from reproduce.evaluation import judge
 
     j, _ = judge.resolve_judge()
     judge.register()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from architectures import PAIRS
-from reproduce import flops
+from reproduce.training import flops
 
 from .settings import BATCH, DEVICE, DIM, ON_GPU
 

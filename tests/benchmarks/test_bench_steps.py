@@ -22,11 +22,11 @@ import pytest
 import torch
 
 from architectures import PAIRS
-from reproduce import flops
-from reproduce.config import RunConfig, resolve_run_config
-from reproduce.data import load_demo
-from reproduce.procedures import PROCEDURES
-from reproduce.trainer import Trainer, configure_numerics
+from reproduce.config.run import RunConfig, resolve_run_config
+from reproduce.data.datasets import load_demo
+from reproduce.gan.procedures import PROCEDURES
+from reproduce.training import flops
+from reproduce.training.trainer import Trainer, configure_numerics
 
 from ..reference import ReferenceCell
 from .settings import BATCH, DEVICE, DIM, ON_GPU, sync

@@ -1,0 +1,1 @@
+"""Datasets, the image cache, prepare-data and image helpers."""

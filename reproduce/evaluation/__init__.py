@@ -1,0 +1,1 @@
+"""Evaluation of a run: Inception score, FID, KID, the demo judge, the verdict."""

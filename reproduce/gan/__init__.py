@@ -1,0 +1,1 @@
+"""The four training procedures: their losses, penalties and TF1-exact optimisers."""

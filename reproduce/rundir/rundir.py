@@ -1,0 +1,419 @@
+"""The run-directory contract and atomic file writes.
+
+Layout of one run (``<results>/<run id>/``); ``RunDir`` names every file, and ``load_run`` is
+the one reader of a run's state (``status``, the matrix summary and the report use it)::
+
+    config.json      resolved RunConfig ("config"), RuntimeConfig ("runtime"), run id, schema,
+                     dataset description; written once when the run is created
+    status.json      state (running | interrupted | completed | diverged | failed), iterations
+                     done, timings, message; rewritten atomically
+    stats.jsonl      one JSON object per generator iteration (losses, Wasserstein estimate,
+                     penalty, step wall time); append-only, cut back to the checkpoint on resume
+    heldout.jsonl    the critic's statistics on held-out real images, at the log cadence
+    metrics.jsonl    one row per evaluation (IS/FID/KID or the demo judge's numbers, the
+                     judge, its checksum and thresholds); see evaluation/evaluator.py
+    verdict.json     trained | low-quality | collapsed | diverged | failed, and why; written
+                     when the run finishes (evaluation.write_verdict)
+    submission.json  how the run was last dispatched (executor, SLURM job id); matrix/dispatch.py
+    result.json      a toy run's (Figure 1) scalars; its arrays are in result.npz
+    log.txt          human-readable event log (append-only)
+    samples/         iter-NNNNNNN.png: fixed-noise 8x8 sample grids
+    checkpoints/     ckpt-NNNNNNNN/{state.pt, meta.json}; see checkpoint.py
+    lease.G          while a process trains the run; see lease.py
+
+Outside it, ``<results>/tensorboard/<arch>/<procedure>/s<seed>-<hash>/`` holds the run's
+TensorBoard event files (training/board.py), so that one ``--logdir`` shows a whole matrix.
+
+Every whole-file write is atomic: temp file in the same directory, fsync, rename, fsync of the
+directory. A reader therefore sees either the old or the new file, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..config.run import upgrade_config
+from ..errors import UserError
+
+TERMINAL_STATES = ("completed", "diverged")  # never trained again
+STATES = ("running", "interrupted", "completed", "diverged", "failed")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (reading it means setting it)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may read results
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def check_writable(path: Path, flag: str) -> Path:
+    """The nearest existing ancestor of ``path``, which must be a writable directory (probed
+    with a temporary file that is removed at once)."""
+    base = nearest_existing(path)
+    if not base.is_dir():
+        raise UserError(f"{flag}: {base} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag}: cannot write to {base}: {e.strerror}") from None
+    return base
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete JSON lines; a torn last line (crash mid-append) is ignored."""
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                break  # torn final line
+            with contextlib.suppress(ValueError):
+                rows.append(json.loads(line))
+    return rows
+
+
+def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
+    """The last complete line of a JSON-lines file that is a JSON object, read from the end of
+    the file: a 200,000-iteration ``stats.jsonl`` is not read whole for its last row. Only the
+    last ``window`` bytes are looked at (a file whose last MiB holds no valid row is corrupt,
+    and gives ``{}``); a torn last line is ignored, as by ``read_jsonl``."""
+    try:
+        with path.open("rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - window)
+            f.seek(start)
+            lines = f.read().split(b"\n")[:-1]  # the last piece is the torn tail (or empty)
+    except OSError:
+        return {}
+    for line in reversed(lines[1:] if start else lines):  # the first may be cut: skipped
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict):
+            return row
+    return {}
+
+
+def _append(path: Path, text: str, fsync: bool = False) -> None:
+    """Append to a run file, never through a symbolic link (O_NOFOLLOW: ELOOP instead)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "a") as f:
+        f.write(text)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def finite(v: Any) -> float | None:
+    """A JSON value as a finite float, or None (text, booleans, null, nan and inf, which
+    ``json`` reads from ``NaN``, ``Infinity`` and ``1e400``)."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def count(v: Any, default: int = 0) -> int:
+    """A JSON value as a non-negative integer count (iterations, steps), else ``default``."""
+    f = finite(v)
+    return int(f) if f is not None and 0 <= f < 2**53 and f == int(f) else default
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def stats_file(self) -> Path:
+        return self.path / "stats.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "log.txt"
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def heldout_file(self) -> Path:
+        return self.path / "heldout.jsonl"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def verdict_file(self) -> Path:
+        return self.path / "verdict.json"
+
+    @property
+    def submission_file(self) -> Path:
+        return self.path / "submission.json"
+
+    @property
+    def toy_result_file(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def toy_arrays_file(self) -> Path:
+        return self.path / "result.npz"
+
+    def exists(self) -> bool:
+        return self.config_file.exists()
+
+    def read_config(self) -> dict[str, Any]:
+        """``config.json`` with its run config in today's spelling (``upgrade_config``), so
+        every reader of a run directory sees renamed options under their new names; ValueError
+        when the file holds no run config."""
+        doc = read_json(self.config_file)
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            raise ValueError(f"{self.config_file}: not a run's config.json")
+        return {**doc, "config": upgrade_config(doc["config"])}
+
+    def read_status(self) -> dict[str, Any] | None:
+        return _read_dict(self.status_file)
+
+    def read_verdict(self) -> dict[str, Any]:
+        """``verdict.json``, or {} before the run has one (or when it cannot be read)."""
+        return _read_dict(self.verdict_file) or {}
+
+    def read_submission(self) -> dict[str, Any]:
+        """How the run was last dispatched (``submission.json``: executor, job id), or {}."""
+        return _read_dict(self.submission_file) or {}
+
+    def write_status(self, state: str, **fields: Any) -> None:
+        """Atomically (a temporary file renamed over it). On a disk with no byte left even
+        that small file cannot be created: a terminal state (failed) is then written in place
+        over the old status, compactly, so that it fits the blocks the file already has; a
+        run that failed for want of space must never read as running."""
+        doc = {"state": state, "updated": now_iso(), **fields}
+        assert state in STATES, state
+        try:
+            atomic_write_json(self.status_file, doc)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT) or state != "failed":
+                raise
+            keep = ("state", "updated", "message", "reason", "iteration", "iters")
+            compact = json.dumps({k: doc[k] for k in keep if k in doc}).encode()
+            fd = os.open(self.status_file, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                os.pwrite(fd, compact, 0)
+                os.ftruncate(fd, len(compact))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def linked_files(self) -> list[str]:
+        """The run's files (and checkpoint entries) that are symbolic links: a run directory
+        holding any is refused, since its appends would land in whatever the link names."""
+        found = []
+        for d in (self.path, self.checkpoints_dir):
+            with contextlib.suppress(OSError):
+                found += [str(p.relative_to(self.path)) for p in d.iterdir() if p.is_symlink()]
+        return sorted(found)
+
+    def log(self, message: str) -> None:
+        _append(self.log_file, f"{now_iso()} {message}\n")
+
+    # -- per-iteration statistics ------------------------------------------------------------
+    def append_stats(self, rows: Iterable[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows)
+        if not lines:
+            return
+        _append(self.stats_file, lines, fsync=True)
+
+    def truncate_stats(self, iteration: int) -> None:
+        """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
+        _keep_rows(self.stats_file, lambda it: it < iteration)
+
+    def append_heldout(self, row: dict[str, Any]) -> None:
+        _append(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
+
+    def truncate_heldout(self, iteration: int) -> None:
+        """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,
+        identically: they depend only on the weights and the iteration)."""
+        _keep_rows(self.heldout_file, lambda it: it <= iteration)
+
+    def read_stats(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.stats_file)
+
+    def last_stats(self) -> dict[str, Any]:
+        """The newest row of ``stats.jsonl`` (read from the end of the file), or {}."""
+        return last_jsonl_row(self.stats_file)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics_file)
+
+
+def _read_dict(path: Path) -> dict[str, Any] | None:
+    try:
+        doc = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
+    """Rewrite a JSON-lines file atomically with the rows whose ``iter`` passes ``keep``."""
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
+    atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode())
+
+
+class RunReader(Protocol):
+    """How ``load_run`` reads a run's files: plainly (``PlainReader``), or as the report does,
+    with size limits and a warning for each unreadable file (``report.Loader``)."""
+
+    def json(self, path: Path) -> dict[str, Any] | None: ...
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]: ...
+
+
+class PlainReader:
+    """Missing or unreadable JSON reads as None; a torn last JSON line is ignored."""
+
+    def json(self, path: Path) -> dict[str, Any] | None:
+        return _read_dict(path)
+
+    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+        return read_jsonl(path)
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    """One run directory's state, read once: what ``status``, the matrix summary and the report
+    show. Missing or unreadable files read as empty ({} or [])."""
+
+    dir: RunDir
+    status: dict[str, Any]
+    verdict: dict[str, Any]
+    submission: dict[str, Any]
+    evaluations: list[dict[str, Any]]  # metrics.jsonl, in file order
+    last: dict[str, Any]  # the newest stats.jsonl row
+
+    @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
+    def latest(self) -> dict[str, Any]:
+        """The newest evaluation ({} before the first)."""
+        return newest_metrics(self.evaluations) or {}
+
+
+def load_run(path: Path, reader: RunReader | None = None) -> LoadedRun:
+    """The one reader of a run directory's state (see the layout above)."""
+    rd, read = RunDir(path), reader or PlainReader()
+    return LoadedRun(
+        dir=rd,
+        status=read.json(rd.status_file) or {},
+        verdict=read.json(rd.verdict_file) or {},
+        submission=read.json(rd.submission_file) or {},
+        evaluations=read.jsonl(rd.metrics_file),
+        last=rd.last_stats(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.jsonl: the evaluations of a run (written by evaluation.Evaluator)
+# --------------------------------------------------------------------------------------------
+# result keys (torch-fidelity's names)
+IS_MEAN, IS_STD = "inception_score_mean", "inception_score_std"
+FID = "frechet_inception_distance"
+KID_MEAN, KID_STD = "kernel_inception_distance_mean", "kernel_inception_distance_std"
+
+
+def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
+    return RunDir(run_dir).read_metrics()
+
+
+def judge_name(row: dict[str, Any] | None) -> str | None:
+    """Which network scored an evaluation row: ``demo-judge`` or ``inception`` (rows written
+    before the demo judge existed carry no ``judge`` key: they are Inception's)."""
+    if not row:
+        return None
+    judge = row.get("judge")
+    return judge if isinstance(judge, str) else "inception"
+
+
+def final_metrics(run_dir: Path) -> dict[str, Any] | None:
+    finals = [r for r in metrics_rows(run_dir) if r.get("kind") == "final"]
+    return finals[-1] if finals else None
+
+
+def newest_metrics(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest evaluation (the final one at a tie), or None before the first."""
+    return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None
+
+
+def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
+    return newest_metrics(metrics_rows(run_dir))

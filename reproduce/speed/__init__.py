@@ -1,0 +1,1 @@
+"""Speed: the pytest-benchmark runner and the one-shot GPU check."""
