@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from .errors import UserError
 
@@ -41,3 +42,11 @@ def check_all() -> None:
     """Raise UserError for the first variable that is set to something unusable."""
     for name in NUMBERS:
         number(name)
+
+
+def user_cache(*parts: str) -> Path:
+    """The harness's folder in the user's cache directory (``$XDG_CACHE_HOME`` or
+    ``~/.cache``, then ``wgan-gp-reproduce``), joined with ``parts``: the demo judge and the
+    image caches' verification stamps live there."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base.joinpath("wgan-gp-reproduce", *parts)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reproduce.rundir.rundir import read_jsonl
+from reproduce.fileio import read_jsonl
 
 from .conftest import assert_states_equal, load_final_state, popen_cli, run_cli
 

@@ -12,7 +12,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from reproduce.rundir.rundir import IS_MEAN, read_jsonl
+from reproduce.evaluation.keys import IS_MEAN
+from reproduce.fileio import read_jsonl
 
 from .conftest import FINAL_EVAL, run_cli
 from .procs import ITERS, finish, sigkill_at, the_run, train_args

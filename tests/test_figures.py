@@ -15,7 +15,7 @@ import pytest
 
 from reproduce.config.runtime import RuntimeConfig
 from reproduce.evaluation import metrics
-from reproduce.rundir.rundir import read_jsonl
+from reproduce.fileio import read_jsonl
 from reproduce.training.toy import ToyTrainer, load_result, run_toy, toy_config
 
 from .conftest import run_cli, tree
@@ -92,13 +92,13 @@ def test_toy_run_resumes_exactly(tmp_path):
         return calls["n"] == 3
 
     out = run_toy(cfg, tmp_path / "cut", stop=stop_after_three, checkpoint_every=0)
-    assert out["state"] == "interrupted" and out["iteration"] == 3
-    assert run_toy(cfg, tmp_path / "cut")["state"] == "completed"
+    assert (out.state, out.iteration) == ("interrupted", 3)
+    assert run_toy(cfg, tmp_path / "cut").state == "completed"
     a, _ = load_result(tmp_path / "full")
     b, _ = load_result(tmp_path / "cut")
     for k in a:
         assert np.array_equal(a[k], b[k]), k
-    assert run_toy(cfg, tmp_path / "cut")["state"] == "already-completed"
+    assert run_toy(cfg, tmp_path / "cut").state == "already-completed"
 
 
 @pytest.mark.parametrize("figure", ["1a", "1b"])
@@ -309,3 +309,33 @@ def test_bad_figure_requests_fail_first(tmp_path, args, needle):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert tree(results) == []
+
+
+def test_a_toy_run_that_lost_its_lease_stops_before_its_next_step(tmp_path, monkeypatch):
+    """As an image run does: the lease is checked before each step, so a run taken over by
+    another process trains no further step and writes no result (the check used to come
+    after the step, which then ran once more)."""
+    from reproduce.training import toy
+
+    real_claim = toy.claim
+
+    def claim_then_lose(rd, doc):
+        claimed = real_claim(rd, doc)
+
+        class Lost:
+            def __enter__(self):
+                lease = claimed.__enter__()
+                lease.lost = True  # what the heartbeat sets when another process takes over
+                return lease
+
+            def __exit__(self, *exc):
+                return claimed.__exit__(*exc)
+
+        return Lost()
+
+    monkeypatch.setattr(toy, "claim", claim_then_lose)
+    cfg = toy_config("1b", "swissroll", "gp", iters=6, width=16, batch_size=8, layers=3)
+    out = toy.run_toy(cfg, tmp_path / "run", checkpoint_every=0)
+    assert (out.state, out.iteration) == ("lost", 0)
+    assert isinstance(out, toy.Outcome)
+    assert not (tmp_path / "run" / "result.json").exists()

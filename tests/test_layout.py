@@ -137,3 +137,72 @@ def test_every_package_is_installed():
     found = {".".join(p.parent.relative_to(REPO).parts) for pkg in PACKAGES
              for p in (REPO / pkg).rglob("__init__.py")}  # fmt: skip
     assert found == listed
+
+
+# --------------------------------------------------------------------------------------------
+# the documented order of the rooms: no module imports from a room above its own
+# --------------------------------------------------------------------------------------------
+LAYERS_HEADING = "## The order of the rooms"
+
+
+def documented_layers(text: str) -> list[str]:
+    """The rooms of ARCHITECTURE.md's ordered list under LAYERS_HEADING, bottom first: each
+    item starts with the room's backquoted path (``reproduce/gan/``; ``reproduce/*.py`` for
+    the shared modules at the top of the package)."""
+    section = text.split(LAYERS_HEADING, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\d+\. `([^`]+)`", section, flags=re.M)
+
+
+def room(module: str) -> str:
+    """The room of a module: its subpackage of reproduce/ (``reproduce/gan/``), or
+    ``reproduce/*.py`` for reproduce's own modules, or its top-level package."""
+    parts = module.split(".")
+    if parts[0] == "reproduce" and len(parts) > 2:
+        return f"reproduce/{parts[1]}/"
+    if parts[0] == "reproduce":
+        sub = REPO / "reproduce" / parts[1] if len(parts) > 1 else None
+        return f"reproduce/{parts[1]}/" if sub and sub.is_dir() else "reproduce/*.py"
+    return f"{parts[0]}/"
+
+
+def upward_imports(graph: dict[str, set[str]], layers: list[str]) -> list[str]:
+    rank = {name: i for i, name in enumerate(layers)}
+    bad = []
+    for mod, deps in graph.items():
+        for dep in deps:
+            if dep == "reproduce" or mod == "reproduce.__main__":
+                continue  # the package's version; the entry point sits above everything
+            if rank[room(dep)] > rank[room(mod)]:
+                bad.append(f"{mod} -> {dep}")
+    return sorted(bad)
+
+
+def test_no_module_imports_from_a_room_above_its_own():
+    layers = documented_layers((REPO / "ARCHITECTURE.md").read_text())
+    graph = import_graph(modules())
+    assert {room(m) for m in graph} <= set(layers), set(map(room, graph)) - set(layers)
+    assert len(layers) >= 10
+    assert upward_imports(graph, layers) == []
+
+
+def test_the_order_check_can_fail():
+    graph = {"reproduce.gan.losses": {"reproduce.training.loop"}, "reproduce.training.loop": set()}
+    layers = ["architectures/", "reproduce/*.py", "reproduce/gan/", "reproduce/training/"]
+    assert upward_imports(graph, layers) == ["reproduce.gan.losses -> reproduce.training.loop"]
+    text = f"{LAYERS_HEADING}\n\n1. `reproduce/*.py`: x\n2. `reproduce/gan/`: y\n\n## next\n3. `z/`"
+    assert documented_layers(text) == ["reproduce/*.py", "reproduce/gan/"]
+
+
+def test_the_results_directory_is_spelled_in_one_place():
+    """Every folder of a results directory is named by ``ResultsDir`` and the sample grids'
+    file name by ``RunDir``: no other module spells them."""
+    folders = ('"matrices"', '"tensorboard"', '".submitit"', '"fidelity"', '"report"')
+    spelled = {**dict.fromkeys(folders, "layout.py"), '"iter-': "rundir.py"}
+    found = sorted(
+        (literal, path.relative_to(REPO).as_posix())
+        for path in (REPO / "reproduce").rglob("*.py")
+        if path.parent.name != "cli" or path.name != "report.py"  # the subcommand's name
+        for literal, home in spelled.items()
+        if literal in path.read_text() and path.name != home
+    )
+    assert found == []

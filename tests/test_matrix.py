@@ -232,18 +232,16 @@ def test_the_claims_estimate_is_the_measured_costs_on_the_workers(
     from reproduce.evaluation import judge
     from reproduce.matrix import costs
 
-    # what the claims profile does besides training, from its settings: 400 iterations, the
-    # demo judge every 100 (500 samples) and at the end (2,000), a held-out loss every 4
-    # iterations (the demo data has a val split), a sample grid every 100
-    schedule = costs.Schedule(evals=(500, 500, 500, 2000), heldouts=100, grids=4)
-    # started longest training first (all 28 cells at one width, batch and length)
-    started = sorted(costs.SECONDS_PER_ITER, key=costs.SECONDS_PER_ITER.__getitem__, reverse=True)
-    per_cell = [
-        costs.cell_wall_seconds(
-            {"arch": a, "procedure": p, "dim": 8, "batch_size": 16, "iters": 400}, schedule
-        )
-        for a, p in started
-    ]
+    # what the claims profile does besides training, from its settings: 5,000 iterations, the
+    # demo judge every 500 (1,000 samples) and at the end (2,000), a held-out loss every 50
+    # iterations (the shapes data has a val split), a sample grid every 500; its four rows
+    schedule = costs.Schedule(evals=(1000,) * 9 + (2000,), heldouts=100, grids=10)
+    rows = ("baseline", "constant-filters", "mlp-generator", "no-norm")
+    cells = [{"arch": a, "procedure": p, "dim": 16, "batch_size": 16, "iters": 5000}
+             for a in rows for p in ("dcgan", "lsgan", "wgan", "wgan-gp")]  # fmt: skip
+    # started longest training first
+    started = sorted(cells, key=lambda c: costs.cost(c).step, reverse=True)
+    per_cell = [costs.cell_wall_seconds(c, schedule) for c in started]
     wall = costs.makespan(per_cell, 2)
 
     def estimate() -> str:
@@ -253,19 +251,21 @@ def test_the_claims_estimate_is_the_measured_costs_on_the_workers(
         return out.strip().splitlines()[-1]
 
     def shown(seconds: float) -> str:
-        from reproduce.cli.common import hms
+        from reproduce.matrix.cells import duration_text
 
-        return f"estimated wall time: {hms(seconds)} on 2 CPU worker(s)"
+        return f"estimated wall time: {duration_text(seconds, spaced=True)} on 2 CPU worker(s)"
 
     line = estimate()  # the judge is cached (the demo_judge fixture built it)
     assert shown(wall) in line and "measured per cell" in line, line
     assert f"({sum(per_cell) / 3600:.2f} core-hours;" in line, line
     # no judge cached: it is built first, on one core, before any cell starts
     monkeypatch.setenv(judge.ENV_DIR, str(tmp_path / "no-judge"))
-    assert shown(wall + costs.JUDGE_BUILD_SECONDS) in estimate()
+    assert shown(wall + costs.overhead("judge_build_s")) in estimate()
     assert not (tmp_path / "no-judge").exists()  # a dry run builds nothing
     # the longest cell alone bounds it from below; perfect balance from below too
     assert wall >= max(per_cell) and wall >= sum(per_cell) / 2
+    # the profile fits the budget it was chosen for: about 2.5 hours on 2 cores
+    assert wall <= 2.5 * 3600
 
 
 @pytest.mark.skipif(

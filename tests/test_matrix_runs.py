@@ -8,8 +8,8 @@ import os
 import re
 import signal
 
+from reproduce.fileio import read_jsonl
 from reproduce.matrix.cells import cell_state
-from reproduce.rundir.rundir import read_jsonl
 
 from .conftest import DEMO_FAST, cli_env, popen_cli, run_cli, run_main
 from .procs import n_rows, wait_for

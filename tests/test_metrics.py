@@ -15,7 +15,8 @@ from torch_fidelity.metric_isc import isc_features_to_metric
 from reproduce.config.runtime import RuntimeConfig
 from reproduce.data.images import to_uint8
 from reproduce.evaluation import metrics
-from reproduce.rundir.rundir import RunDir, read_jsonl
+from reproduce.fileio import read_jsonl
+from reproduce.rundir.rundir import RunDir
 from reproduce.training.loop import train_run
 
 from .conftest import cli_env, popen_cli, quiet_runtime, run_cli, run_main, small_config, tree

@@ -20,7 +20,7 @@ from reproduce.data import imagecache, prepare
 from reproduce.data.datasets import load_dataset
 from reproduce.data.prepare import Options, held_out
 from reproduce.errors import UserError
-from reproduce.rundir.rundir import read_json
+from reproduce.fileio import read_json
 
 from .conftest import REPO, assert_states_equal, cli_env, load_final_state, run_cli, run_main, tree
 from .lsun import GRAY_KEY, PATTERN_KEY, make_folder, make_lmdb

@@ -10,8 +10,8 @@ import signal
 
 import pytest
 
+from reproduce.fileio import read_jsonl
 from reproduce.rundir import checkpoint
-from reproduce.rundir.rundir import read_jsonl
 
 from .conftest import assert_states_equal, cli_env, load_final_state, popen_cli, run_cli
 from .procs import (

@@ -333,7 +333,7 @@ def test_warnings_are_capped_per_file_and_huge_lines_skipped(results, tmp_path):
 def test_the_last_stats_row_is_read_from_the_end(results, tmp_path):
     """The summary's last training statistics come from the end of stats.jsonl (a 200 MB junk
     file was parsed whole for its last row), the same row as reading the whole file."""
-    from reproduce.rundir.rundir import last_jsonl_row, read_jsonl
+    from reproduce.fileio import last_jsonl_row, read_jsonl
 
     stats = _first(results, "baseline-dcgan") / "stats.jsonl"
     assert last_jsonl_row(stats) == read_jsonl(stats)[-1] != {}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from reproduce.rundir import checkpoint
+from reproduce.training.bookkeeping import Outcome
 
 from .conftest import assert_states_equal, cli_env, load_final_state, states_equal
 from .procs import (
@@ -168,7 +169,7 @@ def test_a_resume_on_another_device_restores_every_tensor_where_its_consumer_liv
     torch.manual_seed(12345)  # something else, so that the restore has to set it
     meta = torch.device("meta")
     found = train._restore(cfg, rt, small_demo, rd, meta)
-    assert not isinstance(found, train.Outcome)
+    assert not isinstance(found, Outcome)
     assert found.skipped == [] and found.checkpoint is not None, found.skipped
     t = found.trainer
     assert t.iteration == 3

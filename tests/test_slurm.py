@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reproduce.rundir.rundir import read_jsonl
+from reproduce.fileio import read_jsonl
 
 from .conftest import FINAL_EVAL, assert_states_equal, cli_env, load_final_state, run_cli
 

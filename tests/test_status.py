@@ -49,8 +49,8 @@ def test_status_asks_squeue_only_about_unfinished_slurm_cells(tmp_path, monkeypa
     """A workstation's matrix never touches SLURM: `status` does not run squeue for local cells
     or for finished SLURM cells, and says so only when an unfinished SLURM cell's state depends
     on a queue that does not answer (here an squeue that cannot reach its controller)."""
+    from reproduce.fileio import atomic_write_json
     from reproduce.matrix.dispatch import record_submission
-    from reproduce.rundir.rundir import atomic_write_json
 
     results = tmp_path / "r"
     argv = ["--arch", "tanh", "--procedure", "dcgan", "--executor", "local", "--workers", "1"]

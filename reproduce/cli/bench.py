@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir.rundir import check_writable
+from ..fileio import check_writable
+from ..rundir.layout import ResultsDir
 from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
 
 
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or bench.default_name()
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise UserError(f"--name: not a valid file name: {name!r}")
-    out_dir = Path(args.results) / "benchmarks"
+    out_dir = ResultsDir(Path(args.results)).benchmarks
     check_writable(out_dir, "--results")
     out = out_dir / f"{name}.json"
     if out.exists():

@@ -29,7 +29,7 @@ from ..registry import Registry
 from ..rundir.rundir import RunDir
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TEMPFAIL = 0, 1, 2, 75
@@ -191,30 +191,6 @@ def subcommand(sub: Any, name: str, help: str, description: str) -> Parser:
     return parser
 
 
-def resolve_device_arg(name: str) -> torch.device:
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(
-            f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or auto"
-        ) from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device: CUDA requested but not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device: {name} requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible"
-            )
-    elif dev.type != "cpu":
-        raise UserError(f"--device: unsupported device type {dev.type!r}; use cpu or cuda")
-    return dev
-
-
 def add_results_dir(p: argparse.ArgumentParser) -> None:
     """--results of the commands that read a results directory (status, report)."""
     p.add_argument("--results", default="results", help="results directory (default: results)")
@@ -283,12 +259,6 @@ def get_executor(name: str) -> Executor:
         return EXECUTORS[name]
     except KeyError as e:
         raise UserError(f"--executor: {e.args[0]}") from None
-
-
-def hms(seconds: float) -> str:
-    m, s = divmod(round(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h} h {m:02d} min" if h else f"{m} min {s:02d} s"
 
 
 MAX_NAME_BYTES, MAX_PATH_BYTES = 255, 4096  # Linux NAME_MAX and PATH_MAX

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..rundir.rundir import check_writable
+from ..fileio import check_writable
 from .common import EXIT_OK, Parser, subcommand
 
 

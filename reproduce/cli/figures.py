@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config.runtime import usable_cpus
 from ..errors import UserError, did_you_mean
-from ..rundir.rundir import check_writable
+from ..fileio import check_writable
 from .common import (
     EXIT_FAILED,
     EXIT_OK,

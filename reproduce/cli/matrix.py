@@ -23,8 +23,10 @@ from ..config.run import (
 )
 from ..config.runtime import RuntimeConfig, usable_cpus
 from ..errors import UserError
+from ..fileio import check_writable
 from ..gan.procedures import PROCEDURES
-from ..rundir.rundir import RunDir, check_writable
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import RunDir
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -38,8 +40,6 @@ from .common import (
     checkpoint_bytes,
     get_executor,
     given_options,
-    hms,
-    resolve_device_arg,
     subcommand,
     with_weights,
 )
@@ -210,7 +210,7 @@ def _packing_from_benchmark(
         if why:
             raise UserError(f"{flag}: {text} {why}")
         return packing(advice, Path(text))
-    folder = results / "benchmarks"
+    folder = ResultsDir(results).benchmarks
     files = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
     for f in files:
         try:
@@ -310,10 +310,13 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
     workers = args.workers or (usable_cpus() if profile.cpu_workers == 0 else profile.cpu_workers)
     rt = resolve_runtime_config(given)
     if not executor.slurm:  # a login node need not have the GPUs the jobs will get
-        resolve_device_arg(rt.device)
+        from ..training.trainer import resolve_device
+
+        resolve_device(rt.device)
     dataset = load_dataset(rt.data)
     shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
-    sel = Selection(archs=args.archs, procedures=args.procedures, seeds=args.seeds)
+    archs = args.archs if args.archs is not None else profile.archs and list(profile.archs)
+    sel = Selection(archs=archs or None, procedures=args.procedures, seeds=args.seeds)
     configs = expand(
         args.experiment, sel, shared, dataset=dataset.kind, data_fingerprint=dataset.fingerprint
     )
@@ -395,15 +398,16 @@ def _print_dry_run(plan: MatrixPlan) -> None:
 
 
 def _cpu_estimate(plan: MatrixPlan) -> str:
-    """Wall time of the runnable cells on this many CPU workers, largest first, from the
-    costs measured on the reference machine (matrix/costs.py): each cell's start, training, held-out
-    losses, evaluations and sample grids, and the demo judge's build when it is not cached."""
+    """The dry-run's line: the wall time of the runnable cells on this many CPU workers,
+    largest first (``costs.estimate``): each cell's start, training, held-out losses,
+    evaluations and sample grids, and the demo judge's build when it is not cached."""
     from ..data.datasets import heldout_split
     from ..matrix import costs
+    from ..matrix.cells import duration_text
 
     rt = plan.rt
     heldout = heldout_split(rt.data, rt.heldout) is not None
-    cells: list[tuple[dict[str, Any], float]] = []
+    cells: list[tuple[dict[str, Any], costs.Schedule]] = []
     for cfg, st in zip(plan.configs, plan.states, strict=True):
         if not st.runnable:
             continue
@@ -417,23 +421,18 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
             grids=(cfg.iters - 1) // rt.sample_every + 1 if rt.sample_every > 0 else 1,
             judged=rt.judge_kind == "demo",
         )
-        config = cfg.to_dict()
-        cells.append((config, costs.cell_wall_seconds(config, schedule)))
-    # in the order the pool starts them (dispatch.LocalPool.order)
-    started = [wall for _, wall in costs.longest_first(cells, lambda cell: cell[0])]
-    wall = costs.makespan(started, plan.pool.cpu_workers)
+        cells.append((cfg.to_dict(), schedule))
+    judge_build = False
     if rt.eval_enabled and rt.judge_kind == "demo" and cells:
         from ..evaluation.judge import is_cached
 
-        if not is_cached():  # built once, on one core, before any cell starts
-            wall += costs.JUDGE_BUILD_SECONDS
-    exact = all(
-        c.dim == costs.REFERENCE_DIM and c.batch_size == costs.REFERENCE_BATCH for c in plan.configs
-    )
+        judge_build = not is_cached()  # built once, on one core, before any cell starts
+    est = costs.estimate(cells, plan.pool.cpu_workers, judge_build)
     how = (
         "measured per cell"
-        if exact
-        else f"scaled from width {costs.REFERENCE_DIM}, batch {costs.REFERENCE_BATCH}: rough"
+        if est.measured == est.cells
+        else f"{est.cells - est.measured} of {est.cells} cells scaled from the nearest measured "
+        "width, batch or cell: rough"
     )
     unscored = (
         "; Inception's scoring of the evaluations not counted"
@@ -441,9 +440,10 @@ def _cpu_estimate(plan: MatrixPlan) -> str:
         else ""
     )
     return (
-        f"estimated wall time: {hms(wall)} on {plan.pool.cpu_workers} CPU worker(s), largest "
-        f"cells first ({sum(started) / 3600:.2f} core-hours; {how} on the reference "
-        f"{costs.REFERENCE_MACHINE}, costs.py{unscored})"
+        f"estimated wall time: {duration_text(est.wall_s, spaced=True)} on "
+        f"{plan.pool.cpu_workers} CPU worker(s), largest cells first "
+        f"({est.core_s / 3600:.2f} core-hours; {how}; {est.machine}, "
+        f"reproduce/matrix/costs.json{unscored})"
     )
 
 
@@ -472,7 +472,7 @@ def cell_runtime(plan: MatrixPlan) -> dict[str, Any]:
 
 def _write_configs(plan: MatrixPlan, todo: list[tuple[RunConfig, Path]]) -> None:
     """Each cell's config.json before it is submitted, so that `status` shows queued cells."""
-    from ..rundir.rundir import atomic_write_json
+    from ..fileio import atomic_write_json
     from ..training.loop import run_config_document
 
     for cfg, d in todo:

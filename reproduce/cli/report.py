@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..rundir.rundir import check_writable
+from ..fileio import check_writable
+from ..rundir.layout import ResultsDir
 from .common import EXIT_OK, Parser, add_results_dir, results_dir, subcommand
 
 
@@ -15,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reporting.frames import build
 
     results = results_dir(args)
-    out = Path(args.out) if args.out else results / "report"
+    out = Path(args.out) if args.out else ResultsDir(results).report
     check_writable(out, "--out")
     rep = build(
         results,

@@ -97,7 +97,7 @@ def _view(results: Path) -> tuple[str, bool]:
 def _status_score(run: LoadedRun, state: str) -> str | None:
     """The newest score of a cell for the status grid (``IS 6.12`` or ``judge 5.43 7/8``),
     and its verdict once it has one; a running cell's last critic loss first (``D 1.23``)."""
-    from ..rundir.rundir import IS_MEAN
+    from ..evaluation.keys import IS_MEAN
 
     latest = run.latest
     bits = []

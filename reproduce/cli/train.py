@@ -16,7 +16,8 @@ from ..config.run import (
 )
 from ..config.runtime import RuntimeConfig
 from ..errors import UserError
-from ..rundir.rundir import RunDir, check_writable
+from ..fileio import check_writable
+from ..rundir.rundir import RunDir
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -28,7 +29,6 @@ from .common import (
     check_resolution,
     check_space,
     given_options,
-    resolve_device_arg,
     subcommand,
     with_weights,
 )
@@ -53,7 +53,9 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     if args.resume:
         given = _merge_resume(Path(args.resume), given)
     rt = resolve_runtime_config(given)
-    device = resolve_device_arg(rt.device)
+    from ..training.trainer import resolve_device
+
+    device = resolve_device(rt.device)
     from ..data.datasets import load_dataset
 
     dataset = load_dataset(rt.data)

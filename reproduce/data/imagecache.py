@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from ..config.runtime import usable_cpus
+from ..envvars import user_cache
 from ..errors import UserError
-from ..rundir.rundir import atomic_write_json, now_iso, read_json
+from ..fileio import atomic_write_json, now_iso, read_json
 
 RESOLUTION = 64
 RESIZE = "PIL bicubic (antialiased), shorter side to 64, centre crop 64x64, RGB"
@@ -64,12 +65,7 @@ def stamp_path(path: Path) -> Path:
     """The stamp of a cache's last full verification (see verify): in the user's cache
     directory, keyed by the cache's resolved path, never inside the cache (which may be
     read-only or shared, and a refused command writes nothing there)."""
-    base = (
-        os.environ.get(ENV_STAMPS)
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        / "wgan-gp-reproduce"
-        / "verified"
-    )
+    base = os.environ.get(ENV_STAMPS) or user_cache("verified")
     key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:20]
     return Path(base) / f"{key}.json"
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..rundir.rundir import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 
 def to_uint8(x: Tensor) -> Tensor:

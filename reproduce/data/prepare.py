@@ -50,7 +50,7 @@ from PIL import Image, UnidentifiedImageError
 from .. import faults
 from ..config.runtime import usable_cpus
 from ..errors import UserError
-from ..rundir.rundir import (
+from ..fileio import (
     atomic_write_bytes,
     atomic_write_json,
     check_writable,

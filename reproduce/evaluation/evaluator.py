@@ -28,17 +28,11 @@ from .. import rng
 from ..config.run import RunConfig
 from ..config.runtime import RuntimeConfig
 from ..data.datasets import ImageDataset, derive_seed
-from ..rundir.rundir import (
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_json,
-    final_metrics,
-    read_json,
-)
+from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import RunDir, final_metrics
 from . import judge as demo_judge
 from . import metrics
-
-CACHE_DIR = ".cache/fidelity"  # under the results directory
 
 
 class Evaluator:
@@ -64,7 +58,7 @@ class Evaluator:
             self.judge_net = self.judge.load(device)
         self.extractor = demo_judge.NAME if self.judge else metrics.FEATURE_EXTRACTOR
         self.every = rt.eval_interval(cfg.iters)
-        self.cache_root = Path(rt.results) / CACHE_DIR
+        self.cache_root = ResultsDir(Path(rt.results)).fidelity_cache
         n_ref = min(rt.reference_samples, len(dataset))
         self.reference = metrics.reference_images(dataset.images, n_ref)
         # names the cached reference features: data content, subset size, weights

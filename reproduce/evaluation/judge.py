@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.datasets import DEMO_MODES, DEMO_SEED, load_demo, make_demo_images
-from ..rundir.rundir import atomic_write_bytes, atomic_write_json
+from ..envvars import user_cache
+from ..fileio import atomic_write_bytes, atomic_write_json
 from .metrics import file_lock
 
 NAME = "demo-judge"  # torch-fidelity feature-extractor name
@@ -167,9 +168,9 @@ def conv_textures(n: int, seed: int) -> Tensor:
     even size (4 or 6, so with their checkerboard artefacts), ReLU or tanh between them,
     rescaled to a contrast of 3 to 38 grey levels (standard deviation) around a random colour.
     The fine periodic textures of a freshly initialised convolutional generator look like
-    this; without them the judge took 26% of the samples of one (baseline, width 16, seed 0,
-    iteration 0) for confident ``hstripes``. Drawn in batches of 64 that share a width and
-    kernels, as a generator's samples share its weights."""
+    this; without them the judge took many samples of a freshly initialised baseline
+    generator for confident ``hstripes`` (``tests/test_judge.py``). Drawn in batches of 64
+    that share a width and kernels, as a generator's samples share its weights."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, 64):
@@ -249,8 +250,7 @@ def train_judge(seed: int = JUDGE_SEED) -> tuple[JudgeNet, dict[str, Any]]:
 def cache_dir() -> Path:
     if os.environ.get(ENV_DIR):
         return Path(os.environ[ENV_DIR])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "wgan-gp-reproduce" / "judge"
+    return user_cache("judge")
 
 
 def demo_fingerprints() -> dict[str, str]:

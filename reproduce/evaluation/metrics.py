@@ -37,12 +37,12 @@ from architectures import Z_DIM
 from .. import rng
 from ..data.images import to_uint8
 from ..errors import UserError
-from ..rundir.rundir import FID as FID  # result keys (torch-fidelity's names), re-exported
-from ..rundir.rundir import IS_MEAN as IS_MEAN
-from ..rundir.rundir import IS_STD as IS_STD
-from ..rundir.rundir import KID_MEAN as KID_MEAN
-from ..rundir.rundir import KID_STD as KID_STD
-from ..rundir.rundir import atomic_write_bytes
+from ..fileio import atomic_write_bytes
+from .keys import FID as FID  # the result keys, re-exported
+from .keys import IS_MEAN as IS_MEAN
+from .keys import IS_STD as IS_STD
+from .keys import KID_MEAN as KID_MEAN
+from .keys import KID_STD as KID_STD
 
 FEATURE_EXTRACTOR = "inception-v3-compat"
 # torch-fidelity's own URL and file name (torch.hub cache); a mirror may be given instead

@@ -42,8 +42,9 @@ class EagerOptimizer(Optimizer):
 
     torch wraps ``add_param_group``, ``zero_grad``, ``state_dict`` and ``load_state_dict`` so
     that ``torch.compile`` never traces into them; the wrapper's first call imports
-    ``torch._dynamo`` (1.3 s; a one-iteration ``train --no-eval`` on a CPU took 5.3 s with
-    it, 3.4 s without; evaluation imports it anyway, through torch-fidelity's torchvision).
+    ``torch._dynamo``, a noticeable share of a short run's start (evaluation imports it
+    anyway, through torch-fidelity's torchvision; ``tests/test_cli_startup.py`` checks that
+    eager training does not).
     The harness never calls an optimiser inside a compiled function (fast modes compile the
     forward computations only, ``training/engines.py``), so its optimisers call the undecorated
     methods: the same code, without the import (``flops.FlopCounter`` does the same)."""

@@ -22,23 +22,13 @@ from architectures import ALL_PAIRS, PAIRS
 
 from ..config.run import RunConfig, resolve_run_config
 from ..errors import UserError
+from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
+from ..fileio import atomic_write_bytes, atomic_write_json, count, finite
 from ..gan.procedures import PROCEDURES
 from ..registry import Registry
+from ..rundir.layout import ResultsDir
 from ..rundir.lease import is_live, read_holder
-from ..rundir.rundir import (
-    FID,
-    IS_MEAN,
-    IS_STD,
-    KID_MEAN,
-    LoadedRun,
-    RunDir,
-    atomic_write_bytes,
-    atomic_write_json,
-    count,
-    finite,
-    judge_name,
-    load_run,
-)
+from ..rundir.rundir import LoadedRun, RunDir, judge_name, load_run
 from .experiments import Selection, get_experiment
 
 
@@ -48,6 +38,7 @@ class Profile:
     options: Mapping[str, Any]  # defaults for options.OPTIONS keys; explicit flags override
     needs_data: bool = False
     cpu_workers: int = 1  # cells at once on a machine without GPUs (0: one per usable CPU)
+    archs: tuple[str, ...] | None = None  # the rows when --arch is not given (None: all)
 
 
 PROFILES: Registry[Profile] = Registry("profile")
@@ -81,27 +72,31 @@ PROFILES.register(
         cpu_workers=0,
     ),
 )
-# Figure 2's claim in miniature: long enough on the demo data for the outcome pattern to
-# show, short enough to run on a 2-core CPU in under an hour (costs.py; --dry-run prints
-# the estimate). Width, batch and length chosen by measurement (README: "The claim in
-# miniature").
+# Figure 2's claim at the scale where the baseline pair trains on a 2-core CPU (the showcase's
+# data, width and batch; docs/proof-of-life.md): the four rows whose 16 cells fit about two
+# hours on 2 cores at 5,000 iterations (--dry-run prints the estimate); --arch adds the others.
+CLAIMS_ROWS = ("baseline", "constant-filters", "mlp-generator", "no-norm")
 PROFILES.register(
     "claims",
     Profile(
-        "Figure 2's claim in miniature: all 28 cells on the demo data at width 8, batch 16, "
-        "400 iterations, judged by the demo judge (CPU, 40-50 minutes on 2 cores)",
+        "Figure 2's claim on a CPU: the first four rows (baseline, constant-filters, "
+        "mlp-generator, no-norm) x 4 procedures on the built-in shapes data at width 16, batch "
+        "16, 5,000 iterations, judged by the demo judge (about 2 h on 2 cores; --arch for others)",
         {
-            "data": "demo",
-            "dim": 8,
+            "data": "shapes",
+            "dim": 16,
             "batch_size": 16,
-            "iters": 400,
-            "log_every": 20,
-            "sample_every": 100,
+            "iters": 5000,
+            "log_every": 100,
+            "sample_every": 500,
             "checkpoint_every": 300.0,
             "count_flops": False,
-            "eval_every": 100,
+            "eval_every": 500,
+            "eval_samples": 1000,
+            "final_eval_samples": 2000,
         },
         cpu_workers=0,
+        archs=CLAIMS_ROWS,
     ),
 )
 
@@ -156,7 +151,7 @@ def write_manifest(
     """``results/matrices/<id>.json``: the cells of a matrix, so that ``status`` can show the
     ones that have not started yet."""
     mid = matrix_id(configs)
-    path = results / "matrices" / f"{mid}.json"
+    path = ResultsDir(results).manifest(mid)
     atomic_write_json(
         path,
         {
@@ -379,10 +374,10 @@ def write_summary(
     rows = summary_rows(configs, run_dirs)
     mid = matrix_id(configs)
     md = markdown_table(rows, SUMMARY_COLUMNS)
-    md_path = results / "matrices" / f"{mid}-summary.md"
+    md_path = ResultsDir(results).summary(mid, "md")
     atomic_write_bytes(md_path, md.encode())
     csv = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS)).to_csv(index=False)
-    atomic_write_bytes(results / "matrices" / f"{mid}-summary.csv", csv.encode())
+    atomic_write_bytes(ResultsDir(results).summary(mid, "csv"), csv.encode())
     return md_path, rows
 
 
@@ -487,15 +482,22 @@ def _short(st: CellState, metric: str | None) -> str:
     return text
 
 
-def duration_text(s: float | None) -> str:
+def duration_text(s: float | None, spaced: bool = False) -> str:
+    """A duration for the terminal: compact (``1h02m``, ``3m07s``, ``42s``; whole seconds
+    cut) for the summary's columns and the live lines, or ``spaced`` (``1 h 02 min``,
+    ``3 min 07 s``; rounded) for sentences such as the dry-run's estimate."""
     if s is None:
         return "-"
-    s = int(s)
-    if s >= 3600:
-        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s}s"
+    if spaced:
+        m, sec = divmod(round(s), 60)
+        h, m = divmod(m, 60)
+        return f"{h} h {m:02d} min" if h else f"{m} min {sec:02d} s"
+    t = int(s)
+    if t >= 3600:
+        return f"{t // 3600}h{(t % 3600) // 60:02d}m"
+    if t >= 60:
+        return f"{t // 60}m{t % 60:02d}s"
+    return f"{t}s"
 
 
 def grid_text(cells: Mapping[tuple[str, str], tuple[CellState, str | None]]) -> str:
@@ -538,7 +540,7 @@ def load_manifests(
     text ``run_id``, a known architecture and procedure and an integer seed. ``warn`` is told
     of each skip (the report lists them)."""
     out = []
-    for p in sorted((results / "matrices").glob("*.json")):
+    for p in ResultsDir(results).manifests():
         try:
             m = json.loads(p.read_text())
         except (OSError, ValueError) as e:

@@ -1,125 +1,123 @@
-"""What a cell costs on a CPU: measured seconds of every architecture x procedure, used to
-start the largest cells first on a CPU (so that the ResNet-101 cells do not run last on one
-core while the other idles) and for the wall-time estimate of ``matrix --dry-run``.
+"""What a cell costs on a CPU, used to start the largest cells first on a CPU (so that the
+ResNet-101 cells do not run last on one core while the other idles) and for the wall-time
+estimate of ``matrix --dry-run``.
 
-The tables were measured on this project's reference machine (2-core x86-64 CPU, one thread
-per cell, two cells at once, torch 2.14.1, exact mode) at width 8 and batch 16, the size of
-the demo and claims profiles, by ``python -m reproduce.matrix.costs`` (which prints new tables in
-about two minutes): the training step, the held-out critic loss and the generator's forward
-pass per sample, each timed once warm (the median of ``--steps`` timed calls after
-``--warmup`` untimed ones). On that machine a cell's speed varies by up to about a quarter
-between runs of the same code on the same day, so the estimate is a guide, not a promise.
-Other sizes are scaled by (dim / 8)^2 * (batch / 16): a rough guide, said so where printed.
+The numbers are measured, never written here: ``costs.json`` beside this module holds one
+table per (width, batch) with the machine, date, commit and torch version it was measured
+on, written by ``python -m reproduce.matrix.costs --write`` (the training step, the held-out
+critic loss and the generator's forward pass per sample of every architecture x procedure,
+each timed once warm), plus the per-cell overheads read from real runs. A cell is costed
+from the table nearest its width and batch, scaled by (width ratio)^2 x (batch ratio); a cell
+in no table (a new architecture or procedure, the CIFAR pair) from the median of its
+procedure's cells in that table. Either is flagged in the estimate (``Cost.measured``). On
+the reference machine a cell's speed varies by up to about a quarter between runs, so the
+estimate is a guide, not a promise.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
 
-REFERENCE_DIM, REFERENCE_BATCH = 8, 16
-REFERENCE_MACHINE = "2-core x86-64 CPU, 1 thread per cell"
-
-# seconds per generator iteration, (arch, procedure); this table and the next two measured by
-# `python -m reproduce.matrix.costs --steps 20` on 2026-12-04 (the code of 3a16063)
-SECONDS_PER_ITER: dict[tuple[str, str], float] = {
-    ("baseline", "dcgan"): 0.0467,
-    ("baseline", "lsgan"): 0.0486,
-    ("baseline", "wgan"): 0.154,
-    ("baseline", "wgan-gp"): 0.269,
-    ("constant-filters", "dcgan"): 0.0397,
-    ("constant-filters", "lsgan"): 0.0377,
-    ("constant-filters", "wgan"): 0.131,
-    ("constant-filters", "wgan-gp"): 0.256,
-    ("mlp-generator", "dcgan"): 0.0348,
-    ("mlp-generator", "lsgan"): 0.034,
-    ("mlp-generator", "wgan"): 0.113,
-    ("mlp-generator", "wgan-gp"): 0.239,
-    ("no-norm", "dcgan"): 0.0431,
-    ("no-norm", "lsgan"): 0.0432,
-    ("no-norm", "wgan"): 0.14,
-    ("no-norm", "wgan-gp"): 0.257,
-    ("gated", "dcgan"): 0.0788,
-    ("gated", "lsgan"): 0.0739,
-    ("gated", "wgan"): 0.251,
-    ("gated", "wgan-gp"): 0.467,
-    ("tanh", "dcgan"): 0.053,
-    ("tanh", "lsgan"): 0.0508,
-    ("tanh", "wgan"): 0.183,
-    ("tanh", "wgan-gp"): 0.285,
-    ("resnet101", "dcgan"): 0.522,
-    ("resnet101", "lsgan"): 0.504,
-    ("resnet101", "wgan"): 1.68,
-    ("resnet101", "wgan-gp"): 3.08,
-}
-DEFAULT_SECONDS = 0.5  # an architecture or procedure not in the table (cifar, toy cells)
-# a cell's process outside its run (submitit's start, imports, the judge checked, the data
-# made): four demo cells of the mlp-generator row on 2 workers took 80 worker-seconds, 44 of
-# them inside their runs (2026-12-04)
-STARTUP_SECONDS = 9.0
-JUDGE_BUILD_SECONDS = 35.0  # the demo judge, built once before any cell when not cached
-
-# seconds of one held-out critic loss (heldout.jsonl, Figure 5a; every iters // 100
-# iterations when the data has a val split), (arch, procedure)
-HELDOUT_SECONDS: dict[tuple[str, str], float] = {
-    ("baseline", "dcgan"): 0.0133,
-    ("baseline", "lsgan"): 0.0138,
-    ("baseline", "wgan"): 0.0139,
-    ("baseline", "wgan-gp"): 0.0234,
-    ("constant-filters", "dcgan"): 0.0113,
-    ("constant-filters", "lsgan"): 0.0112,
-    ("constant-filters", "wgan"): 0.0114,
-    ("constant-filters", "wgan-gp"): 0.0209,
-    ("mlp-generator", "dcgan"): 0.00827,
-    ("mlp-generator", "lsgan"): 0.00824,
-    ("mlp-generator", "wgan"): 0.00965,
-    ("mlp-generator", "wgan-gp"): 0.0177,
-    ("no-norm", "dcgan"): 0.0117,
-    ("no-norm", "lsgan"): 0.0118,
-    ("no-norm", "wgan"): 0.0181,
-    ("no-norm", "wgan-gp"): 0.0211,
-    ("gated", "dcgan"): 0.0232,
-    ("gated", "lsgan"): 0.0219,
-    ("gated", "wgan"): 0.0229,
-    ("gated", "wgan-gp"): 0.0369,
-    ("tanh", "dcgan"): 0.0163,
-    ("tanh", "lsgan"): 0.0156,
-    ("tanh", "wgan"): 0.0161,
-    ("tanh", "wgan-gp"): 0.026,
-    ("resnet101", "dcgan"): 0.14,
-    ("resnet101", "lsgan"): 0.133,
-    ("resnet101", "wgan"): 0.133,
-    ("resnet101", "wgan-gp"): 0.222,
-}
-
-# seconds per generated sample: the generator's forward pass at batch 16, per architecture
-# (evaluations and sample grids)
-SAMPLE_SECONDS: dict[str, float] = {
-    "baseline": 0.000474,
-    "constant-filters": 0.000329,
-    "mlp-generator": 0.000102,
-    "no-norm": 0.000412,
-    "gated": 0.000692,
-    "tanh": 0.000503,
-    "resnet101": 0.0029,
-}
-
-# the demo judge's scoring of one generated sample (IS, Frechet distance, KID, modes, pixel
-# diversity through torch-fidelity) and of one evaluation whatever its size: from the
-# evaluation rows of real runs (2026-12-04, one thread; mlp-generator DCGAN: 500 samples in
-# 1.30 s, 2,000 in 4.42 s, less its generator's share; ResNet-101 DCGAN: 2.71 s and 10.56 s,
-# which these constants and SAMPLE_SECONDS put at 2.6 s and 10.1 s)
-JUDGE_SECONDS_PER_SAMPLE = 0.002
-EVAL_OVERHEAD_SECONDS = 0.25
-# a process's first evaluation: torch-fidelity and the judge loaded and warmed up (the same
-# four cells: 500 samples in 2.7-5.0 s at the first evaluation, two cells at once)
-FIRST_EVAL_SECONDS = 2.5
+COSTS_FILE = Path(__file__).with_name("costs.json")
 GRID_SAMPLES = 64  # one 8x8 sample grid
+
+
+@dataclass(frozen=True)
+class Table:
+    """One measured table: seconds per (arch, procedure) at one width and batch."""
+
+    dim: int
+    batch_size: int
+    steps: Mapping[tuple[str, str], float]
+    heldouts: Mapping[tuple[str, str], float]
+    samples: Mapping[str, float]
+    about: Mapping[str, Any]  # machine, date, commit, torch, workers, warmup, steps
+
+    def distance(self, dim: float, batch: float) -> float:
+        return abs(math.log2(dim / self.dim)) + abs(math.log2(batch / self.batch_size))
+
+
+@dataclass(frozen=True)
+class Costs:
+    tables: tuple[Table, ...]
+    overheads: Mapping[str, float]
+
+    @property
+    def machine(self) -> str:
+        return str(self.tables[0].about.get("machine", "the reference machine"))
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A cell's measured seconds, scaled to its width and batch. ``measured``: its own
+    (arch, procedure) was in the table used and the table has its width and batch."""
+
+    step: float
+    heldout: float
+    sample: float
+    measured: bool
+    table: Table
+
+
+def _parse(doc: Mapping[str, Any]) -> Costs:
+    tables = []
+    for t in doc["tables"]:
+        cells = {tuple(k.split("/", 1)): v for k, v in t["cells"].items()}
+        tables.append(Table(
+            int(t["dim"]), int(t["batch_size"]),
+            {k: float(v["step_s"]) for k, v in cells.items()},
+            {k: float(v["heldout_s"]) for k, v in cells.items()},
+            {k: float(v) for k, v in t["sample_s"].items()},
+            {k: v for k, v in t.items() if k not in ("cells", "sample_s")},
+        ))  # fmt: skip
+    over = {k: float(v) for k, v in doc["overheads"].items() if isinstance(v, int | float)}
+    return Costs(tuple(tables), over)
+
+
+@cache
+def load(path: Path = COSTS_FILE) -> Costs:
+    return _parse(json.loads(path.read_text()))
+
+
+def overhead(name: str) -> float:
+    """``startup_s`` (a cell's process outside its run), ``judge_build_s``, ``judge_per_sample_s``,
+    ``eval_overhead_s``, ``first_eval_s``."""
+    return load().overheads[name]
+
+
+def cost(config: Mapping[str, Any], costs: Costs | None = None) -> Cost:
+    """A resolved run config's (dict) costs, from the table nearest its width and batch that
+    holds its cell, else from the nearest table's median of its procedure's cells."""
+    costs = costs or load()
+    arch, proc = str(config.get("arch", "")), str(config.get("procedure", ""))
+    dim, batch = float(config.get("dim", 8)), float(config.get("batch_size", 16))
+    by_distance = sorted(costs.tables, key=lambda t: t.distance(dim, batch))
+    table = next((t for t in by_distance if (arch, proc) in t.steps), None)
+    if table is not None:
+        step, held = table.steps[arch, proc], table.heldouts[arch, proc]
+        sample = table.samples.get(arch, statistics.median(table.samples.values()))
+        own = True
+    else:
+        table = by_distance[0]
+        keys = [k for k in table.steps if k[1] == proc] or list(table.steps)
+        step = statistics.median(table.steps[k] for k in keys)
+        held = statistics.median(table.heldouts[k] for k in keys)
+        sample = statistics.median(table.samples.values())
+        own = False
+    width = (dim / table.dim) ** 2
+    scale = width * batch / table.batch_size
+    exact = own and dim == table.dim and batch == table.batch_size
+    return Cost(step * scale, held * scale, sample * width, exact, table)
 
 
 @dataclass(frozen=True)
@@ -135,22 +133,9 @@ class Schedule:
     judged: bool = True
 
 
-def _width_scale(config: Mapping[str, Any]) -> float:
-    """A generated sample's cost scales with width squared."""
-    return (float(config.get("dim", REFERENCE_DIM)) / REFERENCE_DIM) ** 2
-
-
-def _scale(config: Mapping[str, Any]) -> float:
-    """A step's or held-out loss's cost scales with width squared times batch."""
-    return _width_scale(config) * float(config.get("batch_size", REFERENCE_BATCH)) / REFERENCE_BATCH
-
-
 def seconds_per_iter(config: Mapping[str, Any]) -> float:
     """Estimated CPU seconds per generator iteration of a resolved run config (dict)."""
-    base = SECONDS_PER_ITER.get((config.get("arch", ""), config.get("procedure", "")))
-    if base is None:
-        return DEFAULT_SECONDS
-    return base * _scale(config)
+    return cost(config).step
 
 
 def cell_seconds(config: Mapping[str, Any]) -> float:
@@ -161,27 +146,18 @@ def cell_seconds(config: Mapping[str, Any]) -> float:
 def cell_wall_seconds(config: Mapping[str, Any], schedule: Schedule) -> float:
     """Wall seconds of a cell on one CPU worker: its process's start, its training, its
     held-out losses, and generating and judging its evaluations' and grids' samples."""
-    key = (config.get("arch", ""), config.get("procedure", ""))
-    step = seconds_per_iter(config)
-    # a cell not in the tables (cifar, toy): a held-out loss as half a step, a sample as a
-    # step's share of one image
-    heldout = HELDOUT_SECONDS[key] * _scale(config) if key in HELDOUT_SECONDS else step / 2
-    per_sample = (
-        SAMPLE_SECONDS[key[0]] * _width_scale(config)
-        if key[0] in SAMPLE_SECONDS
-        else step / float(config.get("batch_size", REFERENCE_BATCH))
-    )
+    c = cost(config)
     generated = sum(schedule.evals) + GRID_SAMPLES * schedule.grids
     scoring = (
-        sum(schedule.evals) * JUDGE_SECONDS_PER_SAMPLE
-        + len(schedule.evals) * EVAL_OVERHEAD_SECONDS
-        + (FIRST_EVAL_SECONDS if schedule.evals else 0.0)
+        sum(schedule.evals) * overhead("judge_per_sample_s")
+        + len(schedule.evals) * overhead("eval_overhead_s")
+        + (overhead("first_eval_s") if schedule.evals else 0.0)
     )
     return (
-        STARTUP_SECONDS
-        + cell_seconds(config)
-        + schedule.heldouts * heldout
-        + generated * per_sample
+        overhead("startup_s")
+        + c.step * float(config.get("iters", 0))
+        + schedule.heldouts * c.heldout
+        + generated * c.sample
         + (scoring if schedule.judged else 0.0)
     )
 
@@ -220,6 +196,27 @@ def steady_seconds(
     return statistics.median(times)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    wall_s: float  # on the workers, largest cells first
+    core_s: float
+    measured: int  # cells whose own width, batch and (arch, procedure) are in the tables
+    cells: int
+    machine: str
+
+
+def estimate(
+    cells: Sequence[tuple[Mapping[str, Any], Schedule]], workers: int, judge_build: bool
+) -> Estimate:
+    """The wall time of ``cells`` on ``workers`` CPU workers, started in the pool's order
+    (``longest_first``), plus the demo judge's build (one core, before any cell) when asked."""
+    walls = [(config, cell_wall_seconds(config, sched)) for config, sched in cells]
+    started = [w for _, w in longest_first(walls, lambda cell: cell[0])]
+    wall = makespan(started, workers) + (overhead("judge_build_s") if judge_build else 0.0)
+    measured = sum(cost(config).measured for config, _ in cells)
+    return Estimate(wall, sum(started), measured, len(cells), load().machine)
+
+
 def _measure_cell(
     arch: str, procedure: str, dim: int, batch: int, warmup: int, steps: int
 ) -> tuple[float, float, float]:
@@ -254,40 +251,73 @@ def _measure_cell(
 def measure(
     archs: list[str],
     procedures: list[str],
-    dim: int = REFERENCE_DIM,
-    batch: int = REFERENCE_BATCH,
+    dim: int = 8,
+    batch: int = 16,
     workers: int = 2,
     warmup: int = 3,
     steps: int = 10,
-) -> dict[tuple[str, str], tuple[float, float, float]]:
+) -> dict[str, Any]:
     """Measure every (arch, procedure) on this machine as the tables' reference condition
     has it: one thread per cell, ``workers`` cells at once (spawned processes, the costliest
-    cells first so that the pool stays full), and print new SECONDS_PER_ITER,
-    HELDOUT_SECONDS and SAMPLE_SECONDS tables (the last: the median over an architecture's
-    cells)."""
+    cells first so that the pool stays full). Returns one table of ``costs.json`` (its cells,
+    the median per-sample cost of each architecture, and where and how it was measured)."""
     import multiprocessing as mp
+    import platform
     from concurrent.futures import ProcessPoolExecutor
 
+    import torch
+
     cells = [(a, p) for a in archs for p in procedures]
-    order = sorted(cells, key=lambda c: SECONDS_PER_ITER.get(c, DEFAULT_SECONDS), reverse=True)
+    order = sorted(cells, key=lambda c: cost({"arch": c[0], "procedure": c[1]}).step, reverse=True)
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futures = {c: pool.submit(_measure_cell, *c, dim, batch, warmup, steps) for c in order}
         measured = {c: futures[c].result() for c in cells}
-    for i, name in enumerate(("SECONDS_PER_ITER", "HELDOUT_SECONDS")):
-        print(f"{name}: dict[tuple[str, str], float] = {{")
-        for (arch, proc), values in measured.items():
-            print(f'    ("{arch}", "{proc}"): {values[i]:.3g},')
-        print("}")
-    print("SAMPLE_SECONDS: dict[str, float] = {")
-    for arch in archs:
-        per = statistics.median(v[2] for (a, _), v in measured.items() if a == arch)
-        print(f'    "{arch}": {per:.3g},')
-    print("}", flush=True)
-    return measured
+    return {
+        "dim": dim,
+        "batch_size": batch,
+        "measured": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__.split("+")[0],
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads available",
+        "workers": workers,
+        "warmup": warmup,
+        "steps": steps,
+        "cells": {
+            f"{a}/{p}": {"step_s": _3g(v[0]), "heldout_s": _3g(v[1])}
+            for (a, p), v in measured.items()
+        },
+        "sample_s": {
+            a: _3g(statistics.median(v[2] for (x, _), v in measured.items() if x == a))
+            for a in archs
+        },
+    }
+
+
+def _3g(v: float) -> float:
+    return float(f"{v:.3g}")
+
+
+def write_table(table: dict[str, Any], path: Path = COSTS_FILE) -> None:
+    """Put ``table`` into the costs file: its cells join (and replace) those of the table
+    with the same width and batch, which is created when there is none."""
+    from ..fileio import atomic_write_json
+
+    doc = json.loads(path.read_text())
+    same = [t for t in doc["tables"]
+            if (t["dim"], t["batch_size"]) == (table["dim"], table["batch_size"])]  # fmt: skip
+    if same:
+        old = same[0]
+        old.update({k: v for k, v in table.items() if k not in ("cells", "sample_s")})
+        old["cells"].update(table["cells"])
+        old["sample_s"].update(table["sample_s"])
+    else:
+        doc["tables"].append(table)
+    doc["tables"].sort(key=lambda t: (t["dim"], t["batch_size"]))
+    atomic_write_json(path, doc)
+    load.cache_clear()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m reproduce.matrix.costs [--workers N] [ARCH,...] [PROCEDURE,...]"""
+    """python -m reproduce.matrix.costs [--write] [--dim D] [--batch-size B] [ARCHS] [PROCS]"""
     import argparse
 
     from architectures import PAIRS
@@ -300,14 +330,18 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = Parser(
         prog="python -m reproduce.matrix.costs",
-        description="Measure new SECONDS_PER_ITER, HELDOUT_SECONDS and SAMPLE_SECONDS tables "
-        "(width 8, batch 16, one thread per cell, WORKERS cells at once) and print them.",
+        description="Measure what every cell costs on this CPU (one thread per cell, WORKERS "
+        "cells at once) at one width and batch; print the table as JSON, or with --write put "
+        "it into costs.json, which the matrix's estimate reads.",
     )
     ap.add_argument("archs", nargs="?", default=",".join(PAIRS), help="comma-separated")
     ap.add_argument("procedures", nargs="?", default=",".join(PROCEDURES), help="comma-separated")
+    ap.add_argument("--dim", type=int, default=8, help="network width (default: 8)")
+    ap.add_argument("--batch-size", type=int, default=16, help="batch size (default: 16)")
     ap.add_argument("--workers", type=int, default=2, help="cells measured at once (default: 2)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed iterations per cell")
     ap.add_argument("--steps", type=int, default=10, help="timed iterations per cell (median)")
+    ap.add_argument("--write", action="store_true", help=f"put the table into {COSTS_FILE.name}")
     args = ap.parse_args(argv)
     archs, procs = args.archs.split(","), args.procedures.split(",")
     for a in archs:
@@ -318,7 +352,13 @@ def main(argv: list[str] | None = None) -> None:
             ap.error(f"unknown procedure {p!r} (one of {', '.join(PROCEDURES)})")
     if args.workers < 1 or args.warmup < 0 or args.steps < 1:
         ap.error("--workers and --steps must be at least 1, --warmup at least 0")
-    measure(archs, procs, workers=args.workers, warmup=args.warmup, steps=args.steps)
+    if args.dim < 1 or args.batch_size < 1:
+        ap.error("--dim and --batch-size must be at least 1")
+    table = measure(archs, procs, args.dim, args.batch_size, args.workers, args.warmup, args.steps)
+    print(json.dumps(table, indent=2), flush=True)
+    if args.write:
+        write_table(table)
+        print(f"written to {COSTS_FILE}")
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from submitit.core.utils import FailedJobError, UncompletedJobError
 from .. import faults
 from ..config.run import RunConfig
 from ..config.runtime import RuntimeConfig
-from ..rundir.rundir import RunDir, atomic_write_json, now_iso
+from ..fileio import atomic_write_json, now_iso
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import RunDir
 from . import costs
-
-SUBMITIT_DIR = ".submitit"  # under the results directory
 
 
 @dataclass(frozen=True)
@@ -104,12 +104,7 @@ class CellJob(submitit.helpers.Checkpointable):
         out = train_run(
             cfg, rt, dataset, RunDir(Path(self.spec.run_dir)), resolve_device(rt.device), stop
         )
-        return {
-            "state": out.state,
-            "iteration": out.iteration,
-            "message": out.message,
-            "run_dir": str(out.run_dir),
-        }
+        return out.to_dict()
 
     def _toy(self, stop: Any) -> dict[str, Any]:
         from ..training.toy import ToyConfig, run_toy
@@ -121,7 +116,7 @@ class CellJob(submitit.helpers.Checkpointable):
             stop=lambda: bool(stop),
             checkpoint_every=float(rt.get("checkpoint_every", 300.0)),
             threads=rt.get("threads"),
-        )
+        ).to_dict()
 
 
 def _clean_stale_save_tmp() -> None:
@@ -135,7 +130,7 @@ def _clean_stale_save_tmp() -> None:
 
 def submission_folder(results: Path) -> Path:
     """A fresh submitit folder per matrix invocation (job ids may repeat across clusters)."""
-    return results / SUBMITIT_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    return ResultsDir(results).submitit / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
 
 
 def record_submission(run_dir: Path, executor: str, job_id: str, folder: Path) -> None:

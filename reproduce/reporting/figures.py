@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError, did_you_mean
+from ..fileio import atomic_write_bytes
 from ..registry import Registry
-from ..rundir.rundir import atomic_write_bytes
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ def resolve_names(names: Sequence[str]) -> list[str]:
 
 
 def out_dir(ctx: Context) -> Path:
-    return ctx.results / "figures"
+    return ResultsDir(ctx.results).figures
 
 
 def write_numbers(ctx: Context, name: str, numbers: dict[str, Any]) -> Path:
@@ -332,9 +334,9 @@ def showcase_runs(ctx: Context) -> MatrixRuns:
     return MatrixRuns("lsun", "demo", opts, archs=["baseline"], procedures=SHOWCASE_PROCEDURES)
 
 
-def _nearest_grids(samples: Path, iters: int) -> list[tuple[int, Path]]:
+def _nearest_grids(run_dir: RunDir, iters: int) -> list[tuple[int, Path]]:
     """The sample grids nearest to SHOWCASE_GRIDS' fractions of ``iters`` (no repeats)."""
-    found = {int(p.stem.split("-")[1]): p for p in samples.glob("iter-*.png")}
+    found = dict(run_dir.sample_grids())
     out: dict[int, Path] = {}
     for f in SHOWCASE_GRIDS:
         if found:
@@ -350,7 +352,8 @@ def draw_showcase(ctx: Context, configs: Any) -> dict[str, Any]:
 
     from ..data.datasets import load_dataset
     from ..data.images import grid
-    from ..rundir.rundir import FID, IS_MEAN, load_run
+    from ..evaluation.keys import FID, IS_MEAN
+    from ..rundir.rundir import load_run
     from . import plots
 
     def image(path: Path) -> np.ndarray:
@@ -364,7 +367,7 @@ def draw_showcase(ctx: Context, configs: Any) -> dict[str, Any]:
         run = load_run(ctx.results / cfg.run_id)
         label = f"{cfg.arch} {cfg.procedure}"
         evals = [e for e in run.evaluations if isinstance(e.get(IS_MEAN), float)]
-        grids = _nearest_grids(run.dir.samples_dir, cfg.iters)
+        grids = _nearest_grids(run.dir, cfg.iters)
         rows.append((label, [(f"iteration {it:,}", image(p)) for it, p in grids]))
         for e in evals:
             curves.append({"run": label, "step": e["iter"], "is": e[IS_MEAN],

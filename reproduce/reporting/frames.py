@@ -29,21 +29,12 @@ from architectures import ALL_PAIRS, PAIRS
 
 from ..config.run import upgrade_config
 from ..errors import UserError
+from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
+from ..fileio import atomic_write_bytes, count, finite
 from ..gan.procedures import PROCEDURES
 from ..matrix.cells import cell_state, load_manifests, verdict_banner
-from ..rundir.rundir import (
-    FID,
-    IS_MEAN,
-    IS_STD,
-    KID_MEAN,
-    LoadedRun,
-    RunDir,
-    atomic_write_bytes,
-    count,
-    finite,
-    judge_name,
-    load_run,
-)
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import LoadedRun, RunDir, judge_name, load_run
 from .page import link_grid, render_html, write_cell_pages
 from .tables import lsun_grid, throughput_table, write_table
 
@@ -284,7 +275,7 @@ def collect(results: Path, strict: bool = False) -> Collected:
                 "seed": cfg["seed"]}  # fmt: skip
         rows, evals = _curves(loader, run, base)
         tidy += rows
-        grids = sorted(rd.samples_dir.glob("iter-*.png"))
+        grids = [p for _, p in rd.sample_grids()]
         if grids:
             samples[d.name] = grids[-1]
         runs[d.name] = _summary_row(base, cfg, status, state, verdict, evals)
@@ -458,7 +449,7 @@ def grid_runs(results: Path, matrix: str | None) -> tuple[set[str] | None, str |
 
     def mtime(m: dict[str, Any]) -> float:
         try:
-            return (results / "matrices" / f"{m['matrix_id']}.json").stat().st_mtime
+            return ResultsDir(results).manifest(str(m["matrix_id"])).stat().st_mtime
         except (OSError, ValueError):
             return 0.0
 

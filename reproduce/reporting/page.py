@@ -15,8 +15,10 @@ import pandas as pd
 
 from architectures import PAIRS
 
+from ..fileio import atomic_write_bytes
 from ..gan.procedures import PROCEDURES
-from ..rundir.rundir import RunDir, atomic_write_bytes
+from ..rundir.layout import ResultsDir
+from ..rundir.rundir import RunDir
 from .tables import throughput_table
 
 STRIP = 12  # sample grids shown per run (evenly spaced, the last always)
@@ -93,7 +95,7 @@ def _page(row: dict[str, Any], results: Path, cells: Path, tidy: pd.DataFrame) -
         f"<p><a href='../index.html'>report</a></p><h1>{html.escape(title)}</h1>",
         f"<p><code>{html.escape(run_id)}</code></p><table>{shown}</table>",
     ]
-    grids = _strip(sorted(rd.samples_dir.glob("iter-*.png")))
+    grids = _strip([p for _, p in rd.sample_grids()])
     parts.append("<h2>Samples over time</h2>")
     if grids:
         its = [int(p.stem.split("-")[1]) for p in grids]
@@ -136,7 +138,7 @@ def write_cell_pages(summary: pd.DataFrame, tidy: pd.DataFrame, results: Path,
     cells.mkdir(parents=True, exist_ok=True)
     pages: dict[str, Path] = {}
     for row in summary.to_dict("records"):
-        if not (results / str(row["run_id"]) / "config.json").is_file():
+        if not ResultsDir(results).run(str(row["run_id"])).config_file.is_file():
             continue  # pending: listed in a manifest, never started
         page = cells / f"{row['run_id']}.html"
         atomic_write_bytes(page, _page(row, results, cells, tidy).encode())

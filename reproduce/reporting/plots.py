@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..rundir.rundir import atomic_write_bytes
+from ..fileio import atomic_write_bytes
 
 sns.set_theme(context="paper", style="whitegrid")
 

@@ -11,9 +11,9 @@ import pandas as pd
 
 from architectures import PAIRS
 
+from ..fileio import atomic_write_bytes, finite
 from ..gan.procedures import PROCEDURES
 from ..matrix.cells import format_value, markdown_table
-from ..rundir.rundir import atomic_write_bytes, finite
 
 MARK = {"trained": "✓", "low-quality": "✗ low IS", "collapsed": "✗ collapsed",
         "unevaluated": "completed, not evaluated"}  # fmt: skip

@@ -28,7 +28,7 @@ import torch
 
 from .. import faults
 from ..errors import DiskFullError
-from .rundir import fsync_dir
+from ..fileio import fsync_dir
 
 FORMAT = 1
 PREFIX = "ckpt-"

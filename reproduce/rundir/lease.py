@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config.run import config_diff
-from .rundir import TERMINAL_STATES, RunDir, atomic_write_json
+from ..fileio import atomic_write_json
+from .rundir import TERMINAL_STATES, RunDir
 
 PREFIX = "lease."
 STALE_AFTER = 300.0  # seconds without a heartbeat before a lease may be taken over

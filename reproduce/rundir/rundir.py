@@ -24,8 +24,8 @@ the one reader of a run's state (``status``, the matrix summary and the report u
 Outside it, ``<results>/tensorboard/<arch>/<procedure>/s<seed>-<hash>/`` holds the run's
 TensorBoard event files (training/board.py), so that one ``--logdir`` shows a whole matrix.
 
-Every whole-file write is atomic: temp file in the same directory, fsync, rename, fsync of the
-directory. A reader therefore sees either the old or the new file, never a torn one.
+Every file is written through ``reproduce/fileio.py`` (atomic whole-file writes, appends
+that never follow a link).
 """
 
 from __future__ import annotations
@@ -33,145 +33,25 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import math
 import os
-import tempfile
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..config.run import upgrade_config
-from ..errors import UserError
+from ..fileio import (
+    append_text,
+    atomic_write_bytes,
+    atomic_write_json,
+    last_jsonl_row,
+    now_iso,
+    read_json,
+    read_jsonl,
+)
 
 TERMINAL_STATES = ("completed", "diverged")  # never trained again
 STATES = ("running", "interrupted", "completed", "diverged", "failed")
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once at import (reading it means setting it)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; others may read results
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def nearest_existing(path: Path) -> Path:
-    p = path.absolute()
-    while not p.exists():
-        p = p.parent
-    return p
-
-
-def check_writable(path: Path, flag: str) -> Path:
-    """The nearest existing ancestor of ``path``, which must be a writable directory (probed
-    with a temporary file that is removed at once)."""
-    base = nearest_existing(path)
-    if not base.is_dir():
-        raise UserError(f"{flag}: {base} is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=base)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise UserError(f"{flag}: cannot write to {base}: {e.strerror}") from None
-    return base
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete JSON lines; a torn last line (crash mid-append) is ignored."""
-    rows: list[dict[str, Any]] = []
-    if not path.exists():
-        return rows
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn final line
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
-    return rows
-
-
-def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
-    """The last complete line of a JSON-lines file that is a JSON object, read from the end of
-    the file: a 200,000-iteration ``stats.jsonl`` is not read whole for its last row. Only the
-    last ``window`` bytes are looked at (a file whose last MiB holds no valid row is corrupt,
-    and gives ``{}``); a torn last line is ignored, as by ``read_jsonl``."""
-    try:
-        with path.open("rb") as f:
-            start = max(0, f.seek(0, os.SEEK_END) - window)
-            f.seek(start)
-            lines = f.read().split(b"\n")[:-1]  # the last piece is the torn tail (or empty)
-    except OSError:
-        return {}
-    for line in reversed(lines[1:] if start else lines):  # the first may be cut: skipped
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict):
-            return row
-    return {}
-
-
-def _append(path: Path, text: str, fsync: bool = False) -> None:
-    """Append to a run file, never through a symbolic link (O_NOFOLLOW: ELOOP instead)."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "a") as f:
-        f.write(text)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def finite(v: Any) -> float | None:
-    """A JSON value as a finite float, or None (text, booleans, null, nan and inf, which
-    ``json`` reads from ``NaN``, ``Infinity`` and ``1e400``)."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return None
-
-
-def count(v: Any, default: int = 0) -> int:
-    """A JSON value as a non-negative integer count (iterations, steps), else ``default``."""
-    f = finite(v)
-    return int(f) if f is not None and 0 <= f < 2**53 and f == int(f) else default
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 @dataclass(frozen=True)
@@ -197,6 +77,18 @@ class RunDir:
     @property
     def samples_dir(self) -> Path:
         return self.path / "samples"
+
+    def sample_grid(self, iteration: int) -> Path:
+        """The fixed-noise 8x8 sample grid saved at ``iteration``."""
+        return self.samples_dir / f"iter-{iteration:07d}.png"
+
+    def sample_grids(self) -> list[tuple[int, Path]]:
+        """Every saved sample grid, as (iteration, path), oldest first."""
+        found = []
+        for p in self.samples_dir.glob("iter-*.png"):
+            with contextlib.suppress(ValueError):
+                found.append((int(p.stem.split("-", 1)[1]), p))
+        return sorted(found)
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -241,10 +133,6 @@ class RunDir:
     def read_status(self) -> dict[str, Any] | None:
         return _read_dict(self.status_file)
 
-    def read_verdict(self) -> dict[str, Any]:
-        """``verdict.json``, or {} before the run has one (or when it cannot be read)."""
-        return _read_dict(self.verdict_file) or {}
-
     def read_submission(self) -> dict[str, Any]:
         """How the run was last dispatched (``submission.json``: executor, job id), or {}."""
         return _read_dict(self.submission_file) or {}
@@ -281,21 +169,21 @@ class RunDir:
         return sorted(found)
 
     def log(self, message: str) -> None:
-        _append(self.log_file, f"{now_iso()} {message}\n")
+        append_text(self.log_file, f"{now_iso()} {message}\n")
 
     # -- per-iteration statistics ------------------------------------------------------------
     def append_stats(self, rows: Iterable[dict[str, Any]]) -> None:
         lines = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows)
         if not lines:
             return
-        _append(self.stats_file, lines, fsync=True)
+        append_text(self.stats_file, lines, fsync=True)
 
     def truncate_stats(self, iteration: int) -> None:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
         _keep_rows(self.stats_file, lambda it: it < iteration)
 
     def append_heldout(self, row: dict[str, Any]) -> None:
-        _append(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
+        append_text(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
 
     def truncate_heldout(self, iteration: int) -> None:
         """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,
@@ -386,12 +274,6 @@ def load_run(path: Path, reader: RunReader | None = None) -> LoadedRun:
 # --------------------------------------------------------------------------------------------
 # metrics.jsonl: the evaluations of a run (written by evaluation.Evaluator)
 # --------------------------------------------------------------------------------------------
-# result keys (torch-fidelity's names)
-IS_MEAN, IS_STD = "inception_score_mean", "inception_score_std"
-FID = "frechet_inception_distance"
-KID_MEAN, KID_STD = "kernel_inception_distance_mean", "kernel_inception_distance_std"
-
-
 def metrics_rows(run_dir: Path) -> list[dict[str, Any]]:
     return RunDir(run_dir).read_metrics()
 
@@ -413,7 +295,3 @@ def final_metrics(run_dir: Path) -> dict[str, Any] | None:
 def newest_metrics(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The newest evaluation (the final one at a tie), or None before the first."""
     return max(rows, key=lambda r: (r.get("iter", -1), r.get("kind") == "final")) if rows else None
-
-
-def latest_metrics(run_dir: Path) -> dict[str, Any] | None:
-    return newest_metrics(metrics_rows(run_dir))

@@ -39,7 +39,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..rundir.rundir import FID, IS_MEAN, IS_STD, KID_MEAN, fsync_dir
+from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
+from ..fileio import fsync_dir
+from ..rundir.layout import ResultsDir
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -128,7 +130,7 @@ def _quiet_writer_threads() -> None:
 
 def board_dir(results: Path, cfg: RunConfig) -> Path:
     """Where a run's event files go (see the module docstring)."""
-    return results / "tensorboard" / cfg.arch / cfg.procedure / f"s{cfg.seed}-{cfg.hash()}"
+    return ResultsDir(results).board(cfg.arch, cfg.procedure, cfg.seed, cfg.hash())
 
 
 class Board:

@@ -9,6 +9,8 @@ import math
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -199,3 +201,24 @@ class StatsBuffer:
         )
         pending.clear()
         return diverged_at
+
+
+@dataclass
+class Outcome:
+    """How a call to ``train_run`` or ``toy.run_toy`` ended.
+
+    state: completed | diverged | interrupted | failed (the run's status) or, without touching
+    the run: already-completed | already-diverged | busy (another live process holds it) |
+    lost (another process took the run over while we trained).
+    """
+
+    state: str
+    iteration: int
+    message: str
+    run_dir: Path
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a matrix cell's job returns (submitit pickles it back to the dispatcher)."""
+        return {"state": self.state, "iteration": self.iteration, "message": self.message,
+                "run_dir": str(self.run_dir)}  # fmt: skip

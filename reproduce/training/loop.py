@@ -41,29 +41,13 @@ from ..rundir.lease import Lease, Refusal, claim
 from ..rundir.rundir import RunDir
 from . import flops
 from .board import Board, board_dir
-from .bookkeeping import Boundary, RunStatus, StatsBuffer, Stopwatch
+from .bookkeeping import Boundary, Outcome, RunStatus, StatsBuffer, Stopwatch
 from .stopping import STOP_GRACE_S as STOP_GRACE_S
 from .stopping import StopFlag as StopFlag
 from .trainer import IterationAbandoned, Trainer, configure_numerics, environment
 
 # StopFlag lives in stopping.py (no torch): a matrix cell installs it before anything heavy
 # is imported, so no signal reaches the process while only submitit's handlers are in place
-
-
-@dataclass
-class Outcome:
-    """How a call to ``train_run`` ended.
-
-    state: completed | diverged | interrupted | failed (the run's status) or, without touching
-    the run: already-completed | already-diverged | busy (another live process holds it) |
-    lost (another process took the run over while we trained).
-    """
-
-    state: str
-    iteration: int
-    message: str
-    run_dir: Path
-    stats: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,7 +341,7 @@ def _save(trainer: Trainer, run_dir: RunDir, cfg: RunConfig, rt: RuntimeConfig,
 def _sample_grid(trainer: Trainer, run_dir: RunDir, clock: Stopwatch, board: Board) -> None:
     with clock.aside():
         image = grid(trainer.samples())
-        save_png(image, run_dir.samples_dir / f"iter-{trainer.iteration:07d}.png")
+        save_png(image, run_dir.sample_grid(trainer.iteration))
         board.samples(image, trainer.iteration, trainer.train_seconds)
 
 

@@ -36,12 +36,13 @@ from architectures.layers import Linear
 from ..config.run import SCHEMA_VERSION
 from ..data.datasets import derive_seed
 from ..errors import UserError
+from ..fileio import atomic_write_bytes, atomic_write_json
 from ..gan.penalties import gradient_penalty
 from ..gan.procedures import Hyperparameters, OptimizerName, Procedure, get_procedure
 from ..rundir import checkpoint
 from ..rundir.lease import Refusal, claim
-from ..rundir.rundir import RunDir, atomic_write_bytes, atomic_write_json
-from .bookkeeping import Boundary
+from ..rundir.rundir import RunDir
+from .bookkeeping import Boundary, Outcome
 from .engines import EagerSteps, Stats
 from .trainer import one_iteration
 
@@ -406,15 +407,15 @@ def run_toy(
     stop: Callable[[], bool] = lambda: False,
     checkpoint_every: float = 300.0,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> Outcome:
     """Train (or resume) one toy run to completion and write its results; exactly once per
-    run directory (lease), like an image run. Returns {state, iteration, message, run_dir}."""
+    run directory (lease), like an image run."""
     rd = RunDir(run_dir)
     doc = {"schema": SCHEMA_VERSION, "kind": "toy", "run_id": run_dir.name,
            "config_hash": cfg.hash(), "config": cfg.to_dict()}  # fmt: skip
     claimed = claim(rd, doc)
     if isinstance(claimed, Refusal):
-        return _outcome(claimed.state, claimed.iteration, claimed.message, run_dir)
+        return Outcome(claimed.state, claimed.iteration, claimed.message, run_dir)
     with claimed as lease:
         if threads is not None:
             torch.set_num_threads(threads)
@@ -441,11 +442,14 @@ def run_toy(
 
         write_status("running")
         while trainer.iteration < cfg.iters:
+            if lease.lost:  # another process took the run over: stop without writing
+                rd.log("lease lost to another process; stopping without writing")
+                return Outcome(
+                    "lost", trainer.iteration, "another process took over the run", run_dir
+                )
             t = time.perf_counter()
             trainer.step()
             trainer.train_seconds += time.perf_counter() - t
-            if lease.lost:
-                return _outcome("lost", trainer.iteration, "another process took over", run_dir)
             done = trainer.iteration
             stopping, due = boundary.owes(done, stop())
             if due and done < cfg.iters:
@@ -454,7 +458,7 @@ def run_toy(
                 write_status("interrupted" if stopping else "running")
             if stopping:
                 rd.log(f"interrupted at iteration {done}")
-                return _outcome("interrupted", done, "stopped", run_dir)
+                return Outcome("interrupted", done, "stopped", run_dir)
         arrays, scalars = trainer.results()
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
@@ -462,11 +466,7 @@ def run_toy(
         atomic_write_json(rd.toy_result_file, {"config": cfg.to_dict(), **scalars})
         write_status("completed")
         rd.log(f"completed {cfg.iters} iterations in {trainer.train_seconds:.1f} s")
-        return _outcome("completed", trainer.iteration, "completed", run_dir)
-
-
-def _outcome(state: str, iteration: int, message: str, run_dir: Path) -> dict[str, Any]:
-    return {"state": state, "iteration": iteration, "message": message, "run_dir": str(run_dir)}
+        return Outcome("completed", trainer.iteration, "completed", run_dir)
 
 
 def load_result(run_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -25,6 +25,7 @@ from .. import faults
 from ..config.run import RunConfig
 from ..data.datasets import BatchSource, DataPosition, ImageDataset, derive_seed, scale_images
 from ..data.images import to_uint8
+from ..errors import UserError
 from ..gan.procedures import Procedure, get_procedure
 from ..rng import rng_state, seed_everything, set_rng_state
 from . import engines as steps
@@ -42,9 +43,27 @@ class IterationAbandoned(Exception):
 
 
 def resolve_device(name: str) -> torch.device:
+    """``--device`` as a torch device (``auto``: CUDA when there is one), checked: UserError
+    for a name torch does not know, a CUDA device this machine lacks, or another device type."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"--device: unknown device {name!r}; use cpu, cuda, cuda:N or auto"
+        ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device: CUDA requested but not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"--device: {name} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
+    elif dev.type != "cpu":
+        raise UserError(f"--device: unsupported device type {dev.type!r}; use cpu or cuda")
+    return dev
 
 
 def configure_numerics(device: torch.device, fast: bool = False) -> None:
