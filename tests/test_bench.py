@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from architectures import PAIRS
 from reproduce.errors import UserError
+from reproduce.gan.procedures import PROCEDURES
 from reproduce.speed import bench
 
 from .conftest import cli_env, run_cli, run_main, tree
@@ -23,8 +25,6 @@ def fake(path, times: dict[str, float], extra: dict[str, dict] | None = None):
 
 
 def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
-    from architectures import PAIRS
-    from reproduce.gan.procedures import PROCEDURES
 
     gpu = {"dim": 64, "batch": 64, "device": "NVIDIA H100 80GB HBM3"}
     times, extra = {}, {}
@@ -45,7 +45,8 @@ def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
             extra[name] = {"arch": arch, "cells": k, "it_per_s_total": rate}
     results = bench.load_results(fake(tmp_path / "r.json", times, extra), "x")
     rows = {r["cell"]: r for r in bench.speedup_rows(results)}
-    assert len(rows) == 28
+    n = len(PAIRS) * len(PROCEDURES)  # the paper's 28 cells
+    assert len(rows) == n
     # over the user port (symmetric padding, 60 ms) and over the faithful port (90 ms)
     assert rows["baseline-wgan-gp"]["exact_speedup"] == pytest.approx(2.0)
     assert rows["baseline-wgan-gp"]["exact_speedup_faithful"] == pytest.approx(3.0)
@@ -54,9 +55,9 @@ def test_speedups_paper_matrix_hours_and_the_packing_recommendation(tmp_path):
     assert rows["baseline-dcgan"]["fast_speedup"] == pytest.approx(4.0)
     assert rows["baseline-dcgan"]["fast-bf16_speedup"] is None
     hours = bench.paper_matrix_hours(results)
-    assert hours == {"user": pytest.approx(28 * 0.06 * 200_000 / 3600),
-                     "reference": pytest.approx(28 * 0.09 * 200_000 / 3600),
-                     "exact": pytest.approx(28 * 0.03 * 200_000 / 3600)}  # fmt: skip
+    assert hours == {"user": pytest.approx(n * 0.06 * 200_000 / 3600),
+                     "reference": pytest.approx(n * 0.09 * 200_000 / 3600),
+                     "exact": pytest.approx(n * 0.03 * 200_000 / 3600)}  # fmt: skip
     packing = {r["arch"]: r["recommended"] for r in bench.packing_rows(results)}
     assert packing == {"baseline": 4, "resnet101": 1}  # +70% at k=4; +7% is below 10%
     text = bench.derived_tables(results)

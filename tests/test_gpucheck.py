@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from architectures import PAIRS
+from reproduce.gan.procedures import PROCEDURES
+
 from .conftest import cli_env, run_cli, run_main, tree
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU form of the check")
@@ -72,7 +75,7 @@ def test_the_smoke_form_runs_every_section_on_the_cpu(tmp_path):
         ("baseline", ["1", "2"])
     ]  # JSON keys
     proj = secs["projection"]["result"]
-    assert len(proj["rows"]) == 28 and proj["hours"]["exact"] > 0
+    assert len(proj["rows"]) == len(PAIRS) * len(PROCEDURES) and proj["hours"]["exact"] > 0
     how = [r["exact"] for r in proj["rows"]]
     assert how.count("measured (step-times)") == 2 and how.count("measured") == 1
     assert sum(h.startswith("scaled from FLOPs") for h in how) == 25

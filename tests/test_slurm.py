@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from architectures import PAIRS
 from reproduce.fileio import read_jsonl
+from reproduce.gan.procedures import PROCEDURES
 
 from .conftest import FINAL_EVAL, assert_states_equal, cli_env, load_final_state, run_cli
 
@@ -71,18 +73,21 @@ def test_demo_matrix_is_one_job_array_and_resubmitting_queues_nothing(slurm, tmp
     r = run_cli("matrix", *DEMO, *NO_EVAL, "--iters", "2", "--results", str(results), "--wait",
                 timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "submitted 28 cells as SLURM job array" in r.stdout
+    n = len(PAIRS) * len(PROCEDURES)  # the paper's 28 cells
+    assert f"submitted {n} cells as SLURM job array" in r.stdout
     subs = [json.loads(p.read_text()) for p in results.glob("*/submission.json")]
-    assert len(subs) == 28
+    assert len(subs) == n
     arrays = {s["job_id"].split("_")[0] for s in subs}
     assert len(arrays) == 1  # one array
-    assert sorted(int(s["job_id"].split("_")[1]) for s in subs) == list(range(28))
+    assert sorted(int(s["job_id"].split("_")[1]) for s in subs) == list(range(n))
     states = [json.loads(p.read_text())["state"] for p in results.glob("*/status.json")]
-    assert len(states) == 28 and set(states) <= {"completed", "diverged"}, states
+    assert len(states) == n and set(states) <= {"completed", "diverged"}, states
     before = squeue_ids()
     again = run_cli("matrix", *DEMO, *NO_EVAL, "--iters", "2", "--results", str(results))
     assert again.returncode == 0, again.stderr
-    assert "28 cells: 0 to run, 28 skipped" in again.stdout and "nothing to submit" in again.stdout
+    assert (
+        f"{n} cells: 0 to run, {n} skipped" in again.stdout and "nothing to submit" in again.stdout
+    )
     assert squeue_ids() <= before  # nothing new queued
     status = run_cli("status", "--results", str(results))
     assert "seed 0: " in status.stdout and "pending" not in status.stdout
