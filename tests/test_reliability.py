@@ -187,9 +187,9 @@ def test_no_byte_left_still_marks_the_run_failed_and_a_resume_needs_only_new_roo
     failure needs a new file); and the space check counted the checkpoints already on disk
     as still needed, so after a disk-full failure a resume with room for the next
     checkpoint was refused."""
-    from reproduce.cli import checkpoint_bytes
     from reproduce.config.run import resolve_run_config
     from reproduce.data.datasets import load_demo
+    from reproduce.rundir.checkpoint import checkpoint_bytes
 
     fs = tmpfs("24m")
     results = fs / "results"

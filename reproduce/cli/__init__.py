@@ -31,12 +31,10 @@ from .common import (
     SUBPARSERS,
     Parser,
     check_text_arguments,
-    checkpoint_bytes,
 )
 from .matrix import parse_packing
 
-__all__ = ["COMMANDS", "EXECUTORS", "SUBPARSERS", "build_parser", "checkpoint_bytes", "main",
-           "parse_packing"]  # fmt: skip
+__all__ = ["COMMANDS", "EXECUTORS", "SUBPARSERS", "build_parser", "main", "parse_packing"]
 
 # in the order ``--help`` lists them
 MODULES = (train, matrix, fetch_weights, prepare_data, bench, report, figures, status, gpu_check)

@@ -24,7 +24,6 @@ from ..config.run import (
 )
 from ..config.runtime import RuntimeConfig
 from ..errors import UserError
-from ..gan.procedures import ADAMS
 from ..registry import Registry
 from ..rundir.rundir import RunDir
 
@@ -286,26 +285,11 @@ def check_text_arguments(args: argparse.Namespace) -> None:
         raise UserError("--results: must name a directory (it is empty)")
 
 
-def checkpoint_bytes(cfg: RunConfig) -> int:
-    """Size of one checkpoint: fp32 weights plus optimiser slots (Adam 2, RMSProp 1)."""
-    import torch
-
-    pair = get_pair(cfg.arch)
-    with torch.device("meta"):
-        nets = (
-            pair.generator(cfg.dim, cfg.padding, cfg.mlp_width),
-            pair.critic(cfg.dim, cfg.critic_norm, cfg.padding),
-        )
-        n = sum(p.numel() for net in nets for p in net.parameters())
-    slots = 2 if cfg.optimizer in ADAMS else 1
-    return 4 * n * (1 + slots) + 64 * 1024  # plus RNG state, noise and pickling overhead
-
-
 def check_space(cfg: RunConfig, rt: RuntimeConfig, base: Path, run_dir: RunDir) -> None:
     """Room for the checkpoints still to be written: a new checkpoint is written before the
     oldest kept one is deleted, so a run holds up to --keep-checkpoints + 1 at once; those
     already on disk (a resume) need no more space."""
-    from ..rundir.checkpoint import list_checkpoints
+    from ..rundir.checkpoint import checkpoint_bytes, list_checkpoints
 
     have = min(len(list_checkpoints(run_dir.checkpoints_dir)), rt.keep_checkpoints)
     more = rt.keep_checkpoints + 1 - have

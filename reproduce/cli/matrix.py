@@ -25,7 +25,6 @@ from ..config.runtime import RuntimeConfig, usable_cpus
 from ..errors import UserError
 from ..fileio import check_writable
 from ..gan.procedures import PROCEDURES
-from ..rundir.layout import ResultsDir
 from ..rundir.rundir import RunDir
 from .common import (
     EXIT_FAILED,
@@ -37,7 +36,6 @@ from .common import (
     check_enough_images,
     check_existing_run,
     check_resolution,
-    checkpoint_bytes,
     get_executor,
     given_options,
     subcommand,
@@ -154,7 +152,9 @@ def parse_packing(
             "on a CPU, --workers sets how many cells run at once"
         )
     if text == "auto" or text.endswith(".json"):
-        return _packing_from_benchmark(text, gpus, results, sizes)
+        from ..matrix.packing import packing_from_benchmark
+
+        return packing_from_benchmark(text, gpus, results, sizes, flag)
     default, per_arch = 1, {}
     for item in (x.strip() for x in text.split(",")):
         name, _, value = item.rpartition("=")
@@ -175,62 +175,6 @@ def parse_packing(
             raise UserError(f"{flag}: {e.args[0]}") from None
         per_arch[name] = k
     return Packing(default, tuple(sorted(per_arch.items())))
-
-
-def _packing_from_benchmark(
-    text: str, gpus: Sequence[int], results: Path, sizes: set[tuple[int, int]]
-) -> Any:
-    """The recommendation of a packing benchmark of this GPU model (the name CUDA reports; any
-    GPU where CUDA is absent) at the width and batch size of every cell."""
-    import torch
-
-    from ..matrix.dispatch import Packing
-    from ..speed.bench import recommended_packing
-
-    flag = "--cells-per-gpu"
-    here = torch.cuda.get_device_name(gpus[0]) if torch.cuda.is_available() else None
-
-    def mismatch(advice: Any) -> str | None:
-        if here is not None and advice.device != here:
-            return f"was measured on {advice.device}, not on this machine's {here}"
-        if sizes and sizes != {(advice.dim, advice.batch)}:
-            want = ", ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
-            return f"was measured at width {advice.dim}, batch {advice.batch}; the cells: {want}"
-        return None
-
-    def packing(advice: Any, path: Path) -> Any:
-        source = f"{path}: {advice.device}, width {advice.dim}, batch {advice.batch}"
-        return Packing(1, tuple(sorted(advice.cells.items())), source)
-
-    if text != "auto":
-        advice = recommended_packing(Path(text), flag)
-        if advice is None:
-            raise UserError(f"{flag}: {text} holds no packing benchmark of one GPU and size")
-        why = mismatch(advice)
-        if why:
-            raise UserError(f"{flag}: {text} {why}")
-        return packing(advice, Path(text))
-    folder = ResultsDir(results).benchmarks
-    files = sorted(folder.glob("*.json"), key=lambda f: f.stat().st_mtime, reverse=True)
-    for f in files:
-        try:
-            advice = recommended_packing(f, flag)
-        except UserError:
-            continue  # not a benchmark file (or an unfinished one)
-        if advice is not None and mismatch(advice) is None:
-            return packing(advice, f)
-    of = f" of {here}" if here else " of a GPU"
-    at = " and ".join(f"width {d}, batch {b}" for d, b in sorted(sizes))
-    if len(sizes) == 1:  # the size to measure at; no size known: the benchmark's own default
-        [(d, b)] = sizes
-        env = f"BENCH_DIM={d} BENCH_BATCH={b} "
-    else:
-        env = "BENCH_DIM=.. BENCH_BATCH=.. " if sizes else ""
-    raise UserError(
-        f"{flag} auto: no packing benchmark{of}{' at ' + at if at else ''} under {folder}; "
-        f"measure one with `{env}python -m reproduce bench -k packing "
-        f"--results {results}`, or give N or ARCH=N,..."
-    )
 
 
 def _check_selection(args: MatrixRequest) -> None:
@@ -278,6 +222,8 @@ def _slurm_profile_and_queue(
 
 
 def _check_matrix_space(runnable: list[RunConfig], rt: RuntimeConfig, base: Path) -> None:
+    from ..rundir.checkpoint import checkpoint_bytes
+
     need = sum(checkpoint_bytes(c) for c in runnable) * (rt.keep_checkpoints + 1)
     free = shutil.disk_usage(base).free
     if free < need:

@@ -26,9 +26,13 @@ from typing import Any
 
 import torch
 
+from architectures import get_pair
+
 from .. import faults
+from ..config.run import RunConfig
 from ..errors import DiskFullError
 from ..fileio import fsync_dir
+from ..gan.procedures import ADAMS
 
 FORMAT = 1
 PREFIX = "ckpt-"
@@ -193,3 +197,17 @@ def load_latest(
             continue
         return ckpt, state, skipped
     return None
+
+
+def checkpoint_bytes(cfg: RunConfig) -> int:
+    """Size of one checkpoint of a run: fp32 weights plus optimiser slots (Adam 2, RMSProp 1),
+    counted on networks built on the meta device (no memory)."""
+    pair = get_pair(cfg.arch)
+    with torch.device("meta"):
+        nets = (
+            pair.generator(cfg.dim, cfg.padding, cfg.mlp_width),
+            pair.critic(cfg.dim, cfg.critic_norm, cfg.padding),
+        )
+        n = sum(p.numel() for net in nets for p in net.parameters())
+    slots = 2 if cfg.optimizer in ADAMS else 1
+    return 4 * n * (1 + slots) + 64 * 1024  # plus RNG state, noise and pickling overhead
