@@ -261,8 +261,8 @@ def plan_matrix(args: MatrixRequest) -> MatrixPlan:
         resolve_device(rt.device)
     dataset = load_dataset(rt.data)
     shared = {k: v for k, v in given.items() if OPTIONS_BY_KEY[k].section == "run"}
-    archs = args.archs if args.archs is not None else profile.archs and list(profile.archs)
-    sel = Selection(archs=archs or None, procedures=args.procedures, seeds=args.seeds)
+    archs = args.archs or (list(profile.archs) if profile.archs else None)  # --arch wins
+    sel = Selection(archs=archs, procedures=args.procedures, seeds=args.seeds)
     configs = expand(
         args.experiment, sel, shared, dataset=dataset.kind, data_fingerprint=dataset.fingerprint
     )

@@ -54,6 +54,24 @@ class EagerOptimizer(Optimizer):
     state_dict = _undecorated(Optimizer.state_dict)
     load_state_dict = _undecorated(Optimizer.load_state_dict)
 
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """The closure (if any) under autograd, then ``update`` of each group's parameters
+        that have a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self.update(group, params, [p.grad for p in params])
+        return loss
+
+    def update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        """One step of one parameter group, in place (``params`` and their ``grads``)."""
+        raise NotImplementedError
+
 
 class TFRMSprop(EagerOptimizer):
     def __init__(
@@ -72,50 +90,39 @@ class TFRMSprop(EagerOptimizer):
             raise ValueError(f"momentum must be >= 0, got {momentum}")
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            lr, decay, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
-            ms, mom = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    # TF1 initialises the "rms" slot with ones (tf.ones_initializer)
-                    state["ms"] = torch.ones_like(p, memory_format=torch.preserve_format)
-                    if momentum != 0:
-                        state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms.append(state["ms"])
+    def update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        lr, decay, momentum, eps = group["lr"], group["decay"], group["momentum"], group["eps"]
+        ms, mom = [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                # TF1 initialises the "rms" slot with ones (tf.ones_initializer)
+                state["ms"] = torch.ones_like(p, memory_format=torch.preserve_format)
                 if momentum != 0:
-                    mom.append(state["mom"])
-            # TF evaluates (1 - decay) in the variable's dtype (float32: 0.100000024 for 0.9)
-            one_minus_decay = float(torch.tensor(1.0, dtype=params[0].dtype) - decay)
-            # ms += (g^2 - ms) * (1 - decay)
-            delta = torch._foreach_mul(grads, grads)
-            torch._foreach_sub_(delta, ms)
-            torch._foreach_mul_(delta, one_minus_decay)
-            torch._foreach_add_(ms, delta)
-            # upd = lr * g / sqrt(ms + eps)
-            denom = torch._foreach_add(ms, eps)
-            torch._foreach_sqrt_(denom)
-            upd = torch._foreach_mul(grads, lr)
-            torch._foreach_div_(upd, denom)
+                    state["mom"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            ms.append(state["ms"])
             if momentum != 0:
-                # mom = mom * momentum + upd; w -= mom
-                torch._foreach_mul_(mom, momentum)
-                torch._foreach_add_(mom, upd)
-                torch._foreach_sub_(params, mom)
-            else:
-                # momentum 0 (the only setting the paper uses): mom == upd exactly
-                torch._foreach_sub_(params, upd)
-        return loss
+                mom.append(state["mom"])
+        # TF evaluates (1 - decay) in the variable's dtype (float32: 0.100000024 for 0.9)
+        one_minus_decay = float(torch.tensor(1.0, dtype=params[0].dtype) - decay)
+        # ms += (g^2 - ms) * (1 - decay)
+        delta = torch._foreach_mul(grads, grads)
+        torch._foreach_sub_(delta, ms)
+        torch._foreach_mul_(delta, one_minus_decay)
+        torch._foreach_add_(ms, delta)
+        # upd = lr * g / sqrt(ms + eps)
+        denom = torch._foreach_add(ms, eps)
+        torch._foreach_sqrt_(denom)
+        upd = torch._foreach_mul(grads, lr)
+        torch._foreach_div_(upd, denom)
+        if momentum != 0:
+            # mom = mom * momentum + upd; w -= mom
+            torch._foreach_mul_(mom, momentum)
+            torch._foreach_add_(mom, upd)
+            torch._foreach_sub_(params, mom)
+        else:
+            # momentum 0 (the only setting the paper uses): mom == upd exactly
+            torch._foreach_sub_(params, upd)
 
 
 def _f32(x: float) -> float:
@@ -155,46 +162,35 @@ class TFAdam(EagerOptimizer):
             raise ValueError(f"betas must be in [0, 1), got {betas}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
 
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            (beta1, beta2), eps = group["betas"], group["eps"]
-            m, v = [], []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m.append(state["m"])
-                v.append(state["v"])
-            # the group's b1^t and b2^t: TF's beta1_power / beta2_power (float32 products)
-            powers = group.setdefault("powers", [_f32(beta1), _f32(beta2)])
-            alpha, one_minus_b1, one_minus_b2 = tf_adam_scalars(
-                group["lr"], beta1, beta2, powers[0], powers[1]
-            )
-            # m += (g - m) * (1 - b1)
-            delta = torch._foreach_sub(grads, m)
-            torch._foreach_mul_(delta, one_minus_b1)
-            torch._foreach_add_(m, delta)
-            # v += (g^2 - v) * (1 - b2)
-            delta = torch._foreach_mul(grads, grads)
-            torch._foreach_sub_(delta, v)
-            torch._foreach_mul_(delta, one_minus_b2)
-            torch._foreach_add_(v, delta)
-            # w -= (m * alpha) / (sqrt(v) + eps)
-            upd = torch._foreach_mul(m, alpha)
-            denom = torch._foreach_sqrt(v)
-            torch._foreach_add_(denom, _f32(eps))
-            torch._foreach_div_(upd, denom)
-            torch._foreach_sub_(params, upd)
-            powers[0] = _f32(powers[0] * _f32(beta1))
-            powers[1] = _f32(powers[1] * _f32(beta2))
-        return loss
+    def update(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        (beta1, beta2), eps = group["betas"], group["eps"]
+        m, v = [], []
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            m.append(state["m"])
+            v.append(state["v"])
+        # the group's b1^t and b2^t: TF's beta1_power / beta2_power (float32 products)
+        powers = group.setdefault("powers", [_f32(beta1), _f32(beta2)])
+        alpha, one_minus_b1, one_minus_b2 = tf_adam_scalars(
+            group["lr"], beta1, beta2, powers[0], powers[1]
+        )
+        # m += (g - m) * (1 - b1)
+        delta = torch._foreach_sub(grads, m)
+        torch._foreach_mul_(delta, one_minus_b1)
+        torch._foreach_add_(m, delta)
+        # v += (g^2 - v) * (1 - b2)
+        delta = torch._foreach_mul(grads, grads)
+        torch._foreach_sub_(delta, v)
+        torch._foreach_mul_(delta, one_minus_b2)
+        torch._foreach_add_(v, delta)
+        # w -= (m * alpha) / (sqrt(v) + eps)
+        upd = torch._foreach_mul(m, alpha)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, _f32(eps))
+        torch._foreach_div_(upd, denom)
+        torch._foreach_sub_(params, upd)
+        powers[0] = _f32(powers[0] * _f32(beta1))
+        powers[1] = _f32(powers[1] * _f32(beta2))
