@@ -153,6 +153,12 @@ def test_packing_by_architecture_on_one_gpu(tmp_path):
     for path in results.glob("*/config.json"):
         threads = json.loads(path.read_text())["runtime"]["threads"]
         assert threads == max(1, usable_cpus() // 2), path
+    # each cell knows how many share its GPU, for its data placement (see the next test)
+    shares = {}
+    for path in results.glob("*/status.json"):
+        arch = json.loads((path.parent / "config.json").read_text())["config"]["arch"]
+        shares.setdefault(arch, set()).add(json.loads(path.read_text())["share_gpu"])
+    assert shares == {"mlp-generator": {2}, "baseline": {1}}
     (m1, m2), (b1, b2) = sorted(spans["mlp-generator"]), sorted(spans["baseline"])
     assert m2[0] < m1[1]  # the packed cells ran at the same time
     assert b1[1] <= b2[0] <= b2[1] <= m1[0]  # each baseline cell alone, and first
@@ -178,3 +184,29 @@ def test_gpu_indices_count_the_gpus_of_cuda_visible_devices(tmp_path):
         json.loads(p.read_text())["cuda_visible_devices"] for p in results.glob("*/status.json")
     ]
     assert sorted(seen) == ["7", uuid], seen
+
+
+def test_auto_placement_counts_on_its_share_of_a_packed_gpu(monkeypatch):
+    """Cells packed k per GPU start at about the same moment and each sees the whole GPU
+    free: with auto placement each must count on 1/k of its memory, or two 37 GB copies of
+    LSUN bedrooms land on one 80 GB GPU. (CUDA's memory query simulated: no GPU here.)"""
+    import torch
+
+    from reproduce.data import datasets
+    from reproduce.data.prepare import ROW_BYTES
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (79 * gib, 80 * gib))
+
+    class Images:  # only its length matters to the placement
+        def __len__(self):
+            return 37 * gib // ROW_BYTES
+
+    cuda = torch.device("cuda:0")
+    place = datasets.resolve_placement
+    assert place("auto", Images(), cuda) == "device"  # 37 GB of 79 free: 47%
+    assert place("auto", Images(), cuda, share=2) == "host"  # 37 of a 40 GB share: 93%
+    assert place("auto", Images(), cuda, share=4) == "host"
+    assert place("device", Images(), cuda, share=2) == "device"  # a choice stays a choice
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gib, 80 * gib))
+    assert place("auto", Images(), torch.device("cuda:0")) == "host"  # never more than free

@@ -63,6 +63,11 @@ class RuntimeConfig:
                                  "on the GPU), host (memory-mapped, pinned non-blocking "
                                  "copies) or auto (device when they fit in 60 percent of free "
                                  "GPU memory)", choices=("auto", "device", "host"))
+    share_gpu: int = option(1, "how many runs share this run's GPU (the matrix sets it for "
+                            "cells packed K per GPU): auto placement then keeps the images "
+                            "on the GPU only when they fit in 60 percent of 1/K of its "
+                            "memory, since packed runs start at the same moment and each "
+                            "sees all of it free", minimum=1, maximum=64)
     results: str = option("results", "results directory; each run gets a subdirectory")
     name: str | None = option(None, "run directory name; default: the run id "
                               "(<arch>-<procedure>-s<seed>-<config hash>)")

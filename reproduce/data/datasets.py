@@ -456,19 +456,24 @@ class EpochSampler:
             yield self.next_indices()
 
 
-def resolve_placement(placement: str, dataset: ImageDataset, device: torch.device) -> str:
+def resolve_placement(
+    placement: str, dataset: ImageDataset, device: torch.device, share: int = 1
+) -> str:
     """``device``: the uint8 images resident on the training device (on a CPU device: in RAM);
     ``host``: gathered per batch on the host (from the memory map for a cache) and copied
-    through pinned buffers. ``auto``: device when the images take at most 60% of the free
-    device memory (CUDA) or when they already are in RAM (CPU), host otherwise."""
+    through pinned buffers. ``auto``: device when the images take at most 60% of the device
+    memory this run may count on (CUDA), host otherwise; on a CPU device, device when they
+    already are in RAM. A run that shares its GPU with others (``share`` runs in all: cells
+    packed ``share`` per GPU, which start at about the same moment and each see the whole
+    GPU free) counts on 1/share of its total memory, and never on more than is free now."""
     if placement not in PLACEMENTS:
         raise ValueError(placement)
     if placement != "auto":
         return placement
     nbytes = len(dataset) * prepare.ROW_BYTES
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return "device" if nbytes <= 0.6 * free else "host"
+        free, total = torch.cuda.mem_get_info(device)
+        return "device" if nbytes <= 0.6 * min(free, total / share) else "host"
     return "device" if isinstance(dataset.images, Tensor) else "host"
 
 
@@ -491,10 +496,12 @@ class BatchSource:
         device: torch.device,
         position: DataPosition | None = None,
         placement: str = "auto",
+        share: int = 1,
     ) -> None:
         self.sampler = EpochSampler(len(dataset), batch_size, seed, position)
         self.device = device
-        self.placement = resolve_placement(placement, dataset, device)
+        self.placement = resolve_placement(placement, dataset, device, share)
+        self.share = share
         self.host = dataset.images
         if self.placement == "device":
             self._device_epoch = -1

@@ -285,7 +285,14 @@ def run_local(
                 # visible_gpus would pass a bare index, and takes no UUIDs.)
                 job_spec = spec
                 if slot.gpu is not None:
-                    job_spec = dataclasses.replace(spec, cuda_device=visible_device(slot.gpu))
+                    # its share of the GPU goes with it: packed cells start together and each
+                    # sees the whole GPU free, so auto placement counts on 1/k of its memory
+                    runtime = spec.runtime
+                    if not spec.is_toy:
+                        runtime = {**runtime, "share_gpu": slot.share.denominator}
+                    job_spec = dataclasses.replace(
+                        spec, cuda_device=visible_device(slot.gpu), runtime=runtime
+                    )
                 ex.update_parameters(**params)
                 # submitit's job controller starts with SIGINT blocked (the mask is inherited),
                 # so a terminal Ctrl-C reaches only the cell, which unblocks it once its own

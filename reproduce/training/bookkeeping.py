@@ -71,6 +71,7 @@ class RunStatus:
             mode=self.cfg.mode,
             engine=trainer.steps.name,
             data_placement=trainer.batches.placement,
+            share_gpu=trainer.batches.share,
             host=env["host"],
             pid=os.getpid(),
             cuda_visible_devices=env["cuda_visible_devices"],

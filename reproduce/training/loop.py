@@ -160,7 +160,10 @@ def _restore(
     a checkpoint holds another config."""
 
     def fresh() -> Trainer:
-        return Trainer(cfg, dataset, device, rt.data_placement, rt.cuda_graphs, rt.compile_mode)
+        return Trainer(
+            cfg, dataset, device, rt.data_placement, rt.cuda_graphs, rt.compile_mode,
+            rt.share_gpu,
+        )  # fmt: skip
 
     found = Restored(fresh())
     ckpt_dir = run_dir.checkpoints_dir

@@ -146,6 +146,7 @@ class Trainer:
         data_placement: str = "auto",
         cuda_graphs: bool | None = None,
         compile_mode: str = "default",
+        share_gpu: int = 1,
     ) -> None:
         if faults.active("oom", "build"):
             raise torch.OutOfMemoryError("CUDA out of memory (injected: oom@build)")
@@ -164,7 +165,7 @@ class Trainer:
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "fixed-noise"))
         self.fixed_noise = torch.randn(N_FIXED_SAMPLES, Z_DIM, generator=g).to(device)  # (64, 128)
         self.batches = BatchSource(
-            dataset, cfg.batch_size, cfg.seed, device, placement=data_placement
+            dataset, cfg.batch_size, cfg.seed, device, placement=data_placement, share=share_gpu
         )
         self.iteration = 0  # generator iterations done
         self.train_seconds = 0.0  # cumulative training time, excluding checkpoints and samples
