@@ -448,3 +448,54 @@ def test_a_run_makes_its_cuda_device_current(small_demo, tmp_path, monkeypatch):
     out = train.train_run(cfg, quiet_runtime(tmp_path), small_demo, RunDir(tmp_path / "r"),
                           torch.device("cpu"))  # fmt: skip
     assert out.state == "completed" and entered == [torch.device("cpu")]
+
+
+def test_iteration_times_on_cuda_are_the_device_s_not_the_host_s(small_demo, tmp_path, monkeypatch):
+    """On CUDA a step only queues kernels: the host's clock around it measures the queueing,
+    so stats.jsonl's per-iteration `time` (and `setup_seconds`, their sum over set-up
+    iterations) would be far below the device's. They come from a CUDA event pair per
+    iteration, read after the window's one host sync. On the CPU: the timer's CUDA branch
+    with events of a simulated device that reaches each event 250 ms after the last."""
+    import json
+
+    from reproduce.rundir.rundir import RunDir
+    from reproduce.training import bookkeeping
+    from reproduce.training import loop as train
+
+    from .conftest import quiet_runtime
+
+    class DeviceEvent:
+        clock = 0.0  # the simulated device's milliseconds
+
+        def __init__(self, enable_timing=False):
+            assert enable_timing
+            self.at, self.done = None, False
+
+        def record(self):
+            DeviceEvent.clock += 250.0
+            self.at = DeviceEvent.clock
+
+        def synchronize(self):
+            self.done = True
+
+        def elapsed_time(self, end):
+            assert end.done, "read before the device reached it"
+            return end.at - self.at
+
+    monkeypatch.setattr(torch.cuda, "Event", DeviceEvent)
+    timer = getattr(bookkeeping, "IterationTimer", None)  # (absent: host times, which fail)
+    if timer is not None:
+        cuda_like = timer.__init__
+
+        def init(self, device):
+            cuda_like(self, device)
+            self.cuda = True
+
+        monkeypatch.setattr(timer, "__init__", init)
+    cfg = small_config(small_demo, iters=6)
+    out = train.train_run(cfg, quiet_runtime(tmp_path, log_every=4), small_demo,
+                          RunDir(tmp_path / "r"), torch.device("cpu"))  # fmt: skip
+    assert out.state == "completed"
+    rows = [json.loads(x) for x in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == list(range(6))
+    assert [r["time"] for r in rows] == [0.25] * 6  # the device's, not the host's few ms

@@ -145,22 +145,62 @@ class Boundary:
         self.last_checkpoint = time.monotonic() if at is None else at
 
 
+class IterationTimer:
+    """Each iteration's seconds as the device spent them. On the CPU the host's clock around
+    the step. On CUDA the step only queues kernels, so the host's clock says how long the
+    queueing took: a CUDA event is recorded before and after each step instead, and the pair
+    is read once the window's statistics have been read (their one host sync has then
+    passed both events, so reading them waits for nothing)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def begin(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def end(self, begun: Any) -> Any:
+        """The iteration's time: seconds, or a pair of CUDA events to read with ``seconds``."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return begun, event
+        return time.perf_counter() - begun
+
+    @staticmethod
+    def seconds(timed: Any) -> float:
+        if isinstance(timed, float):
+            return timed
+        start, end = timed
+        end.synchronize()
+        return float(start.elapsed_time(end)) / 1000.0  # milliseconds
+
+
 class StatsBuffer:
     """Each iteration's statistics, kept on the device until ``flush`` reads them all with one
-    host sync, appends one row per iteration to ``stats.jsonl`` and finds divergence."""
+    host sync, appends one row per iteration to ``stats.jsonl`` and finds divergence. Its
+    timer times each iteration (``begin`` before the step, ``add`` after it)."""
 
     def __init__(
         self, trainer: Trainer, run_dir: RunDir, bar: Any, clock: Stopwatch, board: Board
     ) -> None:
         self.trainer, self.run_dir, self.bar, self.clock = trainer, run_dir, bar, clock
         self.board = board
-        # (iteration, stats, seconds, set-up), timings counted once the window is flushed
-        self.pending: list[tuple[int, dict[str, Tensor], float, bool]] = []
+        # (iteration, stats, its time, set-up), timings counted once the window is flushed
+        self.pending: list[tuple[int, dict[str, Tensor], Any, bool]] = []
         self.noted = False  # the engine's note logged
         self.nan = torch.tensor(float("nan"), device=trainer.device)
+        self.timer = IterationTimer(trainer.device)
 
-    def add(self, it: int, stats: dict[str, Tensor], seconds: float, setup: bool) -> None:
-        self.pending.append((it, stats, seconds, setup))
+    def begin(self) -> Any:
+        """Call before an iteration's step; hand the result to ``add``."""
+        return self.timer.begin()
+
+    def add(self, it: int, stats: dict[str, Tensor], begun: Any, setup: bool) -> None:
+        self.pending.append((it, stats, self.timer.end(begun), setup))
 
     def flush(self) -> int | None:
         """Write the pending rows; the first iteration with a non-finite loss or parameter
@@ -174,12 +214,13 @@ class StatsBuffer:
         ).tolist()  # (n, len(keys)): the only device->host read of the statistics
         window = self.clock.close_window()
         trainer.train_seconds += window
-        for _, _, secs, setup in pending:
+        times = [self.timer.seconds(timed) for _, _, timed, _ in pending]
+        for (_, _, _, setup), secs in zip(pending, times, strict=True):
             if setup:
                 trainer.setup_seconds += secs
                 trainer.setup_iterations += 1
         rows, diverged_at = [], None
-        for (it, _, secs, _), vals in zip(pending, values, strict=True):
+        for (it, _, _, _), secs, vals in zip(pending, times, values, strict=True):
             row: dict[str, Any] = {"iter": it, "time": secs}
             row.update(zip(keys, vals, strict=True))
             if it == 0:

@@ -419,13 +419,13 @@ def _loop(
                 )
             # -- one iteration (a stop overdue in its middle abandons it)
             faults.hold_here(trainer.iteration, stop)
-            it, setups, t0 = trainer.iteration, trainer.steps.setups, time.perf_counter()
+            it, setups, begun = trainer.iteration, trainer.steps.setups, buffer.begin()
             try:
                 stats = trainer.step(stop)
             except IterationAbandoned as e:
                 return _abandoned(e, it, stop, trainer, run_dir, status)
             # set-up: this iteration compiled or captured a step
-            buffer.add(it, stats, time.perf_counter() - t0, trainer.steps.setups != setups)
+            buffer.add(it, stats, begun, trainer.steps.setups != setups)
             bar.update(1)
             if step_sleep:
                 time.sleep(step_sleep)
