@@ -66,6 +66,18 @@ def test_the_smoke_form_runs_every_section_on_the_cpu(tmp_path):
     assert 0 < first["iteration"] < resumed["iteration"]
     assert train["checkpoints"][-2:] == [first["iteration"], resumed["iteration"]]
     assert train["graphs_vs_eager"] == "needs CUDA"
+    # the stopped-and-resumed run equals the same run uninterrupted, to the bit
+    again = train["resume_vs_uninterrupted"]
+    assert again["identical"] and again["iterations"] == resumed["iteration"], again
+    # checked, then removed: a GPU loan's output is results, not the weights (2 x 111 MiB)
+    assert train["checkpoint_bytes_removed"] > 0
+    assert not list((out / "work" / "train").rglob("ckpt-*"))
+    # the fast-mode child gets the cell's FLOPs counted beside it: its box holds only the
+    # compile and the timing (it counted them after timing, and a box's end lost the timing)
+    params = json.loads((out / "work" / "step-times" / "baseline-dcgan-fast.params.json")
+                        .read_text())  # fmt: skip
+    exact = [r for r in timed if r["kind"] == "exact" and r["procedure"] == "dcgan"]
+    assert params["flops"] == exact[0]["flops"] > 0
 
     # 4.-6.
     inc = secs["inception"]["result"]
@@ -84,6 +96,50 @@ def test_the_smoke_form_runs_every_section_on_the_cpu(tmp_path):
     for heading in ("## cuda-tests", "## step-times", "## train", "## projection"):
         assert heading in md
     assert "device-hours" in md and "plain eager port" in md
+
+
+def test_the_projection_counts_flops_only_within_its_box(tmp_path):
+    """The projection used to count the FLOPs of all 28 cells before anything else (25 s at
+    width 64 on this 2-core machine, more under load) whatever its box. Now step-times' own
+    counts are reused and a cell is measured or counted only while the box allows: with no
+    time left, the two cells step-times measured are all it projects, and the matrix's hours
+    are not claimed."""
+    import time
+
+    from reproduce.speed import gpucheck, sections
+
+    s = gpucheck.Settings.make("cpu", True, None, None, None, gpucheck.SECTIONS)
+    steps = [{"arch": "baseline", "procedure": p, "kind": "exact", "ms": 5.0, "flops": f}
+             for p, f in (("dcgan", 10**9), ("wgan-gp", 4 * 10**9))]  # fmt: skip
+    box = sections.Box(time.time() + 2.0)  # less than the 5 s a section keeps in reserve
+    t0 = time.monotonic()
+    out = sections.section_projection(s, box, tmp_path, {"step-times": {"rows": steps}})
+    assert time.monotonic() - t0 < 2.0  # nothing was counted or measured
+    assert [(r["arch"], r["procedure"], r["exact"]) for r in out["rows"]] == [
+        ("baseline", "dcgan", "measured (step-times)"),
+        ("baseline", "wgan-gp", "measured (step-times)"),
+    ]
+    assert out["hours"] == {"exact": None, "fast": None}
+
+
+@pytest.mark.slow
+def test_every_box_of_the_gpu_run_holds_its_cost():
+    """Each section's time box in the default GPU run (budget 540 s, every earlier section
+    using its whole box) holds its CPU-side work, as measured by `python -m
+    reproduce.speed.boxes --write` (reproduce/speed/boxes.json), plus its GPU work as
+    estimated from FLOPs. (The projection's box once held 216 s of FLOP counting, the
+    cuda-tests' box two ResNet-101 WGAN-GP compiles, the packing box 50 iterations x 7 cells
+    of ResNet-101 WGAN-GP.)"""
+    from reproduce.speed import boxes, gpucheck
+
+    s = boxes.gpu_run_settings()
+    doc = boxes.load()
+    assert doc["settings"] == {"dim": s.dim, "batch": s.batch, "budget_s": s.budget_s}
+    assert set(doc["cpu_side_s"]) == set(gpucheck.SECTIONS)
+    rows = boxes.table(s, doc["cpu_side_s"])
+    assert [r["section"] for r in rows] == list(gpucheck.SECTIONS)
+    assert sum(r["box_s"] for r in rows) == pytest.approx(s.budget_s)
+    assert [r for r in rows if not r["fits"]] == []
 
 
 @pytest.mark.slow

@@ -93,8 +93,8 @@ class Settings:
                        extra_cells=1, threads=1, sections=sections)  # fmt: skip
         return cls(device, dim or (64 if gpu else 16), batch or (64 if gpu else 16),
                    budget or 540.0, False, rounds=20 if gpu else 3,
-                   compile_cap_s=150.0 if gpu else 120.0, train_s=30.0,
-                   is_samples=50_000 if gpu else 64, pack_iters=50 if gpu else 2,
+                   compile_cap_s=150.0 if gpu else 120.0, train_s=15.0,
+                   is_samples=50_000 if gpu else 64, pack_iters=10 if gpu else 2,
                    pack_k=(1, 2, 4) if gpu else (1, 2),
                    pack_archs=PACK_ARCHS if gpu else ("baseline", "mlp-generator"),
                    step_cells=len(STEP_CELLS),

@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -124,16 +125,22 @@ def _time_steps(s: Settings, step: Callable[[], Any], rounds: int) -> list[float
     return times
 
 
-def measure_step(s: Settings, arch: str, procedure: str, kind: str, rounds: int) -> dict[str, Any]:
+def measure_step(
+    s: Settings, arch: str, procedure: str, kind: str, rounds: int, count: int | None = None
+) -> dict[str, Any]:
     """Seconds per generator iteration of one cell: kind 'reference' (the plain eager port),
     'exact' (the default engine) or 'fast' (compiled: its first two iterations, which compile
-    the critic and generator steps, are timed as compile_s)."""
+    the critic and generator steps, are timed as compile_s). ``count``: the cell's FLOPs per
+    iteration when already known; otherwise counted first, so that a box that ends during
+    the timing never loses a finished timing to the count (seconds on the CPU)."""
     from ..data.datasets import load_demo
     from ..training import flops
     from ..training.trainer import Trainer, configure_numerics
 
     device = _device(s)
     cfg = _config(s, arch, procedure, "fast" if kind == "fast" else "exact")
+    if count is None:
+        count = flops.iteration_cost(cfg).flops
     configure_numerics(device, cfg.fast)
     row: dict[str, Any] = {"arch": arch, "procedure": procedure, "kind": kind}
     t0 = time.perf_counter()
@@ -157,26 +164,28 @@ def measure_step(s: Settings, arch: str, procedure: str, kind: str, rounds: int)
     times = _time_steps(s, cell.step, rounds)
     if kind != "reference":
         row["engine"], row["engine_note"] = cell.steps.name, cell.steps.note
-    cost = flops.iteration_cost(cfg)
     peak = flops.peak_tflops(device, flops.mode_precision(cfg.mode))
     best = min(times)
     row.update(
         ms=1000 * best,
         median_ms=1000 * statistics.median(times),
         rounds=rounds,
-        flops=cost.flops,
+        flops=count,
         peak_tflops=peak,
-        **flops.utilisation(cost.flops, 1 / best, peak),
+        **flops.utilisation(count, 1 / best, peak),
     )
     return row
 
 
 def _measure_boxed(s: Settings, work: Path, arch: str, procedure: str, kind: str,
-                   limit: float) -> dict[str, Any]:  # fmt: skip
-    """measure_step in its own process with its own box (a compile that never ends)."""
+                   limit: float, count: int | None) -> dict[str, Any]:  # fmt: skip
+    """measure_step in its own process with its own box (a compile that never ends); the
+    cell's FLOP count is handed over when known, so that the box holds only the compile and
+    the timing."""
     result = work / f"{arch}-{procedure}-{kind}.json"
     params = work / f"{arch}-{procedure}-{kind}.params.json"
-    params.write_text(json.dumps({"settings": asdict(s), "cell": [arch, procedure, kind]}))
+    params.write_text(json.dumps({"settings": asdict(s), "cell": [arch, procedure, kind],
+                                  "flops": count}))  # fmt: skip
     t0 = time.monotonic()
     status = boxed([sys.executable, "-m", "reproduce.speed.sections", "--child", "measure",
                     "--params", str(params), "--result", str(result), "--deadline",
@@ -228,7 +237,10 @@ def section_step_times(s: Settings, box: Box, work: Path) -> dict[str, Any]:
             rows.append({"arch": arch, "procedure": procedure, "kind": "fast",
                          "error": "no time left in the section's box"})  # fmt: skip
             continue
-        rows.append(_measure_boxed(s, work, arch, procedure, "fast", limit))
+        known = [r["flops"] for r in rows if r.get("flops") and
+                 (r["arch"], r["procedure"]) == (arch, procedure)]  # fmt: skip
+        rows.append(_measure_boxed(s, work, arch, procedure, "fast", limit,
+                                   known[0] if known else None))  # fmt: skip
         box.save({"rows": rows, "speedups": _speedups(rows, s.device == "cuda")})
     return {"rows": rows, "speedups": _speedups(rows, s.device == "cuda")}
 
@@ -283,7 +295,12 @@ def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
     log = rd.log_file.read_text() if rd.log_file.is_file() else ""
     from ..rundir import checkpoint
 
-    ckpts = sorted(c.iteration for c in checkpoint.list_checkpoints(rd.checkpoints_dir))
+    found = checkpoint.list_checkpoints(rd.checkpoints_dir)
+    ckpts = sorted(c.iteration for c in found)
+    exact_resume = resume_bit_check(s, rd) if ckpts else {"identical": False, "error": "none"}
+    # checked: removed, so that a GPU loan's output is results, not 2 x 111 MiB of weights
+    ckpt_bytes = sum(f.stat().st_size for f in rd.checkpoints_dir.rglob("*") if f.is_file())
+    shutil.rmtree(rd.checkpoints_dir, ignore_errors=True)
     first_stop = stints[0]["iteration"]
     resumed = bool(first_stop) and f"resumed from ckpt-{first_stop:08d} at iteration" in log
     checks = {
@@ -292,14 +309,73 @@ def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
         "resumed_from_the_checkpoint": resumed,
         "continued_after_resume": (stints[1]["iteration"] or 0) > (first_stop or 0),
         "device_resident_data": stints[0]["data_placement"] == "device",
+        "resume_bit_exact": exact_resume["identical"],
         "engine": stints[0]["engine"],
     }
-    out: dict[str, Any] = {"stints": stints, "checkpoints": ckpts, "checks": checks}
+    out: dict[str, Any] = {"stints": stints, "checkpoints": ckpts, "checks": checks,
+                           "resume_vs_uninterrupted": exact_resume,
+                           "checkpoint_bytes_removed": ckpt_bytes}  # fmt: skip
     out["graphs_vs_eager"] = graphs_bit_check(s) if s.device == "cuda" else "needs CUDA"
     ok = all(v for k, v in checks.items() if k != "engine")
     out["ok"] = ok and (s.device != "cuda" or (out["graphs_vs_eager"]["identical"]
                                                 and checks["engine"] == "cuda-graphs"))  # fmt: skip
     return out
+
+
+def resume_bit_check(s: Settings, rd: RunDir) -> dict[str, Any]:
+    """The run stopped twice by SIGTERM and resumed once, against the same run uninterrupted:
+    a fresh trainer of its config on the same device and engine, stepped to the newest
+    checkpoint's iteration; every weight, optimiser state and the data position compared
+    to the bit."""
+    import torch
+
+    from ..config.run import RunConfig
+    from ..data.datasets import load_demo
+    from ..rundir import checkpoint
+    from ..training.trainer import Trainer, configure_numerics
+
+    loaded = checkpoint.load_latest(rd.checkpoints_dir)
+    if loaded is None:
+        return {"identical": False, "error": "no checkpoint loads"}
+    _, state, _ = loaded
+    device = _device(s)
+    cfg = RunConfig.from_dict(state["config"])
+    configure_numerics(device, cfg.fast)
+    t = Trainer(cfg, load_demo(), device, data_placement="device")
+    t0 = time.perf_counter()
+    while t.iteration < state["iteration"]:
+        t.step()
+    _sync(s)
+    seconds = time.perf_counter() - t0
+    mine = t.state_dict({})
+    differ = [
+        f"{part}.{k}"
+        for part in ("generator", "critic")
+        for k, v in state[part].items()
+        if not torch.equal(v.cpu(), mine[part][k].cpu())
+    ]
+    optimisers_equal = all(
+        _same_tree(state[o]["state"], mine[o]["state"]) for o in ("opt_g", "opt_d")
+    )
+    same_data = state["data"] == mine["data"]
+    return {"iterations": int(state["iteration"]), "engine": t.steps.name, "seconds": seconds,
+            "weights_differing": differ, "optimisers_equal": optimisers_equal,
+            "data_position_equal": same_data,
+            "identical": not differ and optimisers_equal and same_data}  # fmt: skip
+
+
+def _same_tree(a: Any, b: Any) -> bool:
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a.cpu(), b.cpu())
+    if isinstance(a, dict):
+        return (
+            isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
+        )
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def graphs_bit_check(s: Settings, iters: int = 6) -> dict[str, Any]:
@@ -397,34 +473,45 @@ def section_projection(
     Exact mode: each cell measured (step-times' cells, then one cell per architecture, then
     the rest, while the box allows), else scaled from its FLOPs by the seconds per FLOP of a
     measured cell of its architecture (or, failing that, the median of all measured cells).
-    Fast mode: the measured fast cells; the others exact x the median measured fast/exact."""
+    Fast mode: the measured fast cells; the others exact x the median measured fast/exact.
+    FLOPs are counted (on the CPU, seconds for a ResNet-101 cell) only for cells that are
+    not measured, and only while the box allows: a cell neither measured nor counted is left
+    out, and the matrix's hours with it."""
     from architectures import PAIRS
 
     from ..gan.procedures import PROCEDURES
     from ..training import flops
 
     cells = [(a, p) for a in PAIRS for p in PROCEDURES]
-    cost = {c: flops.iteration_cost(_config(s, *c)).flops for c in cells}
     steps = ((earlier.get("step-times") or {}).get("rows")) or []
     exact = {(r["arch"], r["procedure"]): r["ms"] / 1000 for r in _ok(steps, "exact")}
     fast = {(r["arch"], r["procedure"]): r["ms"] / 1000 for r in _ok(steps, "fast")}
+    cost = {(r["arch"], r["procedure"]): r["flops"] for r in steps if r.get("flops")}
     how = {c: "measured (step-times)" for c in exact}
     box.save(project(cells, cost, exact, fast, how))
     # one WGAN-GP cell per architecture first: every row then scales from its own network
     order = [(a, "wgan-gp") for a in PAIRS] + cells
-    spent: list[float] = []
-    for c in order:
-        if c in exact or len(spent) >= s.extra_cells:
+    spent: list[float] = []  # seconds of each measurement (warm-up, rounds, its FLOP count)
+    counted: list[float] = []  # seconds of each FLOP count alone
+    for c in dict.fromkeys(order):
+        if c in exact:
             continue
-        guess = 2 * max(spent) if spent else 0.0  # a cell's measurement: warm-up and rounds
-        if box.left() - 5 < guess:
+        # a cell's measurement or count takes at most about twice the longest so far
+        if len(spent) < s.extra_cells and box.left() - 5 >= (2 * max(spent) if spent else 0):
+            t0 = time.monotonic()
+            row = measure_step(s, *c, "exact", max(1, min(s.rounds, 5)), cost.get(c))
+            exact[c], cost[c], how[c] = row["ms"] / 1000, row["flops"], "measured"
+            spent.append(time.monotonic() - t0)
+        elif c not in cost and box.left() - 5 >= (2 * max(counted) if counted else 0):
+            t0 = time.monotonic()
+            cost[c] = flops.iteration_cost(_config(s, *c)).flops
+            counted.append(time.monotonic() - t0)
+        else:
             continue
-        t0 = time.monotonic()
-        exact[c] = measure_step(s, *c, "exact", max(1, min(s.rounds, 5)))["ms"] / 1000
-        how[c] = "measured"
-        spent.append(time.monotonic() - t0)
         box.save(project(cells, cost, exact, fast, how))
-    return project(cells, cost, exact, fast, how)
+    out = project(cells, cost, exact, fast, how)
+    out["measure_s"], out["count_s"] = round(sum(spent), 1), round(sum(counted), 1)
+    return out
 
 
 def project(
@@ -440,6 +527,8 @@ def project(
     fallback = statistics.median(exact[c] / cost[c] for c in exact) if exact else None
     rows: list[dict[str, Any]] = []
     for c in cells:
+        if c not in cost:
+            continue  # neither measured nor counted within the box
         if c not in exact:
             rate = per_flop.get(c[0], fallback)
             if rate is None:
@@ -492,7 +581,7 @@ def child(name: str, params_path: Path, result: Path, deadline: float) -> int:
     try:
         if name == "measure":
             arch, procedure, kind = params["cell"]
-            data = measure_step(s, arch, procedure, kind, s.rounds)
+            data = measure_step(s, arch, procedure, kind, s.rounds, params.get("flops"))
         elif name == "projection":
             data = section_projection(s, box, work, params["earlier"])
         else:
