@@ -9,9 +9,11 @@ file ignores a torn last line.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +50,44 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+class NotRegularFile(OSError):
+    """A path that is a FIFO, a device, a directory or (unless followed) a link, or a file
+    larger than its reader allows."""
+
+
+def read_regular(path: Path, max_bytes: int, follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, or NotRegularFile: never a read
+    that blocks (a FIFO), never an unbounded one (a device, a huge file) and, unless
+    ``follow``, never through a symbolic link (O_NOFOLLOW). The checks are made on the open
+    descriptor, so the file read is the file checked."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise NotRegularFile(f"{path} is a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(f"{path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise NotRegularFile(f"{path} holds {st.st_size:,} bytes, more than {max_bytes:,}")
+        chunks, left = [], max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:  # it grew while being read
+        raise NotRegularFile(f"{path} holds more than {max_bytes:,} bytes")
+    return data
 
 
 def nearest_existing(path: Path) -> Path:

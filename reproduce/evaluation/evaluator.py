@@ -90,7 +90,7 @@ class Evaluator:
         scores = metrics.inception_metrics(
             self.reference, self.weights, ref_protocol, self.device,
             feature_extractor=self.extractor, images_name=self.reference_name,
-            cache_root=self.cache_root,
+            cache_root=self.cache_root, log=self.run_dir.log,
         )  # fmt: skip
         stats = {
             "real_" + metrics.IS_MEAN: scores[metrics.IS_MEAN],
@@ -137,7 +137,7 @@ class Evaluator:
         scores = metrics.inception_metrics(
             images, self.weights, protocol, self.device, feature_extractor=self.extractor,
             reference=self.reference, reference_name=self.reference_name,
-            cache_root=self.cache_root,
+            cache_root=self.cache_root, log=self.run_dir.log,
         )  # fmt: skip
         row: dict[str, Any] = {
             "iter": iteration,

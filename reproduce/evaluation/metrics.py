@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .. import rng
 from ..data.images import to_uint8
 from ..errors import UserError
 from ..fileio import atomic_write_bytes
+from .fidelity_files import UnsafeFile, private_cache, safe_weights
 from .keys import FID as FID  # the result keys, re-exported
 from .keys import IS_MEAN as IS_MEAN
 from .keys import IS_STD as IS_STD
@@ -100,7 +101,7 @@ def check_structure(path: Path) -> None:
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     FeatureExtractorInceptionV3(
-        FEATURE_EXTRACTOR, ["2048"], feature_extractor_weights_path=str(path)
+        FEATURE_EXTRACTOR, ["2048"], feature_extractor_weights_path=safe_weights(path)
     )
 
 
@@ -118,6 +119,10 @@ def verify_weights(path: Path, flag: str = "--inception-weights") -> InceptionWe
                 f"{flag}: {path} is corrupt (sha256 {digest[:16]}..., staged as "
                 f"{expected[:16]}...); {FETCH_HINT}"
             )
+        try:  # a checksum beside a file says nothing of what it holds: tensors only
+            safe_weights(path, digest)
+        except (UnsafeFile, OSError) as e:
+            raise UserError(f"{flag}: {e}; {FETCH_HINT}") from None
         return InceptionWeights(str(path.resolve()), digest, staged=True)
     _check_structure_or_fail(path, flag)
     return InceptionWeights(str(path.resolve()), digest, staged=False)
@@ -275,6 +280,7 @@ def inception_metrics(
     reference_name: str | None = None,
     images_name: str | None = None,
     cache_root: Path | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """IS (and FID/KID against ``reference``) of uint8 images (N, 3, H, W).
 
@@ -293,7 +299,14 @@ def inception_metrics(
         "fid": binary and protocol.fid,
         "kid": binary and protocol.kid,
         "feature_extractor": feature_extractor,
-        "feature_extractor_weights_path": weights.path,
+        # torch-fidelity unpickles the weights with weights_only=False: it gets our copy of
+        # a tensors-only load of the verified bytes (fidelity_files.py); the demo judge's
+        # own extractor loads its file with weights_only=True
+        "feature_extractor_weights_path": (
+            safe_weights(weights.path, weights.sha256)
+            if feature_extractor == FEATURE_EXTRACTOR
+            else weights.path
+        ),
         "isc_splits": protocol.splits,
         "samples_shuffle": protocol.shuffle,
         "rng_seed": protocol.rng_seed,
@@ -304,7 +317,6 @@ def inception_metrics(
         "cache": cache_root is not None,
     }
     if cache_root is not None:
-        kwargs["cache_root"] = str(cache_root)
         kwargs["input1_cache_name"] = images_name
     if binary:
         assert reference is not None
@@ -315,12 +327,22 @@ def inception_metrics(
             kid_subsets=protocol.kid_subsets,
             kid_subset_size=n_kid,
         )
+    names = [n for n in (images_name, reference_name if binary else None) if n]
+
+    def calculate() -> dict[str, Any]:
+        if cache_root is None:
+            return dict(torch_fidelity.calculate_metrics(**kwargs))
+        # torch-fidelity unpickles its cache with weights_only=False: it gets a private
+        # cache_root holding only entries we loaded as tensors (fidelity_files.py)
+        with private_cache(cache_root, names, log) as private:
+            return dict(torch_fidelity.calculate_metrics(**kwargs, cache_root=str(private)))
+
     with rng.preserved():
         if binary and cache_root is not None and reference_name is not None:
             with file_lock(cache_root / f"{reference_name}.lock"):
-                result = torch_fidelity.calculate_metrics(**kwargs)
+                result = calculate()
         else:
-            result = torch_fidelity.calculate_metrics(**kwargs)
+            result = calculate()
     out = {k: float(v) for k, v in result.items()}
     if binary and protocol.kid:
         out["kid_subset_size_used"] = kwargs["kid_subset_size"]
