@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from reproduce.rundir import checkpoint
@@ -135,7 +136,8 @@ def test_checkpoints_that_pass_their_checksum_but_do_not_load_are_skipped(small_
     log = rd.log_file.read_text()
     assert "skipped checkpoint ckpt-00000006: does not load (UnpicklingError" in log
     assert "weights_only=False" not in log  # torch's advice to load code is not passed on
-    assert "skipped checkpoint ckpt-00000004: does not fit this run (KeyError" in log
+    assert "skipped checkpoint ckpt-00000004: is not a valid training state of this run " \
+        "(generator does not hold this run's tensors)" in log  # fmt: skip
     assert "resumed from ckpt-00000002" in log
     skipped = rd.read_status()["skipped_checkpoints"]
     assert [s["checkpoint"] for s in skipped] == ["ckpt-00000006", "ckpt-00000004"]
@@ -161,9 +163,84 @@ def test_a_run_whose_checkpoints_are_all_unusable_never_restarts_silently(small_
     assert len(status["skipped_checkpoints"]) == 3
     assert rd.stats_file.read_bytes() == stats  # nothing trained, nothing cut
     log = rd.log_file.read_text()
-    assert log.count("does not fit this run (RuntimeError") == 3
+    assert log.count("is not a valid training state of this run (generator.") == 3
     # asked for explicitly: trained again from iteration 0, and the log says so
     again = train_run(cfg, rt.__class__(**{**rt.to_dict(), "restart_invalid_checkpoints": True}),
                       small_demo, rd, torch.device("cpu"))  # fmt: skip
     assert again.state == "completed"
     assert "again from iteration 0 over 3 unusable checkpoints" in rd.log_file.read_text()
+
+
+def _set(path: str, value):
+    """Set a field of a state (``a.b`` for nested dicts)."""
+
+    def edit(state: dict) -> None:
+        *parents, key = path.split(".")
+        target = state
+        for p in parents:
+            target = target[p]
+        target[key] = value(target[key]) if callable(value) else value
+
+    return edit
+
+
+TAMPERINGS = [
+    ("iteration=999", _set("iteration", 999), "iteration is 999, not an integer in [0, 6]"),
+    ("iteration=-5", _set("iteration", -5), "iteration is -5"),
+    ("iteration of another", _set("iteration", 4), "but the checkpoint is of 6"),
+    ("offset=1e12", _set("data.offset", 10**12), "data position is"),
+    ("epoch=-1", _set("data.epoch", -1), "data position is"),
+    ("rng shape", _set("rng.torch_cpu", lambda t: t[:10]), "rng.torch_cpu"),
+    ("numpy rng", _set("rng.numpy.pos", 10**6), "rng.numpy.pos"),
+    ("weights dtype", _set("generator", lambda g: {k: v.double() for k, v in g.items()}),
+     "torch.float64"),
+    ("NaN weight", _set("critic", lambda d: {k: v * float("nan") if v.is_floating_point()
+                                             else v for k, v in d.items()}), "not finite"),
+    ("optimiser state", _set("opt_d.state", lambda s: {k: {n: t[..., :1] if t.dim() else t
+                                                          for n, t in v.items()}
+                                                      for k, v in s.items()}),
+     "has shape"),
+    ("fixed noise", _set("fixed_noise", lambda t: t[:2]), "fixed_noise"),
+    ("train seconds", _set("train_seconds", float("nan")), "train_seconds"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field,edit,why", TAMPERINGS, ids=[t[0] for t in TAMPERINGS])
+def test_checkpoint_fields_are_validated_after_the_checksum(small_demo, tmp_path, field, edit,
+                                                            why):  # fmt: skip
+    """H3 (issue 46): a state.pt with its checksum recomputed is trusted no further. Each
+    field must be what this run writes at that checkpoint: out of range, of the wrong
+    iteration, shape or dtype, the checkpoint is skipped with one log line naming the field,
+    and the run resumes from the older one to the same state as an untouched run (it used
+    to complete 'at 999/20' untrained, cut stats.jsonl to one row, or crash on every rerun)."""
+    cfg, rt, rd, ckpts = three_checkpoints(small_demo, tmp_path)
+    state = torch.load(ckpts[6] / "state.pt", weights_only=True)
+    edit(state)
+    tamper(ckpts[6], state)
+    out = train_run(cfg, rt, small_demo, rd, torch.device("cpu"))
+    assert out.state == "completed" and out.iteration == 6, out.message
+    log = rd.log_file.read_text()
+    (line,) = [x for x in log.splitlines() if "skipped checkpoint ckpt-00000006" in x]
+    assert "is not a valid training state of this run (" in line and why in line, line
+    assert "resumed from ckpt-00000004" in log
+    rows = [json.loads(x) for x in rd.stats_file.read_text().splitlines()]
+    assert [r["iter"] for r in rows] == list(range(6))
+    ref = RunDir(tmp_path / "ref")
+    train_run(cfg, rt, small_demo, ref, torch.device("cpu"))
+    a = checkpoint.load_latest(rd.checkpoints_dir)[1]
+    b = checkpoint.load_latest(ref.checkpoints_dir)[1]
+    assert states_equal(a["generator"], b["generator"]) and states_equal(a["critic"], b["critic"])
+
+
+def test_the_expected_data_position_is_the_sampler_s(small_demo):
+    """The position a state must hold is recomputed from its iteration: it equals the
+    sampler's own after that many iterations of n_critic batches (epoch boundaries too)."""
+    from reproduce.data.datasets import EpochSampler
+    from reproduce.training.validate import expected_position
+
+    for n, batch, n_critic in ((128, 4, 5), (10, 3, 1), (12, 4, 2), (9, 9, 5)):
+        sampler = EpochSampler(n, batch, seed=0)
+        for it in range(40):
+            assert expected_position(it, n_critic, n, batch) == sampler.position, (n, batch, it)
+            for _ in range(n_critic):
+                sampler.next_slice()

@@ -45,6 +45,7 @@ from .bookkeeping import Boundary, Outcome, RunStatus, StatsBuffer, Stopwatch
 from .stopping import STOP_GRACE_S as STOP_GRACE_S
 from .stopping import StopFlag as StopFlag
 from .trainer import IterationAbandoned, Trainer, configure_numerics, environment
+from .validate import InvalidState, check_state
 
 # StopFlag lives in stopping.py (no torch): a matrix cell installs it before anything heavy
 # is imported, so no signal reaches the process while only submitit's handlers are in place
@@ -179,6 +180,11 @@ def _restore(
                 msg = f"checkpoint {ckpt.path} has another config: {diff}"
                 return Outcome("failed", 0, msg, run_dir.path)
             why, state = "holds no config", None
+        if state is not None:
+            try:  # every field as this run would have written it there, or skipped
+                check_state(state, found.trainer, ckpt.iteration)
+            except InvalidState as e:
+                why, state = f"is not a valid training state of this run ({e})", None
         if state is not None:
             try:
                 found.trainer.load_state_dict(state)
