@@ -15,10 +15,11 @@ from .errors import UserError
 PROGRESS_EVERY = "REPRODUCE_PROGRESS_EVERY"  # seconds between the matrix's live lines; 0 = off
 PEAK_TFLOPS = "REPRODUCE_PEAK_TFLOPS"  # the device's peak for MFU, e.g. for a CPU
 
-# name -> (what the value must be, whether 0 is allowed)
-NUMBERS: dict[str, tuple[str, bool]] = {
-    PROGRESS_EVERY: ("seconds >= 0 (0 turns the live lines off)", True),
-    PEAK_TFLOPS: ("the device's peak TFLOP/s, a number > 0", False),
+# name -> (what the value must be, whether 0 is allowed, the least and the most it may be
+# when not 0: a live line every nanosecond is a flood, one every 1e308 s overflows a sleep)
+NUMBERS: dict[str, tuple[str, bool, float, float]] = {
+    PROGRESS_EVERY: ("0 (the live lines off) or seconds from 0.1 to 86400", True, 0.1, 86400.0),
+    PEAK_TFLOPS: ("the device's peak TFLOP/s, a number > 0 and at most 1e6", False, 0.0, 1e6),
 }
 
 
@@ -28,12 +29,14 @@ def number(name: str) -> float | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return None
-    what, zero_ok = NUMBERS[name]
+    what, zero_ok, least, most = NUMBERS[name]
     try:
         value = float(raw)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+    if value == 0 and zero_ok:
+        return value
+    if not (least <= value <= most) or value == 0:  # nan fails the range
         raise UserError(f"${name}: expected {what}, got {raw!r}")
     return value
 

@@ -17,7 +17,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import UserError
 
@@ -57,11 +57,10 @@ class NotRegularFile(OSError):
     larger than its reader allows."""
 
 
-def read_regular(path: Path, max_bytes: int, follow: bool = False) -> bytes:
-    """The bytes of a regular file of at most ``max_bytes``, or NotRegularFile: never a read
-    that blocks (a FIFO), never an unbounded one (a device, a huge file) and, unless
-    ``follow``, never through a symbolic link (O_NOFOLLOW). The checks are made on the open
-    descriptor, so the file read is the file checked."""
+def open_regular(path: Path, follow: bool = False) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; NotRegularFile for a FIFO, a
+    device, a directory or (unless ``follow``) a symbolic link. The open never blocks and
+    the check is made on the open descriptor."""
     flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
     try:
         fd = os.open(path, flags)
@@ -70,24 +69,52 @@ def read_regular(path: Path, max_bytes: int, follow: bool = False) -> bytes:
             raise NotRegularFile(f"{path} is a symbolic link") from None
         raise
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise NotRegularFile(f"{path} is not a regular file")
-        if st.st_size > max_bytes:
-            raise NotRegularFile(f"{path} holds {st.st_size:,} bytes, more than {max_bytes:,}")
-        chunks, left = [], max_bytes + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
         os.close(fd)
-    data = b"".join(chunks)
+        raise
+
+
+def read_regular(path: Path, max_bytes: int, follow: bool = False) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes``, or NotRegularFile: never a read
+    that blocks (a FIFO), never an unbounded one (a device, a huge file) and, unless
+    ``follow``, never through a symbolic link (O_NOFOLLOW). The checks are made on the open
+    descriptor, so the file read is the file checked."""
+    with open_regular(path, follow) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise NotRegularFile(f"{path} holds {size:,} bytes, more than {max_bytes:,}")
+        data = f.read(max_bytes + 1)
     if len(data) > max_bytes:  # it grew while being read
         raise NotRegularFile(f"{path} holds more than {max_bytes:,} bytes")
     return data
+
+
+def make_real_dirs(root: Path, path: Path) -> Path:
+    """``path`` (under ``root``) as a directory whose every component below ``root`` is a
+    real directory, made where missing: NotRegularFile where one is a symbolic link or not
+    a directory, so that nothing written there lands in a folder a link names. ``root`` (a
+    results directory the user chose, which may itself be a link) is taken as it is."""
+    root = Path(root)
+    rel = Path(os.path.relpath(path, root))
+    if rel.parts[:1] == ("..",):
+        raise NotRegularFile(f"{path} is not under {root}")
+    here = root
+    for part in rel.parts:
+        if part == ".":
+            continue
+        here = here / part
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(here)  # never follows a link at ``here`` (EEXIST instead)
+        st = os.lstat(here)
+        if stat.S_ISLNK(st.st_mode):
+            raise NotRegularFile(f"{here} is a symbolic link; nothing is written through links")
+        if not stat.S_ISDIR(st.st_mode):
+            raise NotRegularFile(f"{here} is not a directory")
+    return path
 
 
 def nearest_existing(path: Path) -> Path:
@@ -116,22 +143,48 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+MAX_JSON_BYTES = 64 << 20  # a status, config, manifest or record: kilobytes in practice
+MAX_JSONL_BYTES = 256 << 20  # stats.jsonl of a million iterations: about 250 MB
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete JSON lines; a torn last line (crash mid-append) is ignored."""
+def parse_json(data: str | bytes) -> Any:
+    """``json.loads``, with nesting too deep for the parser (``[[[[...``) a ValueError like
+    any other malformed text, not a RecursionError."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file that is a regular file (not a link, FIFO or device) of at most
+    ``max_bytes``: OSError (NotRegularFile) or ValueError otherwise."""
+    return parse_json(read_regular(path, max_bytes))
+
+
+def read_jsonl(path: Path, max_bytes: int = MAX_JSONL_BYTES) -> list[dict[str, Any]]:
+    """All complete JSON lines that are objects whose ``iter``, where present, is an integer
+    (every run file's rows are keyed by it); other lines are skipped, and a torn last line
+    (crash mid-append) is ignored. A missing file has no rows; OSError (NotRegularFile) for a
+    link, FIFO, device or a file over ``max_bytes``."""
     rows: list[dict[str, Any]] = []
-    if not path.exists():
+    try:
+        data = read_regular(path, max_bytes)
+    except FileNotFoundError:
         return rows
-    with path.open("rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break  # torn final line
-            with contextlib.suppress(ValueError):
-                rows.append(json.loads(line))
+    lines = data.split(b"\n")
+    for line in lines[:-1]:  # the last piece is a torn line (or empty)
+        try:
+            row = parse_json(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and ("iter" not in row or _is_int(row["iter"])):
+            rows.append(row)
     return rows
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
@@ -140,18 +193,26 @@ def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
     last ``window`` bytes are looked at (a file whose last MiB holds no valid row is corrupt,
     and gives ``{}``); a torn last line is ignored, as by ``read_jsonl``."""
     try:
-        with path.open("rb") as f:
-            start = max(0, f.seek(0, os.SEEK_END) - window)
-            f.seek(start)
-            lines = f.read().split(b"\n")[:-1]  # the last piece is the torn tail (or empty)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     except OSError:
         return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device: no rows, never a hang
+            return {}
+        with os.fdopen(os.dup(fd), "rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - window)
+            f.seek(start)
+            lines = f.read(window).split(b"\n")[:-1]  # the last piece: the torn tail, or empty
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
     for line in reversed(lines[1:] if start else lines):  # the first may be cut: skipped
         try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
+            row = parse_json(line)
+        except ValueError:
             continue
-        if isinstance(row, dict):
+        if isinstance(row, dict) and ("iter" not in row or _is_int(row["iter"])):
             return row
     return {}
 

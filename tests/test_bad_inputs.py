@@ -285,7 +285,7 @@ def test_a_run_directory_with_linked_files_is_refused_and_never_written_through(
     for argv in (["--results", str(results), *SMALL], ["--resume", str(run)]):
         code, _, err = run_main("train", *argv)
         assert code == 2 and len(err.strip().splitlines()) == 1, err
-        assert f"--results: {run} holds symbolic links (log.txt)" in err
+        assert f"--results: {run} holds symbolic links or special files (log.txt)" in err
     assert victim.read_text() == "precious\n" and tree(tmp_path) == before
     # below the command line (a matrix cell, a raced link): the append refuses to follow it
     from reproduce.rundir.rundir import RunDir
@@ -340,6 +340,8 @@ def test_resume_of_a_run_whose_config_json_was_edited_is_refused_up_front(tmp_pa
         ("matrix", "REPRODUCE_PROGRESS_EVERY", "abc"),
         ("matrix", "REPRODUCE_PROGRESS_EVERY", "-2"),
         ("matrix", "REPRODUCE_PROGRESS_EVERY", "inf"),
+        ("matrix", "REPRODUCE_PROGRESS_EVERY", "1e308"),  # OverflowError in the live thread
+        ("matrix", "REPRODUCE_PROGRESS_EVERY", "1e-9"),  # 28,233 lines in a 3-second cell
         ("train", "REPRODUCE_PEAK_TFLOPS", "0"),
         ("train", "REPRODUCE_PEAK_TFLOPS", "1e3x"),
     ],
@@ -355,8 +357,11 @@ def test_a_bad_numeric_environment_variable_is_one_line_before_any_work(
     code, _, err = run_main(*argv)
     assert err.strip().splitlines() == [
         f"reproduce {command}: error: ${var}: expected "
-        + ("seconds >= 0" if "EVERY" in var else "the device's peak TFLOP/s, a number > 0")
-        + (" (0 turns the live lines off)" if "EVERY" in var else "")
+        + (
+            "0 (the live lines off) or seconds from 0.1 to 86400"
+            if "EVERY" in var
+            else "the device's peak TFLOP/s, a number > 0 and at most 1e6"
+        )
         + f", got {value!r}"
     ], err
     assert code == 2

@@ -193,3 +193,10 @@ def test_status_watch_follows_a_running_matrix_until_it_finishes(tmp_path):
     text = seen.decode()
     assert text.startswith("\x1b[H\x1b[2J") and "every cell has finished" in text, text
     assert run_main("status", "--results", str(results), "--watch", "0")[0] == 2
+    # M8 (issue 46): nan and inf were a ValueError, 1e308 an OverflowError, 1e-300 a spin
+    for bad in ("nan", "inf", "1e308", "1e-300"):
+        code, _, err = run_main("status", "--results", str(results), "--watch", bad)
+        assert code == 2 and err.strip().splitlines() == [
+            "reproduce status: error: --watch: seconds between redraws, from 0.1 to 86400 "
+            f"(a day), got {float(bad):g}"
+        ], err

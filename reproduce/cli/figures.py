@@ -206,8 +206,10 @@ def add_parser(sub: Any) -> Parser:
         metavar="N",
         help="iterations of Figure 1's toy runs (default: from --profile)",
     )
-    add_run_options(
-        figures, skip=frozenset({"arch", "procedure", "seed", "name", "mode"}), matrix=True
+    add_run_options(  # share_gpu: set for each cell from its packing
+        figures,
+        skip=frozenset({"arch", "procedure", "seed", "name", "mode", "share_gpu"}),
+        matrix=True,
     )
     add_dispatch_options(figures)
     return figures

@@ -468,6 +468,8 @@ def add_parser(sub: Any) -> Parser:
         default=[0],
         help="seeds, one replicate of every cell per seed (default: 0)",
     )
-    add_run_options(matrix, skip=frozenset({"arch", "procedure", "seed", "name"}), matrix=True)
+    # share_gpu: the matrix sets it for each cell from its packing
+    add_run_options(matrix, skip=frozenset({"arch", "procedure", "seed", "name", "share_gpu"}),
+                    matrix=True)  # fmt: skip
     add_dispatch_options(matrix)
     return matrix

@@ -15,12 +15,18 @@ if TYPE_CHECKING:
     from ..rundir.rundir import LoadedRun
 
 
+WATCH_MIN_S, WATCH_MAX_S = 0.1, 86400.0  # below: a busy loop; above: time.sleep overflows
+
+
 def run(args: argparse.Namespace) -> int:
     from ..matrix.cells import load_manifests
 
     results = results_dir(args)
-    if args.watch is not None and args.watch <= 0:
-        raise UserError(f"--watch: must be a positive number of seconds, got {args.watch:g}")
+    if args.watch is not None and not (WATCH_MIN_S <= args.watch <= WATCH_MAX_S):  # nan too
+        raise UserError(
+            f"--watch: seconds between redraws, from {WATCH_MIN_S:g} to {WATCH_MAX_S:g} "
+            f"(a day), got {args.watch:g}"
+        )
     if not load_manifests(results):
         print(f"no matrix in {results} (start one with: python -m reproduce matrix ...)")
         return EXIT_OK

@@ -69,8 +69,9 @@ def plan_train(args: argparse.Namespace) -> TrainPlan:
     linked = run_dir.linked_files()
     if linked:
         raise UserError(
-            f"--results: {run_dir.path} holds symbolic links ({', '.join(linked[:3])}); a run's "
-            "files are never written through links: replace them with the files"
+            f"--results: {run_dir.path} holds symbolic links or special files "
+            f"({', '.join(linked[:3])}); a run's files are never written through links "
+            "or read from FIFOs: replace them with the files"
         )
     doc = check_existing_run(run_dir, cfg, refusing=" (refusing to resume)")
     started_as = doc.get("config_hash")
@@ -96,10 +97,12 @@ def _merge_resume(path: Path, given: dict[str, Any]) -> dict[str, Any]:
         raise UserError(f"--resume: {path} is not a run directory (no config.json)")
     try:
         doc = run.read_config()
+        if not isinstance(doc.get("runtime"), dict):
+            raise ValueError("no runtime settings")
         saved = {k: v for k, v in doc["config"].items() if k in OPTIONS_BY_KEY}
         runtime = {k: v for k, v in doc["runtime"].items() if k in OPTIONS_BY_KEY}
-    except (OSError, ValueError, KeyError):
-        raise UserError(f"--resume: {run.config_file} is unreadable") from None
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"--resume: {run.config_file} is unreadable ({e})") from None
     from ..rundir import checkpoint
 
     if not any(

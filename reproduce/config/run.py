@@ -31,6 +31,7 @@ from architectures import (
 )
 
 from ..errors import UserError
+from ..fileio import MAX_JSON_BYTES, parse_json, read_regular
 from ..gan.procedures import (
     ADAMS,
     LEGACY_OPTIMIZERS,
@@ -154,9 +155,9 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"--config: no such file: {p}")
     try:
-        text = p.read_text()
-        raw = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        text = read_regular(p, MAX_JSON_BYTES, follow=True).decode()  # a FIFO, a device: refused
+        raw = tomllib.loads(text) if p.suffix == ".toml" else parse_json(text)
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"--config: cannot parse {p}: {e}") from None
     if not isinstance(raw, dict):
         raise UserError(f"--config: {p} must hold a table/object of option keys")

@@ -28,7 +28,7 @@ from .. import rng
 from ..config.run import RunConfig
 from ..config.runtime import RuntimeConfig
 from ..data.datasets import ImageDataset, derive_seed
-from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..fileio import atomic_write_bytes, atomic_write_json, make_real_dirs, read_json
 from ..rundir.layout import ResultsDir
 from ..rundir.rundir import RunDir, final_metrics
 from . import judge as demo_judge
@@ -58,7 +58,13 @@ class Evaluator:
             self.judge_net = self.judge.load(device)
         self.extractor = demo_judge.NAME if self.judge else metrics.FEATURE_EXTRACTOR
         self.every = rt.eval_interval(cfg.iters)
-        self.cache_root = ResultsDir(Path(rt.results)).fidelity_cache
+        # the reference features are cached beside the runs, never through a link there
+        self.cache_root: Path | None = ResultsDir(Path(rt.results)).fidelity_cache
+        try:
+            make_real_dirs(Path(rt.results), self.cache_root)
+        except OSError as e:
+            run_dir.log(f"warning: reference features not cached ({e.strerror or e})")
+            self.cache_root = None
         n_ref = min(rt.reference_samples, len(dataset))
         self.reference = metrics.reference_images(dataset.images, n_ref)
         # names the cached reference features: data content, subset size, weights
@@ -81,9 +87,10 @@ class Evaluator:
     def real_stats(self, protocol: metrics.Protocol) -> dict[str, float]:
         """IS and diversity of the reference images (same protocol), cached as JSON."""
         key = f"{self.reference_name}-s{protocol.splits}-real.json"
-        path = self.cache_root / key
+        path = self.cache_root / key if self.cache_root is not None else None
         try:
-            return dict(read_json(path))
+            if path is not None:
+                return dict(read_json(path))
         except (OSError, ValueError):
             pass
         ref_protocol = metrics.Protocol(**{**protocol.to_dict(), "fid": False, "kid": False})
@@ -98,7 +105,8 @@ class Evaluator:
             "real_diversity": metrics.diversity(self.reference),
         }
         stats |= {f"real_{k}": v for k, v in self.mode_stats(self.reference).items()}
-        atomic_write_json(path, stats)
+        if path is not None:
+            atomic_write_json(path, stats)
         return stats
 
     def mode_stats(self, images: torch.Tensor) -> dict[str, Any]:

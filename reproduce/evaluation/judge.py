@@ -32,7 +32,6 @@ import contextlib
 import hashlib
 import io
 import itertools
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -46,11 +45,13 @@ from torch import Tensor, nn
 
 from ..data.datasets import DEMO_MODES, DEMO_SEED, load_demo, make_demo_images
 from ..envvars import user_cache
-from ..fileio import atomic_write_bytes, atomic_write_json
+from ..errors import UserError
+from ..fileio import atomic_write_bytes, atomic_write_json, finite, read_json, read_regular
 from .metrics import file_lock
 
 NAME = "demo-judge"  # torch-fidelity feature-extractor name
 RECIPE = 3  # bump when the network or its training changes: the cache key changes with it
+MAX_JUDGE_BYTES = 64 << 20  # the judge file is well under 1 MB
 JUDGE_SEED = DEMO_SEED + 2  # the judge's own images: train is DEMO_SEED, val DEMO_SEED + 1
 JUDGE_IMAGES = 4096  # 512 per mode
 EPOCHS = 8
@@ -305,11 +306,15 @@ def _cached(root: Path, fps: dict[str, str]) -> tuple[Judge | None, str]:
     """The cached judge if its record matches this demo set and its file its checksum;
     otherwise None and why."""
     pt, record = _paths(root)
-    try:
-        rec = json.loads(record.read_text())
-        data = pt.read_bytes()
-    except (OSError, ValueError):
+    try:  # regular files, bounded: a FIFO, a link to /dev/zero or junk is not a judge
+        rec = read_json(record, max_bytes=1 << 20)
+        data = read_regular(pt, MAX_JUDGE_BYTES)
+    except FileNotFoundError:
         return None, "not built yet"
+    except (OSError, ValueError) as e:
+        return None, f"its files are unreadable ({e})"
+    if not isinstance(rec, dict):
+        return None, f"{record} is not a judge's record"
     if rec.get("demo_fingerprints") != fps:
         return None, "the demo data changed"
     if sha256_bytes(data) != rec.get("sha256"):
@@ -318,7 +323,10 @@ def _cached(root: Path, fps: dict[str, str]) -> tuple[Judge | None, str]:
         load_net(pt)
     except Exception as e:  # a file that passes its checksum but does not load: rebuild
         return None, f"{pt} does not load ({type(e).__name__})"
-    return Judge(str(pt), rec["sha256"], float(rec["val_accuracy"]), fps["train"]), "cached"
+    accuracy = finite(rec.get("val_accuracy"))
+    if accuracy is None or not isinstance(rec.get("sha256"), str):
+        return None, f"{record} is not a judge's record"
+    return Judge(str(pt), rec["sha256"], accuracy, fps["train"]), "cached"
 
 
 def is_cached() -> bool:
@@ -328,8 +336,21 @@ def is_cached() -> bool:
 
 def resolve_judge(log: Any = None) -> tuple[Judge, str]:
     """The demo judge, built if needed: (judge, "cached" | "built (why)"). Concurrent callers
-    (cells starting together) build it once: the build holds a file lock."""
+    (cells starting together) build it once: the build holds a file lock. A cache folder
+    that cannot hold it (a file, /proc, read-only, its lock a folder) is a UserError naming
+    where it is set."""
     root = cache_dir()
+    try:
+        return _resolve(root, log)
+    except OSError as e:
+        where = f"${ENV_DIR}" if os.environ.get(ENV_DIR) else "the user cache"
+        raise UserError(
+            f"{where}: cannot keep the demo judge in {root} ({e.strerror or e}); set "
+            f"{ENV_DIR} to a writable folder"
+        ) from None
+
+
+def _resolve(root: Path, log: Any) -> tuple[Judge, str]:
     fps = demo_fingerprints()
     judge, why = _cached(root, fps)
     if judge is not None:

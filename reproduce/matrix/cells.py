@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import math
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
@@ -23,7 +22,7 @@ from architectures import ALL_PAIRS, PAIRS
 from ..config.run import RunConfig, resolve_run_config
 from ..errors import UserError
 from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
-from ..fileio import atomic_write_bytes, atomic_write_json, count, finite
+from ..fileio import atomic_write_bytes, atomic_write_json, count, finite, read_json
 from ..gan.procedures import PROCEDURES
 from ..registry import Registry
 from ..rundir.layout import ResultsDir
@@ -542,7 +541,7 @@ def load_manifests(
     out = []
     for p in ResultsDir(results).manifests():
         try:
-            m = json.loads(p.read_text())
+            m = read_json(p)
         except (OSError, ValueError) as e:
             if warn:
                 warn(f"skipped {p}: {e}")

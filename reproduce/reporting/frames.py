@@ -30,7 +30,7 @@ from architectures import ALL_PAIRS, PAIRS
 from ..config.run import upgrade_config
 from ..errors import UserError
 from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
-from ..fileio import atomic_write_bytes, count, finite
+from ..fileio import atomic_write_bytes, count, finite, open_regular, read_json
 from ..gan.procedures import PROCEDURES
 from ..matrix.cells import cell_state, load_manifests, verdict_banner
 from ..rundir.layout import ResultsDir
@@ -66,16 +66,14 @@ class Loader:
         self.warnings.append(msg)
 
     def json(self, path: Path) -> dict[str, Any] | None:
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
-        try:
-            if path.stat().st_size > MAX_JSON:
-                raise ValueError(f"larger than {MAX_JSON >> 20} MiB")
-            value = json.loads(path.read_bytes())
+        try:  # a regular file (never a FIFO, a device or a link), bounded
+            value = read_json(path, MAX_JSON)
             if not isinstance(value, dict):
                 raise ValueError("not a JSON object")
             return value
-        except (OSError, ValueError, RecursionError) as e:
+        except (OSError, ValueError) as e:
             self.warn(f"skipped {path}: {str(e)[:200]}")
             return None
 
@@ -83,7 +81,7 @@ class Loader:
         rows: list[dict[str, Any]] = []
         bad = 0
         try:
-            f = path.open("rb")
+            f = open_regular(path)
         except FileNotFoundError:
             return rows
         except OSError as e:

@@ -31,7 +31,7 @@ from architectures import get_pair
 from .. import faults
 from ..config.run import RunConfig
 from ..errors import DiskFullError
-from ..fileio import fsync_dir
+from ..fileio import fsync_dir, read_json, read_regular
 from ..gan.procedures import ADAMS
 
 FORMAT = 1
@@ -146,12 +146,15 @@ def _discard(path: Path) -> None:
 
 def verify(path: Path) -> bytes | None:
     """The bytes of ``state.pt`` if ``meta.json`` exists and its size and checksum match."""
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        data = (path / "state.pt").read_bytes()
+    try:  # regular files only (a FIFO would hang, /dev/zero never end), bounded
+        meta = read_json(path / "meta.json", max_bytes=1 << 16)
+        size = meta.get("size") if isinstance(meta, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return None
+        data = read_regular(path / "state.pt", max_bytes=size)
     except (OSError, ValueError):
         return None
-    if meta.get("format") != FORMAT or meta.get("size") != len(data):
+    if meta.get("format") != FORMAT or size != len(data):
         return None
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         return None

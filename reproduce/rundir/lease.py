@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.run import config_diff
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, read_json
 from .rundir import TERMINAL_STATES, RunDir
 
 PREFIX = "lease."
@@ -72,10 +72,11 @@ def read_holder(run: Path) -> dict[str, Any] | None:
     gens = _generations(run)
     if not gens:
         return None
-    try:
-        return dict(json.loads((run / f"{PREFIX}{gens[-1]}").read_text()))
+    try:  # a regular file, bounded: a FIFO or /dev/zero planted there reads as unreadable
+        doc = read_json(run / f"{PREFIX}{gens[-1]}", max_bytes=1 << 16)
     except (OSError, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
 
 
 def is_live(holder: dict[str, Any] | None, stale_after: float = STALE_AFTER) -> bool:
@@ -116,7 +117,9 @@ class Lease:
         if gens:
             top = self.run / f"{PREFIX}{gens[-1]}"
             try:
-                holder = json.loads(top.read_text())
+                holder = read_json(top, max_bytes=1 << 16)
+                if not isinstance(holder, dict):
+                    raise ValueError("not a lease")
             except (OSError, ValueError):
                 # created but not yet written (live), or its writer died right after creating
                 # it (stale once old): judge by the file's age
@@ -212,6 +215,9 @@ def claim(run_dir: RunDir, doc: dict[str, Any]) -> Lease | Refusal:
     Returns the held lease (train under ``with lease``), or the refusal, with the lease
     released. The command line checked links and configs before submitting; they are
     checked again here, under the lease."""
+    if run_dir.path.is_symlink():  # checked before the lease, which would be written there
+        return Refusal("failed", 0, f"{run_dir.path} is a symbolic link; a run's files are "
+                       "never written through links")  # fmt: skip
     run_dir.path.mkdir(parents=True, exist_ok=True)
     lease = Lease(run_dir.path)
     if not lease.acquire():
@@ -233,8 +239,8 @@ def _refusal(run_dir: RunDir, doc: dict[str, Any]) -> Refusal | None:
     linked = run_dir.linked_files()
     if linked:
         return Refusal(
-            "failed", 0, f"{run_dir.path} holds symbolic links ({', '.join(linked[:3])}); "
-            "a run's files are never written through links",
+            "failed", 0, f"{run_dir.path} holds symbolic links or special files "
+            f"({', '.join(linked[:3])}); a run's files are never written through links",
         )  # fmt: skip
     status = run_dir.read_status() or {}
     if status.get("state") in TERMINAL_STATES:

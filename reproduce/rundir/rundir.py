@@ -34,6 +34,8 @@ import contextlib
 import errno
 import json
 import os
+import stat
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -160,12 +162,15 @@ class RunDir:
                 os.close(fd)
 
     def linked_files(self) -> list[str]:
-        """The run's files (and checkpoint entries) that are symbolic links: a run directory
-        holding any is refused, since its appends would land in whatever the link names."""
+        """The run's files (and checkpoint entries) that are symbolic links, FIFOs or devices:
+        a run directory holding any is refused, since its appends would land in whatever a
+        link names, and a FIFO would hang its reader."""
+        if self.path.is_symlink():  # everything in it would land where the link points
+            return [f"{self.path.name} itself"]
         found = []
         for d in (self.path, self.checkpoints_dir):
             with contextlib.suppress(OSError):
-                found += [str(p.relative_to(self.path)) for p in d.iterdir() if p.is_symlink()]
+                found += [str(p.relative_to(self.path)) for p in d.iterdir() if _odd(p)]
         return sorted(found)
 
     def log(self, message: str) -> None:
@@ -180,7 +185,28 @@ class RunDir:
 
     def truncate_stats(self, iteration: int) -> None:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
-        _keep_rows(self.stats_file, lambda it: it < iteration)
+        self._keep_rows(self.stats_file, lambda it: it < iteration)
+
+    def keep_valid_metrics(self, iters: int) -> None:
+        """Keep only ``metrics.jsonl``'s rows of iterations in [0, iters] (what a run writes):
+        rows of another shape or beyond the run are dropped, before anything reads them."""
+        self._keep_rows(self.metrics_file, lambda it: 0 <= it <= iters)
+
+    def _keep_rows(self, path: Path, keep: Callable[[int], bool]) -> None:
+        """Rewrite a JSON-lines file atomically with the rows whose ``iter`` passes ``keep``.
+        A file too large to be this run's (links and FIFOs are refused when the run is
+        claimed) is moved aside, with a line in the log, and the run starts a new one."""
+        if not path.exists():
+            return
+        try:
+            rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
+        except OSError as e:
+            aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+            os.rename(path, aside)
+            self.log(f"moved {path.name} aside to {aside.name}: {e}")
+            return
+        data = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode()
+        atomic_write_bytes(path, data)
 
     def append_heldout(self, row: dict[str, Any]) -> None:
         append_text(self.heldout_file, json.dumps(row, allow_nan=True) + "\n")
@@ -188,7 +214,7 @@ class RunDir:
     def truncate_heldout(self, iteration: int) -> None:
         """Keep rows measured at or before ``iteration`` (a resume recomputes the rest,
         identically: they depend only on the weights and the iteration)."""
-        _keep_rows(self.heldout_file, lambda it: it <= iteration)
+        self._keep_rows(self.heldout_file, lambda it: it <= iteration)
 
     def read_stats(self) -> list[dict[str, Any]]:
         return read_jsonl(self.stats_file)
@@ -201,20 +227,22 @@ class RunDir:
         return read_jsonl(self.metrics_file)
 
 
+def _odd(p: Path) -> bool:
+    """A link, or neither a regular file nor a folder (a FIFO would hang its reader, a device
+    feed it without end)."""
+    try:
+        mode = os.lstat(p).st_mode
+    except OSError:
+        return False
+    return stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _read_dict(path: Path) -> dict[str, Any] | None:
     try:
         doc = read_json(path)
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def _keep_rows(path: Path, keep: Callable[[int], bool]) -> None:
-    """Rewrite a JSON-lines file atomically with the rows whose ``iter`` passes ``keep``."""
-    if not path.exists():
-        return
-    rows = [r for r in read_jsonl(path) if keep(r.get("iter", -1))]
-    atomic_write_bytes(path, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode())
 
 
 class RunReader(Protocol):
@@ -233,7 +261,10 @@ class PlainReader:
         return _read_dict(path)
 
     def jsonl(self, path: Path) -> list[dict[str, Any]]:
-        return read_jsonl(path)
+        try:
+            return read_jsonl(path)
+        except OSError:  # a link, FIFO, device or a file over the bound: no rows
+            return []
 
 
 @dataclass(frozen=True)

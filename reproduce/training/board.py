@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..evaluation.keys import FID, IS_MEAN, IS_STD, KID_MEAN
-from ..fileio import fsync_dir
+from ..fileio import NotRegularFile, fsync_dir, make_real_dirs
 from ..rundir.layout import ResultsDir
 
 if TYPE_CHECKING:
@@ -142,7 +143,11 @@ class Board:
         start_iteration: int,
         at_end: bool = False,
         evaluations: Sequence[dict[str, Any]] = (),
+        root: Path | None = None,
     ) -> None:
+        """``root``: the results directory; no folder between it and ``path``, and no event
+        file, may be a link (or a FIFO or device): NotRegularFile (an OSError) then, before
+        anything is written or deleted, since a purge rewrites or deletes whatever it names."""
         self.path = path
         self.writer: Any = None
         if path is None:
@@ -150,8 +155,12 @@ class Board:
         from torch.utils.tensorboard import SummaryWriter
 
         _quiet_writer_threads()
-        path.mkdir(parents=True, exist_ok=True)
-        for old in sorted(path.glob("events.out.tfevents.*")):
+        make_real_dirs(root if root is not None else path.parent, path)
+        olds = sorted(path.glob("events.out.tfevents.*"))
+        for old in olds:
+            if not stat.S_ISREG(os.lstat(old).st_mode):
+                raise NotRegularFile(f"{old} is not a regular file; TensorBoard events not written")
+        for old in olds:
             purge(old, start_iteration, at_end)
         self.writer = SummaryWriter(str(path), flush_secs=30)
         # evaluations are recorded in metrics.jsonl and never made twice: those the purge

@@ -288,6 +288,7 @@ def _train_locked(
     trainer = found.trainer
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
+    run_dir.keep_valid_metrics(cfg.iters)
     val = heldout_split(rt.data, rt.heldout)
     if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
@@ -295,9 +296,11 @@ def _train_locked(
     try:
         board = Board(board_dir(Path(rt.results), cfg) if rt.tensorboard else None,
                       trainer.iteration, at_end=trainer.iteration == cfg.iters,
-                      evaluations=run_dir.read_metrics())  # fmt: skip
-    except OSError as e:  # no room for event files: train without them, and say so
-        run_dir.log(f"warning: no TensorBoard events ({e.strerror or e})")
+                      evaluations=run_dir.read_metrics(), root=Path(rt.results))  # fmt: skip
+    except OSError as e:  # no room for event files, or a link: train without them, say so
+        note = f"warning: no TensorBoard events ({e.strerror or e})"
+        run_dir.log(note)
+        print(f"{run_dir.path.name}: {note}", file=sys.stderr)
         board = Board(None, trainer.iteration)
     if trainer.iteration == 0:
         board.config(cfg, run_dir.path.name)
