@@ -28,6 +28,29 @@ def test_counter_matches_the_closed_form_of_a_convolution():
     assert fc.total == 2 * (2 * 4 * 32 * 32 * 5 * 5 * 3 * 8)  # grad input + grad weight
 
 
+def test_n_critic_steps_count_as_one_and_two_extrapolated(small_demo, monkeypatch):
+    """M6 (issue 46): the count runs an iteration of one and of two critic steps and
+    extrapolates, exactly (FLOPs and ops), so that 1,000 critic steps are not run to count
+    them (297 s for ResNet-101, with a SIGTERM waiting)."""
+    for arch, procedure, n in (("baseline", "wgan-gp", 5), ("no-norm", "wgan", 7),
+                               ("mlp-generator", "lsgan", 3)):  # fmt: skip
+        cfg = small_config(small_demo, arch=arch, procedure=procedure, dim=8, n_critic=n)
+        fast, full = flops.iteration_cost(cfg), flops.iteration_cost(cfg, exact_critic=True)
+        assert fast == full and fast.flops > 0, (arch, procedure)
+    counted = []
+    real = flops._count
+    monkeypatch.setattr(flops, "_count", lambda items: counted.append(dict(items)["n_critic"])
+                        or real(items))  # fmt: skip
+    many = small_config(small_demo, arch="baseline", procedure="wgan-gp", dim=8,
+                        n_critic=1000)  # fmt: skip
+    cost = flops.iteration_cost(many)
+    assert counted == [1, 2]  # iterations of one and two critic steps run, not of 1,000
+    one, two = (flops.iteration_cost(small_config(small_demo, arch="baseline",
+                                                  procedure="wgan-gp", dim=8, n_critic=n))
+                for n in (1, 2))  # fmt: skip
+    assert cost.flops == one.flops + 999 * (two.flops - one.flops)
+
+
 def test_the_batch_2_count_scales_exactly_to_the_batch(small_demo):
     for arch, procedure in (("baseline", "wgan-gp"), ("gated", "wgan-gp"),
                             ("mlp-generator", "dcgan"), ("no-norm", "wgan")):  # fmt: skip
