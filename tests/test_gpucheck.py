@@ -13,7 +13,7 @@ import torch
 from architectures import PAIRS
 from reproduce.gan.procedures import PROCEDURES
 
-from .conftest import cli_env, run_cli, run_main, tree
+from .conftest import cli_env, popen_cli, run_cli, run_main, tree
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU form of the check")
 
@@ -169,6 +169,44 @@ def test_a_section_that_hangs_is_killed_at_its_time_box_and_the_rest_still_run(t
         except OSError:
             continue
         assert str(out).encode() not in cmdline, f"left behind: {cmdline!r}"
+
+
+def _left_behind(out: Path) -> list[bytes]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmdline = (p / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(out).encode() in cmdline:
+                found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stopped_gpu_check_leaves_no_process_behind(tmp_path, sig):
+    """M9 (issue 46): `timeout 60 gpu-check` left its section child running under PID 1 at
+    98% CPU (the sections run in their own sessions). A SIGTERM or Ctrl-C now kills every
+    process it started, keeps what was measured, and exits 75 (Ctrl-C exited 130)."""
+    import signal
+    import time
+
+    out = tmp_path / "check"
+    env = cli_env(REPRODUCE_FAULTS="gpu-check-hang=cuda-tests")
+    proc = popen_cli("gpu-check", "--smoke", "--device", "cpu", "--budget", "600", "--out",
+                     str(out), env=env)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not any(b"--child" in c for c in _left_behind(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert any(b"--child" in c for c in _left_behind(out)), "the section never started"
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 75, stdout + stderr
+    assert f"stopped by {sig}" in stdout
+    time.sleep(0.5)
+    assert _left_behind(out) == []
+    assert _report(out)["stopped_by"] == sig
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import check_writable
-from .common import EXIT_FAILED, EXIT_OK, Parser, subcommand
+from .common import EXIT_FAILED, EXIT_OK, EXIT_TEMPFAIL, Parser, subcommand
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +22,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     print(f"gpu-check on {s.device} (width {s.dim}, batch {s.batch}, budget {s.budget_s:.0f} s) "
           f"-> {out}", flush=True)  # fmt: skip
-    report = gpucheck.run(s, out, echo=lambda line: print(line, flush=True))
+    try:
+        report = gpucheck.run(s, out, echo=lambda line: print(line, flush=True))
+    except gpucheck.Stopped as e:  # no section left running; what was measured is kept
+        print(f"stopped by {e}: every section process ended; what was measured is in "
+              f"{out / gpucheck.FILE_JSON}", flush=True)  # fmt: skip
+        return EXIT_TEMPFAIL
     bad = [n for n, r in report["sections"].items() if r["status"] != "ok"]
     print(f"wrote {out / gpucheck.FILE_JSON} and {out / gpucheck.FILE_MD}"
           + (f"; not ok: {', '.join(bad)}" if bad else ""))  # fmt: skip

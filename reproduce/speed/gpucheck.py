@@ -118,6 +118,55 @@ def limit_threads(threads: int | None) -> None:
         os.environ["OMP_NUM_THREADS"] = os.environ["BENCH_THREADS"] = str(threads)
 
 
+class Stopped(Exception):
+    """gpu-check was asked to stop (SIGTERM, SIGINT): every process it started is gone."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, then theirs), from /proc: the
+    sections run in their own sessions, so a signal to gpu-check's group misses them."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat_line = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat_line.rsplit(")", 1)[1].split()[1])  # the name may hold spaces
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    """The whole tree is collected before anything is killed (a killed parent's children
+    would be handed to init and lost from it), then killed, then gpu-check stops."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stoppable() -> Any:
+    """SIGTERM and SIGINT kill every process gpu-check started and raise Stopped."""
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def boxed(argv: list[str], timeout: float, log: Path, env: dict[str, str] | None = None) -> str:
     """Run ``argv`` in its own process group, output to ``log``; 'ok', 'error (exit N)' or
     'timeout'. On timeout the whole group is killed (a hung CUDA call or compile included)."""
@@ -210,6 +259,19 @@ def run(s: Settings, out: Path, echo: Callable[[str], None] = print) -> dict[str
     report: dict[str, Any] = {"environment": environment(s), "sections": {}}
     save(report, out)
     todo = [n for n in SECTIONS if n in s.sections]
+    with stoppable():
+        try:
+            _sections(s, out, echo, report, todo, start)
+        except Stopped as e:  # what was measured is kept; the section running is recorded
+            report["stopped_by"] = str(e)
+            report["wall_seconds"] = round(time.monotonic() - start, 1)
+            save(report, out)
+            raise
+    return report
+
+
+def _sections(s: Settings, out: Path, echo: Callable[[str], None], report: dict[str, Any],
+              todo: list[str], start: float) -> None:  # fmt: skip
     for i, name in enumerate(todo):
         left = s.budget_s - (time.monotonic() - start)
         shares = sum(SHARE[n] for n in todo[i:])
@@ -226,7 +288,6 @@ def run(s: Settings, out: Path, echo: Callable[[str], None] = print) -> dict[str
         save(report, out)
         echo(f"[{time.monotonic() - start:5.0f} s] {name}: {row['status']}"
              + (f": {str(row['error']).splitlines()[-1]}" if row.get("error") else ""))  # fmt: skip
-    return report
 
 
 def save(report: dict[str, Any], out: Path) -> None:
