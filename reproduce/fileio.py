@@ -45,9 +45,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None and type(e) is OSError:
+            raise OSError(e.errno, e.strerror, str(path)) from None  # say which file
         raise
     fsync_dir(path.parent)
 

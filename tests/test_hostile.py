@@ -433,3 +433,19 @@ def test_a_deeply_nested_config_file_is_one_line(tmp_path):
     code, _, err = run_main("train", "--config", str(cfg), "--results", str(tmp_path / "r"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--config: cannot parse" in err and "nested too deeply" in err
+
+
+def test_a_full_disk_in_report_is_one_line(tmp_path, tmpfs):
+    """M12: a full disk gave OSError tracebacks from `report --out` (and a figure's job, the
+    matrix summary): one line naming the file, exit 1; no half-written page left as if
+    complete (every page is written atomically)."""
+    results = tmp_path / "r"
+    code, out, err = run_main(*TRAIN, "--results", str(results))
+    assert code == 0, out + err
+    full = tmpfs("64k")
+    code, out, err = run_main("report", "--results", str(results), "--out", str(full / "rep"))
+    assert code == 1, out + err
+    (line,) = err.strip().splitlines()
+    assert "error: no space left on the device writing " in line, line
+    for page in full.rglob("*"):  # what was written is whole, or is not there
+        assert not page.name.endswith(".tmp"), page

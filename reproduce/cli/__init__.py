@@ -17,6 +17,7 @@ data before its config is checked.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from ..errors import UserError
 from . import bench, fetch_weights, figures, gpu_check, matrix, prepare_data, report, status, train
 from .common import (
     EXECUTORS,
+    EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     SUBPARSERS,
@@ -86,3 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # a full disk (report --out, a figure's job, a matrix summary): one line, exit 1;
+        # every file is written atomically, so nothing is left half-written as if complete
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"reproduce {args.command}: error: no space left on the device{where} "
+              f"({e.strerror or e}); free some space and run it again",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_FAILED
