@@ -449,3 +449,22 @@ def test_a_full_disk_in_report_is_one_line(tmp_path, tmpfs):
     assert "error: no space left on the device writing " in line, line
     for page in full.rglob("*"):  # what was written is whole, or is not there
         assert not page.name.endswith(".tmp"), page
+
+
+def test_the_report_trusts_no_rows_beyond_a_run_s_iterations(tmp_path):
+    """M10: a 133 MB stats.jsonl of a million valid rows in a run of 2 iterations made the
+    report take 52 s and 4.5 GB and write a 464 MB tidy.csv. A file larger than its run's
+    iterations write is skipped with a warning; rows outside them are dropped."""
+    results = tmp_path / "r"
+    code, out, err = run_main(*TRAIN, "--no-eval", "--results", str(results))
+    assert code == 0, out + err
+    (run,) = [p for p in results.iterdir() if p.name.startswith("baseline-")]
+    row = json.loads((run / "stats.jsonl").read_text().splitlines()[0])
+    (run / "heldout.jsonl").write_text(json.dumps({**row, "iter": 999}) + "\n")  # beyond
+    big = "".join(json.dumps({**row, "iter": i % 2}) + "\n" for i in range(200_000))
+    (run / "stats.jsonl").write_text(big)
+    code, out, err = run_main("report", "--results", str(results), "--out", str(tmp_path / "o"))
+    assert code == 0, out + err
+    assert "more than its run's iterations write" in out + err
+    (tidy,) = (tmp_path / "o").rglob("tidy.csv")
+    assert tidy.stat().st_size < 100_000 and ",999," not in tidy.read_text()

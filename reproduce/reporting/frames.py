@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,9 @@ class Loader:
             self.warn(f"skipped {path}: {str(e)[:200]}")
             return None
 
-    def jsonl(self, path: Path) -> list[dict[str, Any]]:
+    def jsonl(self, path: Path, max_bytes: int | None = None) -> list[dict[str, Any]]:
+        """``max_bytes``: a file larger than this (more than its run can have written) is
+        skipped whole, with a warning, not read."""
         rows: list[dict[str, Any]] = []
         bad = 0
         try:
@@ -86,6 +89,11 @@ class Loader:
             return rows
         except OSError as e:
             self.warn(f"skipped {path}: {e}")
+            return rows
+        size = os.fstat(f.fileno()).st_size
+        if max_bytes is not None and size > max_bytes:
+            f.close()
+            self.warn(f"skipped {path}: {size:,} bytes, more than its run's iterations write")
             return rows
         with f:
             n = 0
@@ -123,6 +131,12 @@ class Loader:
         return rows
 
 
+def _iters(cfg: dict[str, Any]) -> int:
+    """A run's iterations from its config (a checked int; 0 when unusable)."""
+    v = cfg.get("iters")
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 10**9 else 0
+
+
 def _text(v: Any) -> str | None:
     return v[:200] if isinstance(v, str) else None
 
@@ -158,21 +172,26 @@ SUMMARY_COLUMNS = [
 ]  # fmt: skip
 
 
+MAX_ROW_BYTES = 4096  # a stats.jsonl row is about 200 bytes
+
+
 def _curves(
-    loader: Loader, run: LoadedRun, base: dict[str, Any]
+    loader: Loader, run: LoadedRun, base: dict[str, Any], iters: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """A run's tidy rows (training and held-out statistics, evaluations) and its evaluations."""
+    """A run's tidy rows (training and held-out statistics, evaluations) and its evaluations:
+    rows of the run's own iterations only (0 to ``iters``), and no file larger than a run of
+    ``iters`` iterations writes (a million rows in a 2-iteration run took 52 s and 4.5 GB)."""
     tidy: list[dict[str, Any]] = []
     for file, split in ((run.dir.stats_file, "train"), (run.dir.heldout_file, "heldout")):
-        for r in loader.jsonl(file):
+        for r in loader.jsonl(file, max_bytes=(iters + 1) * MAX_ROW_BYTES):
             step = count(r.get("iter"), -1)
-            if step < 0:
+            if not 0 <= step <= iters:
                 continue
             for k in STAT_METRICS:
                 if finite(r.get(k)) is not None:
                     tidy.append({**base, "step": step, "metric": k, "value": r[k],
                                  "split": split, "train_seconds": None})  # fmt: skip
-    evals = [r for r in run.evaluations if count(r.get("iter"), -1) >= 0]
+    evals = [r for r in run.evaluations if 0 <= count(r.get("iter"), -1) <= iters]
     for r in evals:
         for k, name in ((IS_MEAN, "is"), (IS_STD, "is_std"), (FID, "fid"),
                         (KID_MEAN, "kid")):  # fmt: skip
@@ -271,7 +290,7 @@ def collect(results: Path, strict: bool = False) -> Collected:
             state = f"diverged @{count(status.get('diverged_at'), -1)}"
         base = {"run_id": d.name, "arch": cfg["arch"], "procedure": cfg["procedure"],
                 "seed": cfg["seed"]}  # fmt: skip
-        rows, evals = _curves(loader, run, base)
+        rows, evals = _curves(loader, run, base, _iters(cfg))
         tidy += rows
         grids = [p for _, p in rd.sample_grids()]
         if grids:
