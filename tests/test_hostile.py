@@ -468,3 +468,22 @@ def test_the_report_trusts_no_rows_beyond_a_run_s_iterations(tmp_path):
     assert "more than its run's iterations write" in out + err
     (tidy,) = (tmp_path / "o").rglob("tidy.csv")
     assert tidy.stat().st_size < 100_000 and ",999," not in tidy.read_text()
+
+
+def test_a_run_whose_checkpoints_were_deleted_says_so_and_keeps_its_rows(tmp_path):
+    """L1: deleting checkpoints/ restarted the run from 0 silently ("started"), its old
+    statistics overwritten. It still trains again from iteration 0 (there is nothing to
+    resume), but says so in its log and on the terminal, and keeps the earlier rows."""
+    import shutil
+
+    run = _interrupted_run(tmp_path)
+    before = (run / "stats.jsonl").read_text()
+    shutil.rmtree(run / "checkpoints")
+    code, out, err = run_main(*TRAIN, "--iters", "6", "--checkpoint-every-iters", "2",
+                              "--keep-checkpoints", "3", "--no-eval", "--results",
+                              str(run.parent))  # fmt: skip
+    assert code == 0, out + err
+    assert "no checkpoint to resume from" in err and "trained again from iteration 0" in err
+    (kept,) = run.glob("stats.jsonl.before-restart-*")
+    assert kept.read_text() == before
+    assert "the earlier rows kept in stats.jsonl.before-restart-" in (run / "log.txt").read_text()

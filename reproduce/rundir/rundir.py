@@ -187,6 +187,19 @@ class RunDir:
         """Keep only rows of iterations < ``iteration`` (a resume recomputes the rest)."""
         self._keep_rows(self.stats_file, lambda it: it < iteration)
 
+    def set_aside_rows(self, tag: str) -> list[str]:
+        """Rename the non-empty statistics, held-out and evaluation files to ``NAME.tag``
+        (a run trained again from iteration 0 keeps what its earlier start wrote); the
+        new names."""
+        moved = []
+        for path in (self.stats_file, self.heldout_file, self.metrics_file):
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(path).st_size > 0:
+                    aside = path.with_name(f"{path.name}.{tag}")
+                    os.rename(path, aside)
+                    moved.append(aside.name)
+        return moved
+
     def keep_valid_metrics(self, iters: int) -> None:
         """Keep only ``metrics.jsonl``'s rows of iterations in [0, iters] (what a run writes):
         rows of another shape or beyond the run are dropped, before anything reads them."""

@@ -286,6 +286,14 @@ def _train_locked(
     if failed is not None:
         return failed
     trainer = found.trainer
+    if found.checkpoint is None:  # from iteration 0: rows of an earlier start are kept aside
+        kept = run_dir.set_aside_rows(f"before-restart-{int(time.time())}")
+        if kept:
+            note = ("no checkpoint to resume from (checkpoints/ empty or missing): trained "
+                    f"again from iteration 0; the earlier rows kept in "
+                    f"{', '.join(kept)}")  # fmt: skip
+            run_dir.log(note)
+            print(f"{run_dir.path.name}: {note}", file=sys.stderr)
     run_dir.truncate_stats(trainer.iteration)
     run_dir.truncate_heldout(trainer.iteration)
     run_dir.keep_valid_metrics(cfg.iters)
