@@ -487,3 +487,43 @@ def test_a_run_whose_checkpoints_were_deleted_says_so_and_keeps_its_rows(tmp_pat
     (kept,) = run.glob("stats.jsonl.before-restart-*")
     assert kept.read_text() == before
     assert "the earlier rows kept in stats.jsonl.before-restart-" in (run / "log.txt").read_text()
+
+
+def test_text_from_run_files_and_huge_values_print_safely(tmp_path):
+    """L5, L6, L7 and L8's seed: a list of a million seeds in --config made a 7.9 MB error
+    line; `--seed 2**64` said "got 1.84467e+19"; terminal escape codes in verdict.json were
+    printed raw by `status`; a run named with # or ? broke the report's links."""
+    from .conftest import DEMO_FAST
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"seed": list(range(10**6))}))
+    code, _, err = run_main("train", "--config", str(cfg), "--results", str(tmp_path / "x"))
+    assert code == 2 and err.strip() == (
+        "reproduce train: error: --seed: expected int, got list of 1,000,000 items"
+    ), err[:300]
+    code, _, err = run_main("train", "--seed", str(2**64), "--results", str(tmp_path / "x"))
+    assert code == 2 and err.strip().endswith("got 18,446,744,073,709,551,616"), err
+    results = tmp_path / "r"
+    code, out, err = run_main("matrix", *DEMO_FAST, "--arch", "mlp-generator", "--procedure",
+                              "lsgan", "--no-eval", "--results", str(results))  # fmt: skip
+    assert code == 0, out + err
+    (run,) = [p for p in results.iterdir() if p.name.startswith("mlp-generator-")]
+    (run / "verdict.json").write_text(json.dumps({"verdict": "\x1b[2J\x1b]0;owned\x07cleared"}))
+    code, out, _ = run_main("status", "--results", str(results))
+    assert code == 0 and "cleared" in out, out  # shown, without its escape codes
+    assert "\x1b" not in out and "\x07" not in out, repr(out)
+    # a run directory named with # and ?: its page and links still resolve
+    code, out, err = run_main(*TRAIN, "--no-eval", "--name", "odd#name?x", "--results",
+                              str(results))  # fmt: skip
+    assert code == 0, out + err
+    report = tmp_path / "rep"
+    code, out, err = run_main("report", "--results", str(results), "--out", str(report))
+    assert code == 0, out + err
+    import re
+    import urllib.parse
+
+    for page in report.rglob("*.html"):
+        for target in re.findall(r"(?:href|src)='([^']+)'", page.read_text()):
+            assert "#" not in target and "?" not in target, (page, target)
+            resolved = (page.parent / urllib.parse.unquote(target)).resolve()
+            assert resolved.exists(), (page, target)

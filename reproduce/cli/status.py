@@ -97,7 +97,12 @@ def _view(results: Path) -> tuple[str, bool]:
             out += [grid_text(cells), ""]
     if uses_slurm and queue is None:
         out.append("note: squeue did not answer; queued SLURM cells may show as pending")
-    return "\n".join(out) + "\n", finished
+    # text from run files (a verdict, a message) may hold terminal escape codes: shown as ?
+    return _printable("\n".join(out) + "\n"), finished
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c == "\n" or c.isprintable() else "?" for c in text)
 
 
 def _status_score(run: LoadedRun, state: str) -> str | None:

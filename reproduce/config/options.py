@@ -160,7 +160,16 @@ def check_range(flag: str, value: float, maximum: float) -> None:
         raise UserError(f"{flag}: must be finite, got {value}")
     if value > maximum:
         shown = f"{maximum:,}" if isinstance(maximum, int) else f"{maximum:g}"
-        raise UserError(f"{flag}: must be at most {shown}, got {value:g}")
+        got = f"{value:,}" if isinstance(value, int) else f"{value:g}"  # 2**64, not 1.84467e+19
+        raise UserError(f"{flag}: must be at most {shown}, got {got}")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a million-element list given as a seed
+    is one short line, not 7.9 MB of one."""
+    text = repr(value) if not isinstance(value, list | dict | tuple | str) or len(value) < 1000 \
+        else f"{type(value).__name__} of {len(value):,} items"  # fmt: skip
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _check_type(opt: Option, value: Any) -> Any:
@@ -170,11 +179,11 @@ def _check_type(opt: Option, value: Any) -> Any:
     if opt.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if opt.type is bool and not isinstance(value, bool):
-        raise UserError(f"{opt.flag}: expected true or false, got {value!r}")
+        raise UserError(f"{opt.flag}: expected true or false, got {_shown(value)}")
     if opt.type is not bool and isinstance(value, bool):
-        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
+        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {_shown(value)}")
     if not isinstance(value, opt.type):
-        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {value!r}")
+        raise UserError(f"{opt.flag}: expected {opt.type.__name__}, got {_shown(value)}")
     if opt.choices is not None and value not in opt.choices:
         hint = did_you_mean(str(value), opt.choices)
         if opt.key == "optimizer" and value in LEGACY_OPTIMIZERS:
@@ -183,7 +192,7 @@ def _check_type(opt: Option, value: Any) -> Any:
                 "Adam, adam-tf, is the default)"
             )
         raise UserError(
-            f"{opt.flag}: unknown value {value!r}{hint}; valid: {', '.join(opt.choices)}"
+            f"{opt.flag}: unknown value {_shown(value)}{hint}; valid: {', '.join(opt.choices)}"
         )
     if isinstance(value, int | float):
         if opt.maximum is not None:

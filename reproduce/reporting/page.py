@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import os
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,12 @@ from .tables import throughput_table
 
 STRIP = 12  # sample grids shown per run (evenly spaced, the last always)
 LOG_TAIL = 40  # lines
+
+
+def _url(path: str) -> str:
+    """A relative path as a link target: percent-encoded (a run named with # or ? would
+    otherwise end the path), then HTML-escaped for the attribute."""
+    return html.escape(urllib.parse.quote(path), quote=True)
 
 
 def _strip(grids: list[Path]) -> list[Path]:
@@ -99,7 +106,7 @@ def _page(row: dict[str, Any], results: Path, cells: Path, tidy: pd.DataFrame) -
     parts.append("<h2>Samples over time</h2>")
     if grids:
         its = [int(p.stem.split("-")[1]) for p in grids]
-        parts += [f"<figure><img src='{html.escape(os.path.relpath(p, cells))}' width='160' "
+        parts += [f"<figure><img src='{_url(os.path.relpath(p, cells))}' width='160' "
                   f"alt='iteration {i}' title='iteration {i}'>"
                   f"<figcaption class='cap'>{i}</figcaption></figure>"
                   for p, i in zip(grids, its, strict=True)]  # fmt: skip
@@ -114,7 +121,7 @@ def _page(row: dict[str, Any], results: Path, cells: Path, tidy: pd.DataFrame) -
     if caption is None:
         parts.append("<p>No statistics were logged yet.</p>")
     else:
-        parts += [f"<p><img src='{html.escape(run_id)}.png' alt='curves'></p>",
+        parts += [f"<p><img src='{_url(run_id + '.png')}' alt='curves'></p>",
                   f"<p class='cap'>{html.escape(caption)}</p>"]  # fmt: skip
     config = rd.config_file.read_text() if rd.config_file.is_file() else "(no config.json)"
     log = rd.log_file.read_text().splitlines()[-LOG_TAIL:] if rd.log_file.is_file() else []
@@ -159,7 +166,7 @@ def link_grid(summary: pd.DataFrame, pages: dict[str, Path], out: Path) -> str:
             for r in runs.sort_values("seed").to_dict("records"):
                 label = html.escape(f"s{r['seed']} {r['status']} {_fmt(r.get('verdict'))}")
                 page = pages.get(str(r["run_id"]))
-                links.append(f"<a href='{html.escape(os.path.relpath(page, out))}'>{label}</a>"
+                links.append(f"<a href='{_url(os.path.relpath(page, out))}'>{label}</a>"
                              if page else label)  # fmt: skip
             cells.append(f"<td>{'<br>'.join(links)}</td>")
         rows.append(f"<tr><th>{pair.row}. {html.escape(pair.title)}</th>{''.join(cells)}</tr>")
@@ -253,8 +260,8 @@ def render_html(
         runs = (f"all {len(summary)} runs" if name == "throughput"
                 else f"the {grid_runs} runs of {source}")  # fmt: skip
         caption = f"{PLOT_CAPTIONS[name].replace('Inception score', label)} From {runs}."
-        parts += [f"<p><img src='{png.relative_to(out)}' alt='{name}'>"
-                  f"<br><a href='{pdf.relative_to(out)}'>PDF</a></p>",
+        parts += [f"<p><img src='{_url(str(png.relative_to(out)))}' alt='{html.escape(name)}'>"
+                  f"<br><a href='{_url(str(pdf.relative_to(out)))}'>PDF</a></p>",
                   f"<p class='cap'>{html.escape(caption)}</p>"]  # fmt: skip
     parts += ["<h2>Throughput and cost</h2>", _table(throughput_table(summary), False)]
     parts += ["<h2>All runs</h2>", _table(summary, False)]
