@@ -45,6 +45,11 @@ def check_all() -> None:
     """Raise UserError for the first variable that is set to something unusable."""
     for name in NUMBERS:
         number(name)
+    from . import faults
+
+    bad = faults.problem()
+    if bad:
+        raise UserError(f"${faults.ENV}: {bad}")
 
 
 def user_cache(*parts: str) -> Path:

@@ -63,6 +63,43 @@ def _parsed() -> dict[str, set[str]]:
     return _cache[1]
 
 
+# each fault: how its values read ("int": an iteration, "seconds", a word, or no value)
+KINDS = {"nan": "int", "ckpt-stall": "int", "ckpt-enospc": "int", "skip-restore": "word",
+         "step-sleep": "seconds", "pause": "int", "hold": "int", "critic-sleep": "seconds",
+         "eval-sleep": "seconds", "stop-grace": "seconds", "submit-sleep": "seconds",
+         "prepare-sleep": "seconds", "gpu-check-hang": "word", "oom": "int-or-build",
+         "fake-gpus": "none"}  # fmt: skip
+
+
+def problem() -> str | None:
+    """What is wrong with ``$REPRODUCE_FAULTS`` (an unknown fault, a value of the wrong
+    kind), in a phrase, or None: checked before any command starts (junk was a traceback
+    in the middle of a run)."""
+    import math
+
+    for name, values in _parsed().items():
+        kind = KINDS.get(name)
+        if kind is None:
+            return f"unknown fault {name!r}; known: {', '.join(sorted(KINDS))}"
+        for v in values:
+            if kind == "none" and v:
+                return f"{name} takes no value, got {v!r}"
+            if kind in ("int", "int-or-build") and not (
+                v.isdigit() or (kind == "int-or-build" and v == "build")
+            ):
+                return f"{name}@K needs an iteration K, got {v!r}"
+            if kind == "seconds":
+                try:
+                    ok = math.isfinite(float(v)) and 0 <= float(v) <= 86400
+                except ValueError:
+                    ok = False
+                if not ok:
+                    return f"{name}=S needs seconds from 0 to 86400, got {v!r}"
+            if kind == "word" and not v:
+                return f"{name} needs a value"
+    return None
+
+
 def active(name: str, value: object = "") -> bool:
     """Is fault ``name`` set for ``value`` (an iteration, or a restore part)?"""
     values = _parsed().get(name)

@@ -527,3 +527,30 @@ def test_text_from_run_files_and_huge_values_print_safely(tmp_path):
             assert "#" not in target and "?" not in target, (page, target)
             resolved = (page.parent / urllib.parse.unquote(target)).resolve()
             assert resolved.exists(), (page, target)
+
+
+def test_the_low_findings_of_l8_are_one_line_each(tmp_path, monkeypatch):
+    """L8: junk in $REPRODUCE_FAULTS was a traceback mid-run; `train --resume RUN --results
+    X` ignored --results silently; `figures --cifar` errors said `--data:`; a fetched file
+    named `--url:` when the URL came from $REPRODUCE_INCEPTION_URL."""
+    for junk, why in (("explode", "unknown fault 'explode'"),
+                      ("step-sleep=abc", "step-sleep=S needs seconds"),
+                      ("nan@x", "nan@K needs an iteration K")):  # fmt: skip
+        monkeypatch.setenv("REPRODUCE_FAULTS", junk)
+        code, _, err = run_main(*TRAIN, "--results", str(tmp_path / "x"))
+        assert code == 2 and len(err.strip().splitlines()) == 1 and why in err, err
+        assert "$REPRODUCE_FAULTS: " in err and not (tmp_path / "x").exists()
+    monkeypatch.delenv("REPRODUCE_FAULTS")
+    run = _interrupted_run(tmp_path)
+    code, _, err = run_main("train", "--resume", str(run), "--results", str(tmp_path / "else"))
+    assert code == 2 and "--results: --resume" in err and "(it was ignored)" in err, err
+    code, _, err = run_main("train", "--resume", str(run), "--results", str(run.parent))
+    assert code == 0, err  # its own results directory: fine
+    bad = tmp_path / "not-cifar.tar.gz"
+    bad.write_bytes(b"junk")
+    code, _, err = run_main("figures", "fig3", "--cifar", str(bad), "--results",
+                            str(tmp_path / "f"))  # fmt: skip
+    assert code == 2 and err.strip().startswith("reproduce figures: error: --cifar: "), err
+    monkeypatch.setenv("REPRODUCE_INCEPTION_URL", f"file://{bad}")
+    code, _, err = run_main("fetch-weights", "--cache", str(tmp_path / "c"))
+    assert code == 2 and "$REPRODUCE_INCEPTION_URL" in err and "--url" not in err, err

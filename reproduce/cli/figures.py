@@ -127,6 +127,13 @@ def run(args: argparse.Namespace) -> int:
     from ..reporting import figures
 
     _check(args)
+    if args.cifar is not None:  # checked here, so that its error names --cifar, not --data
+        from ..data.datasets import load_dataset
+
+        try:
+            load_dataset(args.cifar)
+        except UserError as e:
+            raise UserError(f"--cifar: {str(e).removeprefix('--data: ')}") from None
     names = figures.resolve_names(args.names)
     given = given_options(args)
     results = Path(given.pop("results", "results"))

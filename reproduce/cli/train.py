@@ -51,6 +51,12 @@ class TrainPlan:
 def plan_train(args: argparse.Namespace) -> TrainPlan:
     given = given_options(args)
     if args.resume:
+        own = Path(args.resume).absolute().parent
+        if "results" in given and Path(given["results"]).absolute() != own:
+            raise UserError(
+                f"--results: --resume {args.resume} trains the run where it is, in {own}; "
+                f"drop --results {given['results']} (it was ignored)"
+            )
         given = _merge_resume(Path(args.resume), given)
     rt = resolve_runtime_config(given)
     from ..training.trainer import resolve_device

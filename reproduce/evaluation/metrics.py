@@ -141,12 +141,15 @@ def _check_structure_or_fail(path: Path, flag: str) -> None:
 def stage_weights(dest_dir: Path, url: str | None = None) -> InceptionWeights:
     """Download the weights into ``dest_dir``, check that they load into the exact network,
     move them into place atomically, and record their sha256 beside them."""
+    url_given = url is not None
     url = url or os.environ.get(ENV_URL) or WEIGHTS_URL
     dest = dest_dir / WEIGHTS_FILENAME
     with tempfile.TemporaryDirectory() as scratch:  # nothing lands in dest_dir on failure
         downloaded = Path(scratch) / WEIGHTS_FILENAME
         torch.hub.download_url_to_file(url, str(downloaded), progress=False)
-        _check_structure_or_fail(downloaded, "--url")
+        source = ("--url" if url_given else f"${ENV_URL}" if os.environ.get(ENV_URL)
+                  else "the release URL")  # fmt: skip
+        _check_structure_or_fail(downloaded, source)
         dest_dir.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
         try:

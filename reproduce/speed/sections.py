@@ -23,6 +23,8 @@ from typing import Any
 
 from .. import faults
 from ..rundir.rundir import RunDir
+from . import bitchecks
+from .bitchecks import _config, _device, _sync
 from .gpucheck import (
     HANG_FAULT,
     PAPER_ITERS,
@@ -52,31 +54,6 @@ class Box:
             tmp = self.result.with_name(self.result.name + ".tmp")
             tmp.write_text(json.dumps(data, indent=1, default=str))
             os.replace(tmp, self.result)
-
-
-def _device(s: Settings) -> Any:
-    import torch
-
-    return torch.device(s.device)
-
-
-def _sync(s: Settings) -> None:
-    import torch
-
-    if s.device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _config(s: Settings, arch: str, procedure: str, mode: str = "exact") -> Any:
-    from ..config.run import resolve_run_config
-    from ..data.datasets import load_demo
-
-    ds = load_demo()
-    return resolve_run_config(
-        {"arch": arch, "procedure": procedure, "dim": s.dim, "batch_size": s.batch,
-         "iters": 10**6, "mode": mode},
-        dataset=ds.kind, data_fingerprint=ds.fingerprint,
-    )  # fmt: skip
 
 
 def cuda_test_files() -> list[str]:
@@ -297,7 +274,8 @@ def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
 
     found = checkpoint.list_checkpoints(rd.checkpoints_dir)
     ckpts = sorted(c.iteration for c in found)
-    exact_resume = resume_bit_check(s, rd) if ckpts else {"identical": False, "error": "none"}
+    exact_resume = (bitchecks.resume_bit_check(s, rd) if ckpts
+                    else {"identical": False, "error": "none"})  # fmt: skip
     # checked: removed, so that a GPU loan's output is results, not 2 x 111 MiB of weights
     ckpt_bytes = sum(f.stat().st_size for f in rd.checkpoints_dir.rglob("*") if f.is_file())
     shutil.rmtree(rd.checkpoints_dir, ignore_errors=True)
@@ -315,95 +293,11 @@ def section_train(s: Settings, box: Box, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"stints": stints, "checkpoints": ckpts, "checks": checks,
                            "resume_vs_uninterrupted": exact_resume,
                            "checkpoint_bytes_removed": ckpt_bytes}  # fmt: skip
-    out["graphs_vs_eager"] = graphs_bit_check(s) if s.device == "cuda" else "needs CUDA"
+    out["graphs_vs_eager"] = bitchecks.graphs_bit_check(s) if s.device == "cuda" else "needs CUDA"
     ok = all(v for k, v in checks.items() if k != "engine")
     out["ok"] = ok and (s.device != "cuda" or (out["graphs_vs_eager"]["identical"]
                                                 and checks["engine"] == "cuda-graphs"))  # fmt: skip
     return out
-
-
-def resume_bit_check(s: Settings, rd: RunDir) -> dict[str, Any]:
-    """The run stopped twice by SIGTERM and resumed once, against the same run uninterrupted:
-    a fresh trainer of its config on the same device and engine, stepped to the newest
-    checkpoint's iteration; every weight, optimiser state and the data position compared
-    to the bit."""
-    import torch
-
-    from ..config.run import RunConfig
-    from ..data.datasets import load_demo
-    from ..rundir import checkpoint
-    from ..training.trainer import Trainer, configure_numerics
-
-    loaded = checkpoint.load_latest(rd.checkpoints_dir)
-    if loaded is None:
-        return {"identical": False, "error": "no checkpoint loads"}
-    _, state, _ = loaded
-    device = _device(s)
-    cfg = RunConfig.from_dict(state["config"])
-    configure_numerics(device, cfg.fast)
-    t = Trainer(cfg, load_demo(), device, data_placement="device")
-    t0 = time.perf_counter()
-    while t.iteration < state["iteration"]:
-        t.step()
-    _sync(s)
-    seconds = time.perf_counter() - t0
-    mine = t.state_dict({})
-    differ = [
-        f"{part}.{k}"
-        for part in ("generator", "critic")
-        for k, v in state[part].items()
-        if not torch.equal(v.cpu(), mine[part][k].cpu())
-    ]
-    optimisers_equal = all(
-        _same_tree(state[o]["state"], mine[o]["state"]) for o in ("opt_g", "opt_d")
-    )
-    same_data = state["data"] == mine["data"]
-    return {"iterations": int(state["iteration"]), "engine": t.steps.name, "seconds": seconds,
-            "weights_differing": differ, "optimisers_equal": optimisers_equal,
-            "data_position_equal": same_data,
-            "identical": not differ and optimisers_equal and same_data}  # fmt: skip
-
-
-def _same_tree(a: Any, b: Any) -> bool:
-    import torch
-
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and torch.equal(a.cpu(), b.cpu())
-    if isinstance(a, dict):
-        return (
-            isinstance(b, dict) and a.keys() == b.keys() and all(_same_tree(a[k], b[k]) for k in a)
-        )
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(_same_tree(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
-
-
-def graphs_bit_check(s: Settings, iters: int = 6) -> dict[str, Any]:
-    """Baseline WGAN-GP at the section's width and batch: ``iters`` iterations replayed from
-    CUDA graphs against eager execution, every weight and statistic compared to the bit."""
-    import torch
-
-    from ..data.datasets import load_demo
-    from ..training.trainer import Trainer, configure_numerics
-
-    device = _device(s)
-    cfg = _config(s, "baseline", "wgan-gp")
-    configure_numerics(device)
-    runs = {}
-    for graphs in (False, True):
-        t = Trainer(cfg, load_demo(), device, data_placement="device", cuda_graphs=graphs)
-        rows = [{k: v.item() for k, v in t.step().items()} for _ in range(iters)]
-        runs[graphs] = (t, rows, t.steps.name, t.steps.note)
-    (e, e_rows, _, _), (g, g_rows, engine, note) = runs[False], runs[True]
-    differ = [
-        f"{net}.{n}"
-        for net, a, b in (("G", e.G, g.G), ("D", e.D, g.D))
-        for (n, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True)
-        if not torch.equal(p, q)
-    ]
-    return {"iterations": iters, "engine": engine, "note": note, "stats_equal": e_rows == g_rows,
-            "weights_differing": differ, "identical": engine == "cuda-graphs" and not differ
-            and e_rows == g_rows}  # fmt: skip
 
 
 def section_inception(s: Settings, box: Box, work: Path) -> dict[str, Any]:

@@ -247,6 +247,23 @@ def _start(
     return None
 
 
+def _rows_from(found: Restored, run_dir: RunDir, cfg: RunConfig) -> None:
+    """The run's rows from where it starts: cut at a resumed checkpoint's iteration; from
+    iteration 0, those of an earlier start kept aside (it had no checkpoint left), and
+    said so in the log and on the terminal."""
+    if found.checkpoint is None:
+        kept = run_dir.set_aside_rows(f"before-restart-{int(time.time())}")
+        if kept:
+            note = ("no checkpoint to resume from (checkpoints/ empty or missing): trained "
+                    f"again from iteration 0; the earlier rows kept in "
+                    f"{', '.join(kept)}")  # fmt: skip
+            run_dir.log(note)
+            print(f"{run_dir.path.name}: {note}", file=sys.stderr)
+    run_dir.truncate_stats(found.trainer.iteration)
+    run_dir.truncate_heldout(found.trainer.iteration)
+    run_dir.keep_valid_metrics(cfg.iters)
+
+
 def _train_locked(
     cfg: RunConfig,
     rt: RuntimeConfig,
@@ -286,17 +303,7 @@ def _train_locked(
     if failed is not None:
         return failed
     trainer = found.trainer
-    if found.checkpoint is None:  # from iteration 0: rows of an earlier start are kept aside
-        kept = run_dir.set_aside_rows(f"before-restart-{int(time.time())}")
-        if kept:
-            note = ("no checkpoint to resume from (checkpoints/ empty or missing): trained "
-                    f"again from iteration 0; the earlier rows kept in "
-                    f"{', '.join(kept)}")  # fmt: skip
-            run_dir.log(note)
-            print(f"{run_dir.path.name}: {note}", file=sys.stderr)
-    run_dir.truncate_stats(trainer.iteration)
-    run_dir.truncate_heldout(trainer.iteration)
-    run_dir.keep_valid_metrics(cfg.iters)
+    _rows_from(found, run_dir, cfg)
     val = heldout_split(rt.data, rt.heldout)
     if val is None and rt.heldout:
         run_dir.log(f"no held-out split in {rt.data}: held-out critic loss not recorded")
