@@ -554,3 +554,29 @@ def test_the_low_findings_of_l8_are_one_line_each(tmp_path, monkeypatch):
     monkeypatch.setenv("REPRODUCE_INCEPTION_URL", f"file://{bad}")
     code, _, err = run_main("fetch-weights", "--cache", str(tmp_path / "c"))
     assert code == 2 and "$REPRODUCE_INCEPTION_URL" in err and "--url" not in err, err
+
+
+def test_a_matrix_whose_cell_is_busy_elsewhere_exits_75(tmp_path):
+    """L8: a matrix whose cells were being trained by another process exited 1, as if one
+    had failed; it exits 75 (try again later), as `train` does for a busy run."""
+    from reproduce.rundir.lease import Lease
+
+    from .conftest import DEMO_FAST
+
+    results = tmp_path / "r"
+    args = ["matrix", *DEMO_FAST, "--arch", "mlp-generator", "--procedure", "lsgan",
+            "--no-eval", "--executor", "debug", "--results", str(results)]  # fmt: skip
+    code, out, err = run_main(*args, "--dry-run")
+    assert code == 0, out + err
+    name = next(w for w in out.split() if w.startswith("mlp-generator-lsgan-"))
+    (results / name).mkdir(parents=True)
+    lease = Lease(results / name)
+    assert lease.acquire()  # held by a live process: this one
+    try:
+        code, out, err = run_main(*args)
+    finally:
+        lease.release()
+    assert code == 75, out + err
+    assert "0 to run, 1 skipped" in out and " running " in out, out
+    code, out, err = run_main(*args)  # and once it is free, it trains
+    assert code == 0, out + err

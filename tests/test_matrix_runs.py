@@ -102,7 +102,11 @@ def test_eight_matrix_processes_train_each_cell_exactly_once(tmp_path):
     env = cli_env(REPRODUCE_FAULTS="step-sleep=0.1")
     procs = [popen_cli(*args, env=env) for _ in range(8)]
     outs = [p.communicate(timeout=600) for p in procs]
-    assert all(p.returncode in (0, 1) for p in procs), outs
+    # 0: every cell done when it ended; 75: some were still being trained by another
+    # process (L8 of issue 46: that exited 1, as if a cell had failed)
+    assert all(p.returncode in (0, 75) for p in procs), outs
+    for p, (o, _) in zip(procs, outs, strict=True):
+        assert p.returncode == 0 or "busy" in o, o  # (a busy cell may finish before the end)
     runs = [d for d in results.iterdir() if (d / "config.json").exists()]
     assert len(runs) == 4
     for run in runs:

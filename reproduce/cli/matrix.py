@@ -29,6 +29,7 @@ from ..rundir.rundir import RunDir
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_TEMPFAIL,
     Executor,
     Parser,
     add_dispatch_options,
@@ -326,8 +327,11 @@ def run(args: argparse.Namespace) -> int:
     res = "" if plan.results == Path("results") else f" --results {plan.results}"
     print(f"next: python -m reproduce report{res}  (tables, plots, an HTML page)")
     print(f"      tensorboard --logdir {plan.results / 'tensorboard'}  (curves and samples)")
-    done = all(cell_state(d).state in ("completed", "diverged") for d in plan.run_dirs)
-    return EXIT_OK if done else EXIT_FAILED
+    states = {cell_state(d).state for d in plan.run_dirs}
+    if states <= {"completed", "diverged"}:
+        return EXIT_OK
+    # a cell that failed: 1; cells still running or queued elsewhere (busy): 75, try later
+    return EXIT_FAILED if "failed" in states else EXIT_TEMPFAIL
 
 
 def _print_dry_run(plan: MatrixPlan) -> None:
