@@ -298,7 +298,7 @@ def test_the_showcase_trains_both_cells_on_shapes_and_draws_their_progress(tmp_p
         (["fig1", "--profile", "fast"], "--profile"),
         (["fig1", "--profile", "quick"], "'quick' is now called 'demo'"),
         (["fig1", "--toy-iters", "0"], "--toy-iters"),
-        (["fig3", "--cifar", "/nonexistent/cifar.tar.gz"], "--data"),
+        (["fig3", "--cifar", "/nonexistent/cifar.tar.gz"], "--cifar"),  # it said --data
         (["fig1", "--executor", "slrum"], "did you mean 'slurm'"),
     ],
 )

@@ -240,25 +240,19 @@ def test_every_run_file_made_hostile_is_one_line_or_a_skip(tmp_path):
     """M1-M4 and the fuzz of run files: each run file of an interrupted run (its status,
     config, statistics, evaluations, held-out losses, lease, a checkpoint's meta.json and
     state.pt) made 100,000-deep JSON, the wrong type, 1 GB, a FIFO or a link to /dev/zero.
-    `status`, `report` and `train --resume` each either work (skipping what they cannot
-    read) or refuse in one line: never a traceback, never a hang, in bounded memory (the
-    largest RSS is printed)."""
+    `status`, `report`, `train --resume` and (for the files it reads) `matrix` each either
+    work (skipping what they cannot read) or refuse in one line: never a traceback, never a
+    hang, in bounded memory (the largest RSS is printed)."""
     import resource
     import shutil
 
+    from .conftest import DEMO_FAST
+
     base = tmp_path / "base"
-    code, out, err = run_main(
-        *TRAIN,
-        "--iters",
-        "6",
-        "--checkpoint-every-iters",
-        "2",
-        "--keep-checkpoints",
-        "3",
-        "--no-eval",
-        "--results",
-        str(base),
-    )
+    matrix = ["matrix", *DEMO_FAST, "--arch", "baseline", "--procedure", "wgan-gp", "--iters",
+              "6", "--checkpoint-every-iters", "2", "--keep-checkpoints", "3", "--no-eval",
+              "--executor", "debug"]  # fmt: skip
+    code, out, err = run_main(*matrix, "--results", str(base))
     assert code == 0, out + err
     (run0,) = [p for p in base.iterdir() if p.name.startswith("baseline-")]
     status = json.loads((run0 / "status.json").read_text())
@@ -274,9 +268,12 @@ def test_every_run_file_made_hostile_is_one_line_or_a_skip(tmp_path):
         run = results / run0.name
         _corrupt(run / name, kind)
         seen = []
-        for argv in (["status", "--results", str(results)],
-                     ["report", "--results", str(results), "--out", str(tmp_path / f"o{n}")],
-                     ["train", "--resume", str(run)]):  # fmt: skip
+        commands = [["status", "--results", str(results)],
+                    ["report", "--results", str(results), "--out", str(tmp_path / f"o{n}")],
+                    ["train", "--resume", str(run)]]  # fmt: skip
+        if name in ("status.json", "config.json", "stats.jsonl", "metrics.jsonl"):
+            commands.append([*matrix, "--results", str(results)])  # M2: it read them unguarded
+        for argv in commands:
             code, out, err = _bounded(60, run_main, *argv)
             where = f"{argv[0]} with {name} {kind}"
             assert "Traceback" not in err + out, where + "\n" + err
@@ -285,7 +282,7 @@ def test_every_run_file_made_hostile_is_one_line_or_a_skip(tmp_path):
             assert code in (0, 1, 2, 75), f"{where}: exit {code}\n{err}"
             if code == 2:
                 assert len(err.strip().splitlines()) == 1, f"{where}:\n{err}"
-            if code in (1, 75):  # train's one outcome line, e.g. "busy: RUN at iteration 4/6"
+            if argv[0] == "train" and code in (1, 75):  # its outcome line, "busy: RUN at ..."
                 assert len(out.strip().splitlines()) == 1 and ": " in out, f"{where}:\n{out}"
             seen.append(code)
         outcomes[(name, kind)] = seen

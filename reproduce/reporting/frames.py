@@ -173,6 +173,7 @@ SUMMARY_COLUMNS = [
 
 
 MAX_ROW_BYTES = 4096  # a stats.jsonl row is about 200 bytes
+MIN_BOUND = 16 << 20  # any run's files may be this large (read line by line, bounded)
 
 
 def _curves(
@@ -183,7 +184,7 @@ def _curves(
     ``iters`` iterations writes (a million rows in a 2-iteration run took 52 s and 4.5 GB)."""
     tidy: list[dict[str, Any]] = []
     for file, split in ((run.dir.stats_file, "train"), (run.dir.heldout_file, "heldout")):
-        for r in loader.jsonl(file, max_bytes=(iters + 1) * MAX_ROW_BYTES):
+        for r in loader.jsonl(file, max_bytes=max(MIN_BOUND, (iters + 1) * MAX_ROW_BYTES)):
             step = count(r.get("iter"), -1)
             if not 0 <= step <= iters:
                 continue

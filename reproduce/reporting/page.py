@@ -16,7 +16,7 @@ import pandas as pd
 
 from architectures import PAIRS
 
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, open_regular
 from ..gan.procedures import PROCEDURES
 from ..rundir.layout import ResultsDir
 from ..rundir.rundir import RunDir
@@ -123,13 +123,30 @@ def _page(row: dict[str, Any], results: Path, cells: Path, tidy: pd.DataFrame) -
     else:
         parts += [f"<p><img src='{_url(run_id + '.png')}' alt='curves'></p>",
                   f"<p class='cap'>{html.escape(caption)}</p>"]  # fmt: skip
-    config = rd.config_file.read_text() if rd.config_file.is_file() else "(no config.json)"
-    log = rd.log_file.read_text().splitlines()[-LOG_TAIL:] if rd.log_file.is_file() else []
+    config = _bounded_text(rd.config_file, 1 << 20) or "(no config.json)"
+    log = _bounded_text(rd.log_file, 1 << 20, tail=True).splitlines()[-LOG_TAIL:]
     tail = "\n".join(log) or "(no log yet)"
     parts += ["<h2>Config</h2>", f"<pre>{html.escape(config)}</pre>",
               f"<h2>Log (last {LOG_TAIL} lines)</h2>",
               f"<pre>{html.escape(tail)}</pre></body></html>"]  # fmt: skip
     return "\n".join(parts)
+
+
+def _bounded_text(path: Path, limit: int, tail: bool = False) -> str:
+    """A run file's text for its page: a regular file only (never a FIFO, a device or a
+    link), at most ``limit`` bytes (its last ones with ``tail``); '' when missing, a note
+    when it cannot be shown."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit and not tail:
+                return f"({path.name}: {size:,} bytes, not shown)"
+            f.seek(max(0, size - limit))
+            return f.read(limit).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        return f"({path.name} not shown: {e})"
 
 
 def _fmt(v: Any) -> str:
