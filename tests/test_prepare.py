@@ -398,6 +398,33 @@ def test_full_verification_once_then_sampled_until_the_files_change(cache, tmp_p
     with pytest.raises(UserError, match=r"rows 192\.\.244 have sha256"):
         imagecache.verify(bad, m)
     assert not imagecache.stamp_path(bad).exists()
+
+
+def test_an_edit_with_its_mtime_set_back_is_verified_in_full(cache, tmp_path):
+    """L2 (issue 46): a row of images.npy edited and its mtime restored passed the sampled
+    check 2 times of 3 (4 shards re-hashed). The stamp records ctime too, which an edit
+    moves and no one can set back: the next use is a full verification, and refuses it."""
+    import os
+
+    bad = tampered_copy(cache, tmp_path)
+    m = read_json(bad / imagecache.MANIFEST)
+    assert imagecache.verify(bad, m) == "full"
+    images = bad / imagecache.IMAGES
+    st = os.stat(images)
+    # the mtime set back alone (this small cache's shards are all in the sample, so the
+    # mode says it: a full verification, where the stamp used to vouch for the file)
+    os.utime(images, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert imagecache.verify(bad, m) == "full"
+    assert imagecache.verify(bad, m) == "sampled"
+    st = os.stat(images)
+    arr = np.load(images, mmap_mode="r+")
+    arr[200, 0, 0, 0] ^= 1
+    arr.flush()
+    del arr
+    os.utime(images, ns=(st.st_atime_ns, st.st_mtime_ns))  # as the forger does
+    assert os.stat(images).st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(UserError, match=r"rows 192\.\.244 have sha256"):
+        imagecache.verify(bad, m)
     # where no stamp can be recorded (an unwritable cache directory; here a directory in the
     # stamp's place, since root may write anywhere), every use is a full verification
     ro = tampered_copy(cache, tmp_path / "ro")

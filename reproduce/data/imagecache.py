@@ -75,7 +75,10 @@ SAMPLED_SHARDS = 4  # shards re-hashed on every later use of a cache the stamp v
 
 def _file_state(path: Path) -> dict[str, int]:
     st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    # ctime too: an edit whose mtime was set back (os.utime) still moves it, and no one can
+    # set it back
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino}  # fmt: skip
 
 
 Span = tuple[int, int, str]  # a shard: (first row, rows, sha256)
@@ -185,9 +188,10 @@ def verify(path: Path, manifest: dict[str, Any], flag: str = "--data") -> str:
 
     The images' content: on first use every shard's sha256 (hashlib releases the GIL; a
     thread pool), after which a stamp (``stamp_path``: in the user's cache directory) records
-    the manifest's sha256 and the files' size, mtime and inode. A later use whose files still
-    match the stamp re-hashes ``SAMPLED_SHARDS`` shards drawn at random from the OS entropy
-    pool; any change to the files' size, mtime or inode means a full verification again.
+    the manifest's sha256 and the files' size, mtime, ctime and inode. A later use whose files
+    still match the stamp re-hashes ``SAMPLED_SHARDS`` shards drawn at random from the OS
+    entropy pool; any change to the files' size, mtime, ctime or inode means a full
+    verification again.
     Where no stamp can be written, every use is a full verification. Returns "full" or
     "sampled"."""
 
