@@ -108,7 +108,7 @@ def test_the_cache_is_hit_and_a_corrupt_judge_is_rebuilt(demo_judge, tmp_path, m
     data[-100] ^= 0xFF  # one flipped byte inside the tensors: still a loadable zip file
     pt.write_bytes(bytes(data))
     rebuilt, how = judge.resolve_judge()
-    assert how.startswith("built (") and "does not match its recorded sha256" in how
+    assert how.startswith("built in ") and "does not match its recorded sha256" in how
     # deterministic: the rebuild is the same file, byte for byte
     assert rebuilt.sha256 == demo_judge.sha256
     assert pt.read_bytes() == Path(demo_judge.path).read_bytes()

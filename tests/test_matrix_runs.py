@@ -32,7 +32,7 @@ def test_second_invocation_trains_nothing(tmp_path):
     ]
     code, out, err = run_main(*args)
     assert code == 0, out + err
-    assert out.splitlines()[0] == "4 cells: 4 to run, 0 skipped (done, running or queued)"
+    assert out.splitlines()[0] == "4 cells: 4 to run"
     # the printed summary fits 100 columns: one line per cell (the files hold every column;
     # only the line naming their path may be longer)
     paths = ("written to /", "--results /", "--logdir /")
@@ -72,10 +72,7 @@ def test_second_invocation_trains_nothing(tmp_path):
     assert len(list((tmp_path / "r" / "matrices").glob("*-summary.csv"))) == 1
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("ckpt-*/state.pt")}
     code, out, err = run_main(*args)
-    assert (
-        code == 0
-        and out.splitlines()[0] == "4 cells: 0 to run, 4 skipped (done, running or queued)"
-    )
+    assert code == 0 and out.splitlines()[0] == "4 cells: 0 to run, 4 already done"
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
     code, out, _ = run_main(*args, "--dry-run")
     assert out.count(" completed") == 4

@@ -86,7 +86,8 @@ def test_demo_matrix_is_one_job_array_and_resubmitting_queues_nothing(slurm, tmp
     again = run_cli("matrix", *DEMO, *NO_EVAL, "--iters", "2", "--results", str(results))
     assert again.returncode == 0, again.stderr
     assert (
-        f"{n} cells: 0 to run, {n} skipped" in again.stdout and "nothing to submit" in again.stdout
+        f"{n} cells: 0 to run, {n} already done" in again.stdout
+        and "nothing to submit" in again.stdout
     )
     assert squeue_ids() <= before  # nothing new queued
     status = run_cli("status", "--results", str(results))

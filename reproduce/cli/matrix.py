@@ -304,9 +304,7 @@ def run(args: argparse.Namespace) -> int:
     write_manifest(plan.results, plan.experiment, plan.configs, plan.run_dirs)
     cells = zip(plan.configs, plan.run_dirs, plan.states, strict=True)
     todo = [(c, d) for c, d, s in cells if s.runnable]
-    skipped = len(plan.configs) - len(todo)
-    print(f"{len(plan.configs)} cells: {len(todo)} to run, {skipped} skipped", end="")
-    print(" (done, running or queued)")
+    print(f"{len(plan.configs)} cells: {len(todo)} to run{_not_run(plan.states)}")
     _print_packing(plan)
     specs = [dispatch.CellSpec(c.to_dict(), cell_runtime(plan), str(d)) for c, d in todo]
     if plan.executor.slurm and not specs:
@@ -332,6 +330,16 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     # a cell that failed: 1; cells still running or queued elsewhere (busy): 75, try later
     return EXIT_FAILED if "failed" in states else EXIT_TEMPFAIL
+
+
+def _not_run(states: Sequence[Any]) -> str:
+    """', 28 already done' / ', 2 running or queued elsewhere': why the other cells do not
+    run now ('' when every cell runs)."""
+    done = sum(s.state in ("completed", "diverged") for s in states)
+    busy = sum(s.state in ("running", "queued") for s in states)
+    return (f", {done} already done" if done else "") + (
+        f", {busy} running or queued elsewhere" if busy else ""
+    )
 
 
 def _print_dry_run(plan: MatrixPlan) -> None:

@@ -310,7 +310,7 @@ def _cached(root: Path, fps: dict[str, str]) -> tuple[Judge | None, str]:
         rec = read_json(record, max_bytes=1 << 20)
         data = read_regular(pt, MAX_JUDGE_BYTES)
     except FileNotFoundError:
-        return None, "not built yet"
+        return None, "none cached yet"
     except (OSError, ValueError) as e:
         return None, f"its files are unreadable ({e})"
     if not isinstance(rec, dict):
@@ -380,7 +380,7 @@ def _resolve(root: Path, log: Any) -> tuple[Judge, str]:
             },
         )
         return Judge(str(pt), sha256_bytes(data), info["val_accuracy"], fps["train"]), (
-            f"built ({why}) in {info['build_seconds']:.1f} s, val accuracy "
+            f"built in {info['build_seconds']:.1f} s ({why}), val accuracy "
             f"{100 * info['val_accuracy']:.2f}%"
         )
 
