@@ -194,21 +194,13 @@ def last_jsonl_row(path: Path, window: int = 1 << 20) -> dict[str, Any]:
     the file: a 200,000-iteration ``stats.jsonl`` is not read whole for its last row. Only the
     last ``window`` bytes are looked at (a file whose last MiB holds no valid row is corrupt,
     and gives ``{}``); a torn last line is ignored, as by ``read_jsonl``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    except OSError:
-        return {}
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO or device: no rows, never a hang
-            return {}
-        with os.fdopen(os.dup(fd), "rb") as f:
+    try:  # a link, FIFO or device: no rows, never a hang
+        with open_regular(path) as f:
             start = max(0, f.seek(0, os.SEEK_END) - window)
             f.seek(start)
             lines = f.read(window).split(b"\n")[:-1]  # the last piece: the torn tail, or empty
     except OSError:
         return {}
-    finally:
-        os.close(fd)
     for line in reversed(lines[1:] if start else lines):  # the first may be cut: skipped
         try:
             row = parse_json(line)

@@ -204,6 +204,17 @@ def pytest_runtest_logreport(report):
         f.write(json.dumps(row) + "\n")
 
 
+class Payload:
+    """Unpickling this runs ``touch MARKER``: what a crafted file would do (the hostile-file
+    tests assert that the marker never appears)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def run_main(*argv: str) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -4,7 +4,6 @@ one line on stderr naming the flag or file, exit code 2, and nothing written."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from reproduce.data.prepare import Options, prepare
 
-from .conftest import run_cli, run_main, tree
+from .conftest import Payload, run_cli, run_main, tree
 from .lsun import make_folder, make_lmdb
 
 SMALL = ["--dim", "8", "--batch-size", "4", "--iters", "2", "--no-progress", "--no-eval"]
@@ -230,16 +229,6 @@ def test_config_file_and_run_config_roundtrip(tmp_path):
     assert code == 0 and out.startswith("already-completed"), out + err
 
 
-class _Payload:
-    """Unpickling this runs ``touch MARKER``: what a crafted CIFAR batch would do."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 @pytest.mark.parametrize("where", ["data_batch_1", "test_batch", "inside"])
 def test_a_crafted_cifar_directory_never_runs_code(tmp_path, where):
     """A CIFAR-10 directory whose pickles call os.system is refused in one line, exit 2,
@@ -258,9 +247,9 @@ def test_a_crafted_cifar_directory_never_runs_code(tmp_path, where):
     for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"):
         batch: object = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
         if name == where:
-            batch = _Payload(marker)
+            batch = Payload(marker)
         elif where == "inside" and name == "data_batch_1":
-            batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [_Payload(marker)]}
+            batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [Payload(marker)]}
         (data / name).write_bytes(pickle.dumps(batch, protocol=2))
     split = "val" if where == "test_batch" else "train"
     with pytest.raises(UserError, match=r"refused posix\.system"):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from reproduce.rundir.rundir import RunDir
 from reproduce.training.loop import train_run
 from reproduce.training.trainer import Trainer
 
-from .conftest import quiet_runtime, small_config, states_equal
+from .conftest import Payload, quiet_runtime, small_config, states_equal
 
 
 def test_newest_corrupt_checkpoint_falls_back_and_the_run_resumes_from_it(small_demo, tmp_path):
@@ -90,16 +89,6 @@ def test_different_seeds_give_different_weights(small_demo):
     )
 
 
-class _Payload:
-    """Unpickling this would run ``touch MARKER``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
 def tamper(ckpt: Path, state: object) -> None:
     """Replace a checkpoint's state and update meta.json to match: it passes its checksum."""
     buf = io.BytesIO()
@@ -128,7 +117,7 @@ def test_checkpoints_that_pass_their_checksum_but_do_not_load_are_skipped(small_
     cfg, rt, rd, ckpts = three_checkpoints(small_demo, tmp_path)
     marker = tmp_path / "PWNED"
     good = torch.load(ckpts[4] / "state.pt", weights_only=True)
-    tamper(ckpts[6], {"format": 1, "x": _Payload(marker)})
+    tamper(ckpts[6], {"format": 1, "x": Payload(marker)})
     tamper(ckpts[4], {k: v for k, v in good.items() if k != "generator"})
     out = train_run(cfg, rt, small_demo, rd, torch.device("cpu"))
     assert out.state == "completed", out.message

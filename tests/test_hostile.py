@@ -14,21 +14,11 @@ import torch
 
 from reproduce.evaluation import metrics
 
-from .conftest import run_cli, run_main, tree
+from .conftest import Payload, run_cli, run_main, tree
 from .inception import make_random_inception_weights
 
 TRAIN = ("train", "--dim", "8", "--batch-size", "4", "--iters", "2", "--final-eval-samples",
          "100", "--no-progress")  # fmt: skip
-
-
-class Payload:
-    """Unpickling this runs ``touch MARKER``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def plant(path: Path, marker: Path) -> Path:
